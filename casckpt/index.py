@@ -1,0 +1,131 @@
+"""The LMDB index: a cache that answers "is this chunk stored?" in O(1) and reports sizes without
+reading manifests. The only module that imports lmdb.
+
+Sub-databases:
+
+* ``meta``: ``b"version"`` → ``b"1"``.
+* ``chunks``: 32-byte digest → ``<QQB`` (raw_len, stored_len, codec). An entry is only ever added
+  after its chunk file is durable, so an entry means "this chunk is safely stored".
+* ``snapshots``: UTF-8 name → JSON totals (created, logical_bytes, chunk_refs, new_chunks,
+  new_bytes).
+
+It is rebuildable from chunk files and manifests (:meth:`casckpt.Store.reindex`); manifests are the
+source of truth. The map grows by doubling whenever a write hits its limit, so callers never see
+``MapFullError``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import lmdb
+
+from .chunks import ChunkInfo
+from .digest import Digest
+from .errors import IndexDamagedError
+
+VERSION = b"1"
+_ENTRY = struct.Struct("<QQB")
+DEFAULT_MAP_SIZE = 256 << 20
+T = TypeVar("T")
+
+
+class Index:
+    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, create: bool = False) -> None:
+        self.path = path
+        if not create and not (path / "data.mdb").exists():
+            raise IndexDamagedError(f"index {path} is missing; run `casckpt reindex` to rebuild it")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True)
+            self._meta = self.env.open_db(b"meta")
+            self._chunks = self.env.open_db(b"chunks")
+            self._snaps = self.env.open_db(b"snapshots")
+            version = self._read(lambda txn: txn.get(b"version", db=self._meta))
+            if version is None:
+                self._write(lambda txn: txn.put(b"version", VERSION, db=self._meta))
+            elif version != VERSION:
+                raise IndexDamagedError(f"index {path} has version {version!r}; run `casckpt reindex`")
+        except lmdb.Error as exc:
+            raise IndexDamagedError(f"index {path} is damaged ({exc}); run `casckpt reindex` to "
+                                    "rebuild it from the chunks and manifests") from None
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- transactions ---------------------------------------------------------------------------
+    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        for _ in range(2):
+            try:
+                with self.env.begin() as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)  # another process grew the map: adopt its size
+        raise IndexDamagedError(f"index {self.path} keeps changing size")
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+
+    # -- chunks ---------------------------------------------------------------------------------
+    def has_many(self, digests: Iterable[Digest]) -> set[Digest]:
+        """The subset of ``digests`` that the index records as stored."""
+        def probe(txn):
+            cur = txn.cursor(db=self._chunks)
+            return {d for d in digests if cur.set_key(d.raw)}
+        return self._read(probe)
+
+    def get(self, digest: Digest) -> ChunkInfo | None:
+        raw = self._read(lambda txn: txn.get(digest.raw, db=self._chunks))
+        return None if raw is None else ChunkInfo(*_ENTRY.unpack(raw))
+
+    def add_chunks(self, infos: dict[Digest, ChunkInfo]) -> None:
+        def put(txn):
+            for d, i in infos.items():
+                txn.put(d.raw, _ENTRY.pack(i.raw_len, i.stored_len, i.codec), db=self._chunks)
+        self._write(put)
+
+    def remove_chunks(self, digests: Iterable[Digest]) -> None:
+        digests = list(digests)
+        self._write(lambda txn: [txn.delete(d.raw, db=self._chunks) for d in digests])
+
+    def chunks(self) -> Iterator[tuple[Digest, ChunkInfo]]:
+        def scan(txn):
+            return [(Digest(bytes(k)), ChunkInfo(*_ENTRY.unpack(v)))
+                    for k, v in txn.cursor(db=self._chunks)]
+        return iter(self._read(scan))
+
+    def totals(self) -> tuple[int, int, int]:
+        """(chunk count, raw bytes, stored bytes) of every indexed chunk."""
+        n = raw = stored = 0
+        for _, info in self.chunks():
+            n, raw, stored = n + 1, raw + info.raw_len, stored + info.stored_len
+        return n, raw, stored
+
+    # -- snapshot registry ----------------------------------------------------------------------
+    def put_snapshot(self, name: str, totals: dict) -> None:
+        data = json.dumps(totals, separators=(",", ":")).encode()
+        self._write(lambda txn: txn.put(name.encode(), data, db=self._snaps))
+
+    def remove_snapshot(self, name: str) -> None:
+        self._write(lambda txn: txn.delete(name.encode(), db=self._snaps))
+
+    def snapshot_table(self) -> dict[str, dict]:
+        def scan(txn):
+            return {bytes(k).decode(): json.loads(bytes(v)) for k, v in txn.cursor(db=self._snaps)}
+        return self._read(scan)
+
+    def clear(self) -> None:
+        def drop(txn):
+            txn.drop(self._chunks, delete=False)
+            txn.drop(self._snaps, delete=False)
+        self._write(drop)

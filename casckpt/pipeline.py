@@ -1,0 +1,77 @@
+"""A bounded parallel map: the engine behind hashing, compressing, writing and reading chunks.
+
+blake3, zstandard and file I/O release the GIL, so a thread pool uses every core. Memory stays
+bounded: a task is submitted only while the summed ``cost`` of unfinished tasks fits the budget
+(the cost of a write is the scratch memory it needs: a byte-grouped copy and the compressed
+output), so extra memory during a save is capped by the budget, not by the state's size.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_INFLIGHT = 128 << 20
+
+
+def default_workers() -> int:
+    return max(2, min(8, (os.cpu_count() or 2)))
+
+
+class Pipeline:
+    """A thread pool with an in-flight memory budget. Safe to share; close() when done."""
+
+    def __init__(self, *, workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT) -> None:
+        self.workers = workers or default_workers()
+        self.inflight_bytes = inflight_bytes
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="casckpt")
+        return self._pool
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T], *,
+            cost: Callable[[T], int] = lambda _: 0) -> list[R]:
+        """``[fn(t) for t in tasks]`` in parallel, in order; the first error cancels the rest."""
+        if len(tasks) <= 1 or self.workers == 1:
+            return [fn(t) for t in tasks]
+        results: list = [None] * len(tasks)
+        pending: dict[Future, tuple[int, int]] = {}
+        inflight = 0
+
+        def drain(block_until_room: int) -> None:
+            nonlocal inflight
+            while pending and (block_until_room < 0 or inflight + block_until_room > self.inflight_bytes
+                               or len(pending) >= 2 * self.workers):
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    i, c = pending.pop(f)
+                    inflight -= c
+                    results[i] = f.result()
+                if block_until_room < 0 and not pending:
+                    break
+
+        try:
+            for i, t in enumerate(tasks):
+                c = cost(t)
+                drain(c)
+                pending[self.pool.submit(fn, t)] = (i, c)
+                inflight += c
+            drain(-1)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise
+        return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

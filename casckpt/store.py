@@ -1,0 +1,443 @@
+"""The Store: opens a store root and ties chunks, index, manifests and the lock together.
+
+Layout of a store root (byte-level details in docs/FORMAT.md)::
+
+    casckpt.json          config: format, version, chunk size, codec settings
+    lock                  flock target (shared: saves; exclusive: rm, gc)
+    chunks/00 … chunks/ff one file per chunk, named by its BLAKE3 digest
+    snapshots/NAME.json   one manifest per committed snapshot
+    index/                the LMDB index (a rebuildable cache; location configurable)
+    tmp/                  temp files; anything here is garbage once no save is running
+
+Write order is the crash-safety argument: chunk files, fsync them, index entries, then the
+manifest (temp, fsync, link into place, fsync the directory: the commit point), then the
+snapshot's registry entry. Reading goes the other way and needs only manifest and chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from . import chunking, dtypes, fsutil
+from .chunks import ChunkDir, ChunkInfo
+from .codec import CodecConfig
+from .digest import Digest, digest_of
+from .errors import (CasckptError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
+                     StoreIOError, StoreNotFoundError, UnsupportedFormatError)
+from .index import Index
+from .lock import EXCLUSIVE, SHARED, StoreLock
+from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
+from .pipeline import DEFAULT_INFLIGHT, Pipeline
+
+log = logging.getLogger("casckpt")
+
+CONFIG = "casckpt.json"
+FORMAT = "casckpt.store"
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    chunk_size: int = chunking.DEFAULT_CHUNK_SIZE
+    codec: CodecConfig = CodecConfig()
+
+    def to_bytes(self) -> bytes:
+        doc = {"format": FORMAT, "version": VERSION, "chunk_size": self.chunk_size,
+               "codec": self.codec.to_json()}
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> "StoreConfig":
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise CasckptError(f"{source} is not valid JSON") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise CasckptError(f"{source} is not a casckpt store config")
+        if type(doc.get("version")) is not int or doc["version"] > VERSION:
+            raise UnsupportedFormatError(f"store format version {doc.get('version')!r} in {source} is "
+                                         f"newer than this casckpt supports ({VERSION}): upgrade casckpt")
+        return cls(_check_chunk_size(doc.get("chunk_size")), CodecConfig.from_json(doc.get("codec", {})))
+
+
+def _check_chunk_size(n: object) -> int:
+    if type(n) is not int or not chunking.MIN_CHUNK_SIZE <= n <= chunking.MAX_CHUNK_SIZE or n % 4096:
+        raise CasckptError(f"chunk size must be a multiple of 4096 between {chunking.MIN_CHUNK_SIZE} "
+                           f"and {chunking.MAX_CHUNK_SIZE}, got {n!r}")
+    return n
+
+
+@dataclass(frozen=True, slots=True)
+class SaveStats:
+    """What one save cost. ``bytes_written`` counts stored (compressed) bytes of new chunks."""
+
+    snapshot: str
+    logical_bytes: int
+    chunks: int
+    new_chunks: int
+    bytes_written: int
+    seconds: float
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Logical bytes per byte written (``inf`` when the save wrote nothing new)."""
+        return self.logical_bytes / self.bytes_written if self.bytes_written else math.inf
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["dedup_ratio"] = None if math.isinf(self.dedup_ratio) else round(self.dedup_ratio, 3)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    name: str
+    created: str
+    logical_bytes: int
+    chunks: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkTask:
+    """One chunk to store: its digest, its bytes (a view into the caller's memory) and the element
+    size to group bytes by (0 for no grouping)."""
+
+    digest: Digest
+    data: memoryview
+    group: int = 0
+
+
+class Store:
+    """A casckpt store. Open with :meth:`open`; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, root: Path, config: StoreConfig, *, index_path: Path | None,
+                 sync: bool, workers: int | None, inflight_bytes: int, lock_timeout: float | None,
+                 fresh: bool = False) -> None:
+        self.root = root
+        self.config = config
+        self.sync = sync
+        self.lock_timeout = lock_timeout
+        self.tmp_dir = root / "tmp"
+        self.snap_dir = root / "snapshots"
+        self.chunks = ChunkDir(root / "chunks", self.tmp_dir)
+        self.pipeline = Pipeline(workers=workers, inflight_bytes=inflight_bytes)
+        self.index_path = index_path or root / "index"
+        self._index: Index | None = Index(self.index_path, create=True) if fresh else None
+
+    # -- opening --------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, create: bool = False, chunk_size: int | None = None,
+             level: int | None = None, byte_grouping: bool | None = None,
+             index_path: str | os.PathLike | None = None, sync: bool = True,
+             workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT,
+             lock_timeout: float | None = None) -> "Store":
+        """Open the store at ``path``; with ``create=True`` make it first if it does not exist.
+
+        ``chunk_size`` applies when creating. ``level`` / ``byte_grouping`` override the store's
+        codec settings for this session. ``index_path`` keeps the LMDB index elsewhere (a local
+        disk when the store is on a network file system). ``sync=False`` skips fsync (faster,
+        not durable across power loss). ``lock_timeout`` bounds waits for the store lock.
+        """
+        root = Path(path).absolute()
+        cfg_path = root / CONFIG
+        if not cfg_path.exists():
+            if not create:
+                raise StoreNotFoundError(f"{root} is not a casckpt store (no {CONFIG})")
+            config = StoreConfig(_check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
+                                 CodecConfig(level=1 if level is None else level,
+                                             byte_grouping=True if byte_grouping is None else byte_grouping))
+            cls._create(root, config)
+            fresh = True
+        else:
+            fresh = False
+            config = StoreConfig.from_bytes(fsutil.read_file(cfg_path), str(cfg_path))
+            if chunk_size is not None and chunk_size != config.chunk_size:
+                raise CasckptError(f"store {root} has chunk size {config.chunk_size}; "
+                                   f"chunk_size={chunk_size} applies only when creating a store")
+            codec = CodecConfig(level=config.codec.level if level is None else level,
+                                byte_grouping=config.codec.byte_grouping if byte_grouping is None else byte_grouping)
+            config = StoreConfig(config.chunk_size, codec)
+        return cls(root, config, index_path=Path(index_path).absolute() if index_path else None,
+                   sync=sync, workers=workers, inflight_bytes=inflight_bytes, lock_timeout=lock_timeout,
+                   fresh=fresh)
+
+    @staticmethod
+    def _create(root: Path, config: StoreConfig) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in ("tmp", "snapshots", "chunks"):
+            (root / sub).mkdir(exist_ok=True)
+        ChunkDir(root / "chunks", root / "tmp").create()
+        (root / "lock").touch()
+        # NOTE: the config is written last: a half-created store has no config and is not a store.
+        fsutil.atomic_write(root / CONFIG, [config.to_bytes()], tmp_dir=root / "tmp")
+
+    @property
+    def index(self) -> Index:
+        """The LMDB index, opened on first use; rebuilt automatically if it is missing."""
+        if self._index is None:
+            if not (self.index_path / "data.mdb").exists():
+                log.warning("casckpt: index %s is missing; rebuilding it from the store", self.index_path)
+                self._index = Index(self.index_path, create=True)
+                self._rebuild_index()
+            else:
+                self._index = Index(self.index_path)
+        return self._index
+
+    def close(self) -> None:
+        self.pipeline.close()
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def lock(self, mode: int = SHARED, *, timeout: float | None = ...) -> StoreLock:
+        """A hold on the store lock (use as ``with store.lock(EXCLUSIVE): ...``)."""
+        return StoreLock(self.root / "lock", mode, timeout=self.lock_timeout if timeout is ... else timeout)
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def manifest_path(self, name: str) -> Path:
+        return self.snap_dir / f"{check_name(name)}.json"
+
+    def resolve(self, name: str) -> str:
+        """``"latest"`` → the newest committed snapshot's name; other names are checked and returned."""
+        if name == "latest":
+            snaps = self.snapshots()
+            if not snaps:
+                raise SnapshotNotFoundError(f"store {self.root} has no snapshots (asked for 'latest')")
+            return snaps[-1].name
+        check_name(name)
+        return name
+
+    def exists(self, name: str) -> bool:
+        return self.manifest_path(name).exists()
+
+    def manifest(self, name: str) -> Manifest:
+        """The committed manifest of ``name`` (or ``"latest"``), fully validated."""
+        name = self.resolve(name)
+        path = self.manifest_path(name)
+        try:
+            data = fsutil.read_file(path)
+        except FileNotFoundError:
+            raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
+        try:
+            m = Manifest.from_bytes(data, source=f"manifest of snapshot {name!r} in {self.root}")
+        except ManifestError as exc:
+            if str(exc).startswith("manifest of"):
+                raise
+            raise ManifestError(f"manifest of snapshot {name!r} in {self.root}: {exc}") from None
+        if m.name != name:
+            raise ManifestError(f"manifest {path} names snapshot {m.name!r}, not {name!r}")
+        return m
+
+    def snapshot_names(self) -> list[str]:
+        """Names of committed snapshots, from the manifest directory (the source of truth)."""
+        names = []
+        for f in os.listdir(self.snap_dir):
+            if f.endswith(".json"):
+                try:
+                    names.append(check_name(f[:-5]))
+                except CasckptError:
+                    continue
+        return names
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        """Every committed snapshot, oldest first (registry totals; manifests fill any gap)."""
+        table = self.index.snapshot_table()
+        out = []
+        for name in self.snapshot_names():
+            row = table.get(name)
+            if row is None:  # committed, but the process died before it updated the registry
+                m = self.manifest(name)
+                row = _registry_row(m)
+                self.index.put_snapshot(name, row)
+            out.append(SnapshotInfo(name, row["created"], row["logical_bytes"], row["chunks"]))
+        return sorted(out, key=lambda s: (s.created, s.name))
+
+    # -- writing --------------------------------------------------------------------------------
+    def hash_spans(self, data: memoryview, spans: list[tuple[int, int]]) -> list[Digest]:
+        """BLAKE3 of each ``(offset, length)`` span of ``data``, in parallel."""
+        return self.pipeline.map(lambda s: digest_of(data[s[0]:s[0] + s[1]]), spans)
+
+    def stored(self, digests: Iterable[Digest]) -> set[Digest]:
+        """Which digests are safely stored already (index lookup; coordinator only)."""
+        return self.index.has_many(digests)
+
+    def write_chunks(self, tasks: list[ChunkTask]) -> dict[Digest, ChunkInfo]:
+        """Compress and write chunks the index does not hold, in parallel, memory bounded.
+
+        Returns the info of every chunk handled (written now or found intact on disk); these
+        files are not yet durable: :meth:`commit` syncs them before anything references them.
+        """
+        unique = list({t.digest: t for t in tasks}.values())
+        cfg = self.config.codec
+
+        def put(t: ChunkTask) -> ChunkInfo:
+            return self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
+
+        try:
+            infos = self.pipeline.map(put, unique, cost=lambda t: 2 * t.data.nbytes)
+        except OSError as exc:
+            raise fsutil.io_error(exc, f"writing chunks into store {self.root}") from exc
+        return {t.digest: i for t, i in zip(unique, infos)}
+
+    def commit(self, manifest: Manifest, new: Mapping[Digest, ChunkInfo], *, overwrite: bool = False,
+               started: float | None = None) -> SaveStats:
+        """Make ``new`` chunks durable and indexed, then publish the manifest (the commit point).
+
+        Raises SnapshotExistsError if the name is taken (unless ``overwrite``), MissingChunkError
+        if the manifest references a chunk that is neither stored nor in ``new``.
+        """
+        path = self.manifest_path(manifest.name)
+        try:
+            if self.sync:
+                self.pipeline.map(lambda d: self.chunks.sync([d]), list(new))
+                for sub in {self.chunks.path(d).parent for d in new}:
+                    fsutil.fsync_dir(sub)
+            self.index.add_chunks(dict(new))
+            self._publish(path, manifest.to_bytes(), overwrite=overwrite)
+        except OSError as exc:
+            if isinstance(exc, (SnapshotExistsError, CasckptError)):
+                raise
+            raise fsutil.io_error(exc, f"committing snapshot {manifest.name!r} in store {self.root}") from exc
+        self.index.put_snapshot(manifest.name, _registry_row(manifest))
+        written = sum(i.stored_len for d, i in new.items())
+        return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
+                         len(new), written, time.perf_counter() - started if started else 0.0)
+
+    def _publish(self, path: Path, data: bytes, *, overwrite: bool) -> None:
+        tmp = fsutil.temp_path(self.tmp_dir, ".manifest")
+        try:
+            fsutil.write_parts(tmp, [data], sync=self.sync)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # fails if the name was committed meanwhile
+                except FileExistsError:
+                    raise SnapshotExistsError(f"snapshot {path.stem!r} already exists in store {self.root}") from None
+        finally:
+            fsutil.unlink_quiet(tmp)
+        if self.sync:
+            fsutil.fsync_dir(path.parent)
+
+    def put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], *, meta: dict | None = None,
+                   overwrite: bool = False) -> SaveStats:
+        """Save numpy arrays as snapshot ``name``. Only chunks the store lacks are written."""
+        started = time.perf_counter()
+        check_name(name)
+        with self.lock(SHARED):
+            if not overwrite and self.exists(name):
+                raise SnapshotExistsError(f"snapshot {name!r} already exists in store {self.root}")
+            items, tasks = {}, []
+            for key, arr in arrays.items():
+                items[str(key)], item_tasks = self._plan_array(str(key), arr)
+                tasks.extend(item_tasks)
+            have = self.stored(t.digest for t in tasks)
+            new = self.write_chunks([t for t in tasks if t.digest not in have])
+            m = Manifest(name, utc_now(), self.config.chunk_size, items, meta or {})
+            return self.commit(m, new, overwrite=overwrite, started=started)
+
+    def _plan_array(self, key: str, arr: np.ndarray) -> tuple[Item, list[ChunkTask]]:
+        arr = np.asarray(arr)
+        dt = dtypes.from_numpy(arr.dtype)
+        data = np.require(arr, dtype=np.dtype(dt.numpy), requirements="C")  # keeps 0-d shapes
+        view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
+        spans = chunking.spans(data.shape, dt.itemsize, self.config.chunk_size)
+        digests = self.hash_spans(view, spans)
+        group = dt.itemsize if dt.floating else 0
+        item = Item(dt.name, tuple(data.shape), tuple(ChunkRef(d, n) for d, (_, n) in zip(digests, spans)))
+        return item, [ChunkTask(d, view[o:o + n], group) for d, (o, n) in zip(digests, spans)]
+
+    # -- reading --------------------------------------------------------------------------------
+    def read_item(self, item: Item, out: memoryview, *, key: str = "",
+                  select: Iterable[int] | None = None) -> None:
+        """Decode ``item``'s chunks (all, or the indices in ``select``) into ``out`` (its full size),
+        verifying every digest, in parallel."""
+        offsets = item.offsets()
+        which = range(len(item.chunks)) if select is None else list(select)
+
+        def read(i: int) -> None:
+            c = item.chunks[i]
+            self.chunks.get(c.digest, out=out[offsets[i]:offsets[i] + c.length], item=key)
+
+        self.pipeline.map(read, list(which))
+
+    def get_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """Every item of snapshot ``name`` (or ``"latest"``) as a numpy array, bit-exact.
+
+        Types numpy lacks (bfloat16, float8) come back as unsigned integers of the same width.
+        """
+        m = self.manifest(name)
+        out = {}
+        for key, item in m.items.items():
+            dt = dtypes.lookup(item.dtype)
+            arr = np.empty(item.shape, dtype=np.dtype(dt.numpy))
+            if arr.nbytes:
+                self.read_item(item, memoryview(arr.reshape(-1).view(np.uint8)), key=key)
+            out[key] = arr
+        return out
+
+    # -- removing and rebuilding ----------------------------------------------------------------
+    def delete(self, name: str) -> None:
+        """Forget snapshot ``name`` (its manifest); its chunks stay until ``gc``."""
+        path = self.manifest_path(name)
+        with self.lock(EXCLUSIVE):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
+            if self.sync:
+                fsutil.fsync_dir(self.snap_dir)
+            self.index.remove_snapshot(name)
+
+    def reindex(self) -> dict:
+        """Rebuild the LMDB index from chunk files and manifests. Returns counts."""
+        with self.lock(EXCLUSIVE):
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+            shutil.rmtree(self.index_path, ignore_errors=True)
+            self._index = Index(self.index_path, create=True)
+            return self._rebuild_index()
+
+    def _rebuild_index(self) -> dict:
+        infos, bad = {}, 0
+        for d in self.chunks:
+            try:
+                infos[d] = self.chunks.info(d)
+            except CasckptError:
+                bad += 1  # unreadable chunk: not indexed, so the next save rewrites it
+        self._index.add_chunks(infos)
+        names = self.snapshot_names()
+        for name in names:
+            try:
+                self._index.put_snapshot(name, _registry_row(self.manifest(name)))
+            except CasckptError as exc:
+                log.warning("casckpt: reindex skipped snapshot %s: %s", name, exc)
+        return {"chunks": len(infos), "unreadable_chunks": bad, "snapshots": len(names)}
+
+
+def _registry_row(m: Manifest) -> dict:
+    return {"created": m.created, "logical_bytes": m.logical_bytes,
+            "chunks": sum(len(i.chunks) for i in m.items.values())}

@@ -342,8 +342,11 @@ class Store:
             fsutil.fsync_dir(path.parent)
 
     def put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], *, meta: dict | None = None,
-                   overwrite: bool = False) -> SaveStats:
-        """Save numpy arrays as snapshot ``name``. Only chunks the store lacks are written."""
+                   overwrite: bool = False, dtype_names: Mapping[str, str] | None = None) -> SaveStats:
+        """Save numpy arrays as snapshot ``name``. Only chunks the store lacks are written.
+
+        ``dtype_names`` gives the store dtype of items whose array only holds the bytes of a type
+        numpy lacks (``{"w": "bfloat16"}`` with a uint16 array; ``"bytes"`` with uint8)."""
         started = time.perf_counter()
         check_name(name)
         with self.lock(SHARED):
@@ -351,16 +354,19 @@ class Store:
                 raise SnapshotExistsError(f"snapshot {name!r} already exists in store {self.root}")
             items, tasks = {}, []
             for key, arr in arrays.items():
-                items[str(key)], item_tasks = self._plan_array(str(key), arr)
+                as_dtype = (dtype_names or {}).get(key)
+                items[str(key)], item_tasks = self._plan_array(str(key), arr, as_dtype)
                 tasks.extend(item_tasks)
             have = self.stored(t.digest for t in tasks)
             new = self.write_chunks([t for t in tasks if t.digest not in have])
             m = Manifest(name, utc_now(), self.config.chunk_size, items, meta or {})
             return self.commit(m, new, overwrite=overwrite, started=started)
 
-    def _plan_array(self, key: str, arr: np.ndarray) -> tuple[Item, list[ChunkTask]]:
+    def _plan_array(self, key: str, arr: np.ndarray, as_dtype: str | None = None) -> tuple[Item, list[ChunkTask]]:
         arr = np.asarray(arr)
-        dt = dtypes.from_numpy(arr.dtype)
+        dt = dtypes.from_numpy(arr.dtype) if as_dtype is None else dtypes.lookup(as_dtype)
+        if as_dtype is not None and arr.dtype.newbyteorder("<") != np.dtype(dt.numpy):
+            raise TypeError(f"item {key!r}: {as_dtype} is held as numpy {np.dtype(dt.numpy)}, got {arr.dtype}")
         data = np.require(arr, dtype=np.dtype(dt.numpy), requirements="C")  # keeps 0-d shapes
         view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
         spans = chunking.spans(data.shape, dt.itemsize, self.config.chunk_size)

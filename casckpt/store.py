@@ -293,7 +293,10 @@ class Store:
         cfg = self.config.codec
 
         def put(t: ChunkTask) -> ChunkInfo:
-            return self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
+            # NOTE: put() returns None when a good file is already there but unindexed (left by a
+            # crashed save, or a concurrent save of the same chunk); commit() still needs its info.
+            return (self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
+                    or self.chunks.info(t.digest))
 
         try:
             infos = self.pipeline.map(put, unique, cost=lambda t: 2 * t.data.nbytes)

@@ -1,0 +1,89 @@
+"""Helpers for the reliability tests: deterministic data, bit-exact checks, raw views of a store
+root that bypass the store, and a runner for child processes that save into a store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import casckpt
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+CHUNK = 4096  # the smallest chunk size: small arrays span many chunk files
+
+
+def arrays(seed: int, *, n: int = 6000) -> dict[str, np.ndarray]:
+    """A small state dict; ``shared`` is the same for every seed, so saves dedup against each other."""
+    rng = np.random.default_rng(seed)
+    return {"w": rng.standard_normal(n).astype(np.float32),
+            "b": rng.integers(0, 1 << 30, n // 4, dtype=np.int64),
+            "shared": np.arange(n, dtype=np.float32)}
+
+
+def assert_same(expected: dict, got: dict) -> None:
+    """Bit-exact equality of two state dicts (same keys, dtypes, shapes and bytes)."""
+    assert sorted(expected) == sorted(got)
+    for k, a in expected.items():
+        b = got[k]
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), k
+        assert a.tobytes() == b.tobytes(), f"item {k!r} differs"
+
+
+def open_store(root, **kw) -> casckpt.Store:
+    kw.setdefault("workers", 2)
+    return casckpt.Store.open(root, **kw)
+
+
+def new_store(root, **kw) -> casckpt.Store:
+    return open_store(root, create=True, chunk_size=CHUNK, **kw)
+
+
+def tmp_files(root: Path) -> list[str]:
+    return sorted(os.listdir(Path(root) / "tmp"))
+
+
+def chunk_names(root: Path) -> set[str]:
+    """Chunk file names on disk, read straight from the directory."""
+    return {p.name for p in (Path(root) / "chunks").glob("*/*")}
+
+
+def referenced(store: casckpt.Store) -> set[str]:
+    """Hex digests every committed manifest references."""
+    return {d.hex for n in store.snapshot_names() for d in store.manifest(n).digests()}
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` with its bytes (to prove a test left them untouched)."""
+    return {str(p): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
+    env.pop("PYTHONHASHSEED", None)
+    return env
+
+
+def run_child(script: str, spec: dict, *, timeout: float = 60, wait: bool = True):
+    """Run ``tests/<script>`` in a fresh interpreter with ``spec`` as its JSON argument."""
+    cmd = [sys.executable, str(TESTS / script), json.dumps(spec)]
+    if not wait:
+        return subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def gc_module():
+    """casckpt.gc once it exists; tests that need it skip until then."""
+    import pytest
+    return pytest.importorskip("casckpt.gc")
+
+
+def verify_module():
+    import pytest
+    return pytest.importorskip("casckpt.verify")

@@ -1,0 +1,90 @@
+"""kill -9 mid-save: a real child process dies by SIGKILL at a chosen call at the I/O boundary.
+
+Whatever the crash point: every snapshot committed earlier loads bit-exactly; the interrupted save
+is invisible (or, once its manifest is in place, whole); gc reclaims what it left; the next save
+of the same data works.
+"""
+
+import signal
+
+import pytest
+
+from storekit import (arrays, assert_same, chunk_names, gc_module, new_store, open_store, referenced,
+                      run_child, tmp_files)
+
+EARLIER = {"s1": 1, "s2": 2}
+CRASH_SEED = 99  # 9 new chunks (w, b) and 6 already stored (shared): 9 chunk writes, 1 manifest
+
+# (target, n, when, committed): committed = the manifest was in place before the process died.
+POINTS = [
+    ("write_parts", 1, "before", False),   # before the first chunk file
+    ("write_parts", 1, "after", False),    # one temp chunk written, not linked
+    ("link", 1, "after", False),           # one chunk linked into place, its temp left behind
+    ("link", 9, "after", False),           # every chunk linked, nothing synced or indexed
+    ("fsync_dir", 1, "before", False),     # while making the chunks durable
+    ("add_chunks", 1, "before", False),    # chunks durable, index not updated
+    ("add_chunks", 1, "after", False),     # index commit done, no manifest
+    ("write_parts", 10, "after", False),   # manifest temp written, not renamed
+    ("publish", 1, "before", False),
+    ("publish", 1, "after", True),         # manifest in place, registry row not written
+    ("put_snapshot", 1, "before", True),
+]
+
+
+@pytest.fixture
+def crashed(tmp_path, request):
+    target, n, when, committed = request.param
+    root = tmp_path / "store"
+    with new_store(root) as s:
+        for name, seed in EARLIER.items():
+            s.put_arrays(name, arrays(seed))
+    proc = run_child("child.py", {"action": "save", "root": str(root), "name": "crash",
+                                  "seed": CRASH_SEED, "crash": [target, n, when]})
+    assert proc.returncode == -signal.SIGKILL, f"child did not die at {request.param}: {proc.stderr}"
+    return root, committed
+
+
+@pytest.mark.parametrize("crashed", POINTS, indirect=True, ids=lambda p: f"{p[0]}-{p[1]}-{p[2]}")
+def test_kill9_mid_save_loses_nothing(crashed):
+    root, committed = crashed
+    expected = {name: arrays(seed) for name, seed in EARLIER.items()}
+    if committed:
+        expected["crash"] = arrays(CRASH_SEED)
+    with open_store(root) as s:
+        assert sorted(x.name for x in s.snapshots()) == sorted(expected)
+        for name, want in expected.items():
+            assert_same(want, s.get_arrays(name))
+        assert {p.name for p in (root / "snapshots").iterdir()} == {f"{n}.json" for n in expected}
+        # the next save of the very same data works, on top of whatever the crash left
+        s.put_arrays("next", arrays(CRASH_SEED))
+        assert_same(arrays(CRASH_SEED), s.get_arrays("next"))
+
+
+@pytest.mark.parametrize("crashed", [p for p in POINTS if not p[3]], indirect=True,
+                         ids=lambda p: f"{p[0]}-{p[1]}-{p[2]}")
+def test_gc_reclaims_what_a_killed_save_left(crashed):
+    gc = gc_module()
+    root, _ = crashed
+    with open_store(root) as s:
+        gc.gc(s)
+        assert tmp_files(root) == []
+        assert chunk_names(root) == referenced(s)
+        assert {d.hex for d, _ in s.index.chunks()} == referenced(s)
+        for name, seed in EARLIER.items():
+            assert_same(arrays(seed), s.get_arrays(name))
+        s.put_arrays("crash", arrays(CRASH_SEED))
+        assert_same(arrays(CRASH_SEED), s.get_arrays("crash"))
+
+
+def test_leftovers_before_gc_are_only_in_tmp_and_chunks(tmp_path):
+    """What a killed save leaves is garbage in tmp/ and unreferenced chunk files, nothing else."""
+    root = tmp_path / "store"
+    with new_store(root) as s:
+        s.put_arrays("s1", arrays(1))
+    before = {p.relative_to(root) for p in root.rglob("*") if "index" not in p.parts}
+    proc = run_child("child.py", {"action": "save", "root": str(root), "name": "crash", "seed": CRASH_SEED,
+                                  "crash": ["link", 5, "after"]})
+    assert proc.returncode == -signal.SIGKILL
+    after = {p.relative_to(root) for p in root.rglob("*") if "index" not in p.parts}
+    assert {p.parts[0] for p in after - before} <= {"tmp", "chunks"}
+    assert len(tmp_files(root)) == 1  # the temp of the fifth chunk, linked but not yet removed

@@ -1,0 +1,7 @@
+"""``python -m casckpt``: the casckpt command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""Garbage collection: apply a retention policy, then delete every chunk no kept snapshot references.
+
+Plan, then execute. :func:`plan_gc` decides what goes (snapshots, chunks, temp files) and what
+that frees; :func:`gc` takes the store's exclusive lock, plans again under it, and executes.
+
+Mark and sweep without reading chunk contents: the live set is the union of the kept manifests'
+digests; the sweep lists the chunk directory and the index. The cost grows with the number of
+snapshots (manifests read) and with what is deleted (one ``stat`` and one ``unlink`` per chunk).
+
+Execution order is the crash-safety argument; a crash at any point leaves a store whose committed
+snapshots are whole, and the next ``gc`` finishes the job:
+
+1. unlink the manifests of dropped snapshots, fsync ``snapshots/`` (they are gone: the commit point);
+2. remove their registry rows and the doomed chunks' index entries (an index entry must never
+   outlive its file: it means "safely stored", and a save would skip writing the chunk);
+3. unlink the chunk files, fsync their fan-out directories;
+4. clear ``tmp/``: with the exclusive lock held no save is running, so everything there is garbage.
+
+A save holds the shared lock from its first chunk write to its manifest, so gc (exclusive) never
+runs while a save is in progress and never deletes a chunk that save will reference.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from . import fsutil
+from .digest import Digest
+from .errors import CasckptError, SnapshotNotFoundError
+from .lock import EXCLUSIVE
+from .store import Store
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    """What a gc run removes (or, with ``dry_run``, would remove) and what that frees.
+
+    ``chunks`` are the chunk files to delete: those only dropped snapshots referenced, plus
+    ``orphans`` (files no snapshot references at all, e.g. left by a crashed save).
+    ``index_only`` are index entries whose chunk file is already gone.
+    """
+
+    keep: tuple[str, ...]
+    drop: tuple[str, ...]
+    chunks: tuple[Digest, ...]
+    orphans: int
+    chunk_bytes: int
+    index_only: tuple[Digest, ...] = ()
+    tmp_files: tuple[str, ...] = ()
+    tmp_bytes: int = 0
+    executed: bool = False
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.chunk_bytes + self.tmp_bytes
+
+    def to_json(self) -> dict:
+        return {"keep": list(self.keep), "drop": list(self.drop), "chunks": len(self.chunks),
+                "orphans": self.orphans, "chunk_bytes": self.chunk_bytes,
+                "index_only": len(self.index_only), "tmp_files": len(self.tmp_files),
+                "tmp_bytes": self.tmp_bytes, "bytes_freed": self.bytes_freed,
+                "executed": self.executed}
+
+
+def retained(names: list[str], *, keep_last: int | None = None, keep_every: int | None = None,
+             keep: Iterable[str] = ()) -> set[str]:
+    """Which of ``names`` (oldest first) the policy keeps; no policy at all keeps every one.
+
+    ``keep_last=N``: the newest N. ``keep_every=K``: positions 0, K, 2K, ... counted from the
+    oldest snapshot present. ``keep``: these names (each must exist).
+    """
+    keep = list(keep)
+    missing = [k for k in keep if k not in names]
+    if missing:
+        raise SnapshotNotFoundError(f"--keep names snapshots that do not exist: {', '.join(missing)}")
+    if keep_last is not None and keep_last < 0 or keep_every is not None and keep_every < 1:
+        raise CasckptError("keep_last must be >= 0 and keep_every >= 1")
+    if keep_last is None and keep_every is None and not keep:
+        return set(names)
+    out = set(keep)
+    if keep_last:
+        out.update(names[-keep_last:])
+    if keep_every:
+        out.update(names[::keep_every])
+    return out
+
+
+def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
+            keep: Iterable[str] = ()) -> GcPlan:
+    """Plan a gc without deleting anything or taking the lock (a preview while saves may run:
+    chunks of a save in progress show up as orphans here; :func:`gc` re-plans under the lock)."""
+    names = [s.name for s in store.snapshots()]
+    kept = retained(names, keep_last=keep_last, keep_every=keep_every, keep=keep)
+    live: set[Digest] = set()
+    for name in names:
+        if name in kept:
+            live |= store.manifest(name).digests()
+    doomed = [d for d in store.chunks if d not in live]
+    referenced = _referenced(store, [n for n in names if n not in kept])
+    indexed = {d for d, _ in store.index.chunks()}
+    present = set(doomed)
+    index_only = tuple(d for d in indexed if d not in live and d not in present)
+    tmp = _tmp_files(store)
+    return GcPlan(keep=tuple(n for n in names if n in kept), drop=tuple(n for n in names if n not in kept),
+                  chunks=tuple(doomed), orphans=sum(1 for d in doomed if d not in referenced),
+                  chunk_bytes=sum(_size(store.chunks.path(d)) for d in doomed), index_only=index_only,
+                  tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp))
+
+
+def gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
+       keep: Iterable[str] = (), dry_run: bool = False, wait: bool = True) -> GcPlan:
+    """Apply the retention policy and delete unreferenced chunks and temp files.
+
+    Takes the exclusive store lock (waits for saves to finish; ``wait=False`` raises
+    LockTimeoutError at once instead). ``dry_run`` plans only, without the lock. Returns the plan,
+    with ``executed=True`` when it was carried out.
+    """
+    keep = tuple(keep)
+    if dry_run:
+        return plan_gc(store, keep_last=keep_last, keep_every=keep_every, keep=keep)
+    with store.lock(EXCLUSIVE, timeout=... if wait else 0):
+        plan = plan_gc(store, keep_last=keep_last, keep_every=keep_every, keep=keep)
+        execute(store, plan)
+    return replace(plan, executed=True)
+
+
+def execute(store: Store, plan: GcPlan) -> None:
+    """Carry out ``plan`` in crash-safe order. The caller holds the exclusive lock."""
+    for name in plan.drop:
+        fsutil.unlink_quiet(store.manifest_path(name))
+    if plan.drop and store.sync:
+        fsutil.fsync_dir(store.snap_dir)
+    for name in plan.drop:
+        store.index.remove_snapshot(name)
+    store.index.remove_chunks([*plan.chunks, *plan.index_only])
+    dirs = set()
+    for d in plan.chunks:
+        path = store.chunks.path(d)
+        fsutil.unlink_quiet(path)
+        dirs.add(path.parent)
+    if store.sync:
+        for p in dirs:
+            fsutil.fsync_dir(p)
+    for f in plan.tmp_files:
+        _remove(store.tmp_dir / f)
+
+
+def _referenced(store: Store, names: list[str]) -> set[Digest]:
+    out: set[Digest] = set()
+    for name in names:
+        out |= store.manifest(name).digests()
+    return out
+
+
+def _tmp_files(store: Store) -> list[str]:
+    try:
+        return sorted(os.listdir(store.tmp_dir))
+    except FileNotFoundError:
+        return []
+
+
+def _size(path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _remove(path) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        fsutil.unlink_quiet(path)

@@ -1,0 +1,300 @@
+"""Move snapshots in and out of standard formats: DCP directories, ``.safetensors``, ``torch.save``.
+
+``import_snapshot`` ingests a file or directory as a new snapshot (deduplicated against the store
+like any save); ``export_snapshot`` writes one in a format stock tools load. torch is imported
+inside the functions that need it, so the rest of casckpt works without it; safetensors is read
+and written natively.
+
+Safety: DCP's ``.metadata`` is a pickle. Importing reads it with a restricted unpickler that
+admits only the classes DCP metadata is made of (``torch.distributed.checkpoint.metadata``,
+``_StorageInfo``, ``torch.Size``, torch dtypes, paths) and refuses everything else. DCP's
+pickled non-tensor items (BYTE_IO) are stored as opaque ``bytes`` items, never unpickled, and
+exported byte for byte. ``torch.save`` files are loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import dtypes, fsutil
+from . import safetensors_file as safetensors
+from .diff import groups
+from .errors import CasckptError
+from .manifest import Manifest
+from .store import SaveStats, Store
+
+FORMATS = ("dcp", "safetensors", "torch")
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportStats:
+    snapshot: str
+    format: str
+    path: str
+    items: int
+    bytes: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def detect_format(src: str | os.PathLike) -> str:
+    """``dcp`` for a directory with ``.metadata``, ``safetensors`` by suffix, else ``torch``."""
+    p = Path(src)
+    if p.is_dir():
+        if not (p / ".metadata").is_file():
+            raise CasckptError(f"{p} is a directory without a DCP .metadata file")
+        return "dcp"
+    if not p.is_file():
+        raise CasckptError(f"{p} does not exist")
+    return "safetensors" if p.suffix == ".safetensors" else "torch"
+
+
+def import_snapshot(store: Store, name: str, src: str | os.PathLike, *, format: str | None = None,
+                    overwrite: bool = False) -> SaveStats:
+    """Store the checkpoint at ``src`` as snapshot ``name``; only chunks the store lacks are written."""
+    fmt = format or detect_format(src)
+    read = {"dcp": _read_dcp, "safetensors": _read_safetensors, "torch": _read_torch}.get(fmt)
+    if read is None:
+        raise CasckptError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    arrays, names, meta = read(Path(src))
+    meta = {"import": {"format": fmt, "source": str(Path(src).absolute()), **meta}}
+    return store.put_arrays(name, arrays, meta=meta, overwrite=overwrite, dtype_names=names)
+
+
+def export_snapshot(store: Store, name: str, dst: str | os.PathLike, *, format: str,
+                    progress: Progress | None = None) -> ExportStats:
+    """Write snapshot ``name`` to ``dst`` (which must not exist) in ``format``."""
+    if format not in FORMATS:
+        raise CasckptError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    dst = Path(dst)
+    if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())):
+        raise CasckptError(f"{dst} already exists; export writes a new file or directory")
+    m = store.manifest(name)
+    if format == "safetensors":
+        total = safetensors.write(store, m, dst, progress=progress)
+    else:
+        tensors = _assemble(store, m, progress)
+        total = _write_dcp(tensors, dst) if format == "dcp" else _write_torch(tensors, dst)
+    return ExportStats(m.name, format, str(dst.absolute()), len(groups(m)), total)
+
+
+# -- reading sources -------------------------------------------------------------------------------
+def _read_safetensors(src: Path):
+    tensors, meta = safetensors.read(src)
+    try:
+        raw = set(json.loads(meta.get("casckpt.bytes", "[]")))
+    except ValueError:
+        raw = set()
+    names = {k: ("bytes" if k in raw and t == "uint8" else t) for k, (t, _) in tensors.items()}
+    return {k: a for k, (_, a) in tensors.items()}, names, {"metadata": meta}
+
+
+def _read_torch(src: Path):
+    import torch
+
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+        obj = torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CasckptError(f"{src} is not a torch.save file loadable with weights_only=True: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CasckptError(f"{src} holds a {type(obj).__name__}, not a state dict")
+    arrays, names = {}, {}
+    for key, value in _flatten(obj):
+        if isinstance(value, torch.Tensor):
+            arrays[key], names[key] = _from_torch(value)
+        else:
+            buf = io.BytesIO()
+            torch.save(value, buf)
+            arrays[key], names[key] = np.frombuffer(buf.getvalue(), np.uint8), "bytes"
+    return arrays, names, {}
+
+
+def _flatten(obj, prefix: str = ""):
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            yield from _flatten(v, key + ".")
+        else:
+            yield key, v
+
+
+def _read_dcp(src: Path):
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    reader = _reader_class()(str(src))
+    md = reader.read_metadata()
+    state = {fqn: (b"" if isinstance(t, BytesStorageMetadata) else torch.empty(tuple(t.size), dtype=t.properties.dtype))
+             for fqn, t in md.state_dict_metadata.items()}
+    planner = _planners()[1]()
+    dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+    arrays, names = {}, {}
+    for fqn, value in state.items():
+        if isinstance(value, torch.Tensor):
+            arrays[fqn], names[fqn] = _from_torch(value)
+        else:
+            arrays[fqn], names[fqn] = np.frombuffer(planner.raw[fqn], np.uint8), "bytes"
+    return arrays, names, {}
+
+
+# -- writing destinations --------------------------------------------------------------------------
+def _assemble(store: Store, m: Manifest, progress: Progress | None) -> dict:
+    """FQN → torch tensor (shards of a DCP snapshot put together) or :class:`RawBytes`."""
+    total, done = m.logical_bytes, 0
+    out = {}
+    for fqn, keys in groups(m).items():
+        arrays = {k: _read_item(store, m, k) for k in keys}
+        whole = arrays[fqn] if keys == [fqn] else _join(fqn, keys, arrays)
+        out[fqn] = _to_torch(m.items[keys[0]].dtype, whole)
+        done += sum(m.items[k].nbytes for k in keys)
+        if progress:
+            progress(done, total)
+    return out
+
+
+def _read_item(store: Store, m: Manifest, key: str) -> np.ndarray:
+    item = m.items[key]
+    arr = np.empty(item.shape, dtype=np.dtype(dtypes.lookup(item.dtype).numpy))
+    if arr.nbytes:
+        store.read_item(item, memoryview(arr.reshape(-1).view(np.uint8)), key=key)
+    return arr
+
+
+def _join(fqn: str, keys: list[str], arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Put a tensor's shards (``fqn@o0,o1,...``) back together; the global shape is their extent."""
+    offsets = {k: tuple(int(x) for x in k.rpartition("@")[2].split(",")) for k in keys}
+    ndim = {len(o) for o in offsets.values()} | {a.ndim for a in arrays.values()}
+    if len(ndim) != 1 or len({a.dtype for a in arrays.values()}) != 1:
+        raise CasckptError(f"shards of {fqn!r} disagree on rank or dtype")
+    shape = tuple(max(o[d] + arrays[k].shape[d] for k, o in offsets.items()) for d in range(ndim.pop()))
+    first = arrays[keys[0]]
+    full = np.empty(shape, dtype=first.dtype)
+    for k, o in offsets.items():
+        full[tuple(slice(a, a + n) for a, n in zip(o, arrays[k].shape))] = arrays[k]
+    return full
+
+
+def _write_dcp(tensors: dict, dst: Path) -> int:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(dst)), planner=_planners()[0](), no_dist=True)
+    return sum(f.stat().st_size for f in dst.iterdir())
+
+
+def _write_torch(tensors: dict, dst: Path) -> int:
+    import torch
+
+    obj = {k: (torch.load(io.BytesIO(v.data), weights_only=True) if isinstance(v, RawBytes) else v)
+           for k, v in tensors.items()}
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, dst)
+    finally:
+        fsutil.unlink_quiet(tmp)
+    return dst.stat().st_size
+
+
+# -- torch <-> numpy, without copies where possible -------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RawBytes:
+    """An opaque DCP BYTE_IO payload (``torch.save`` bytes), carried without unpickling."""
+
+    data: bytes
+
+
+def _from_torch(t) -> tuple[np.ndarray, str]:
+    import torch
+
+    name = str(t.dtype).removeprefix("torch.")
+    if name not in dtypes.DTYPES or name == "bytes":
+        raise CasckptError(f"casckpt cannot store torch dtype {t.dtype}")
+    t = t.detach().cpu().contiguous()
+    flat = t.reshape(-1).view(torch.uint8).numpy()
+    return flat.view(np.dtype(dtypes.lookup(name).numpy)).reshape(tuple(t.shape)), name
+
+
+def _to_torch(name: str, arr: np.ndarray):
+    import torch
+
+    if name == "bytes":
+        return RawBytes(arr.tobytes())
+    flat = torch.from_numpy(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+    return flat.view(getattr(torch, name)).reshape(arr.shape)
+
+
+# -- DCP plumbing: safe metadata, raw BYTE_IO --------------------------------------------------------
+_DCP_MODULES = {"torch.distributed.checkpoint.metadata"}
+_ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+            ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+            ("torch.distributed.checkpoint.filesystem", "SerializationFormat"),
+            ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"),
+            ("pathlib", "PureWindowsPath")}
+
+
+class SafeMetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP ``.metadata`` and nothing else: any other global is refused."""
+
+    def find_class(self, module: str, name: str):
+        import torch
+
+        if (module, name) in _ALLOWED or module in _DCP_MODULES and not name.startswith("__"):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format, torch.layout)):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"DCP metadata refers to {module}.{name}, which casckpt does not allow")
+
+
+def _reader_class():
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+    class SafeFileSystemReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs) -> Metadata:
+            path = Path(self.path) / ".metadata"
+            try:
+                md = SafeMetadataUnpickler(io.BytesIO(path.read_bytes())).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+                raise CasckptError(f"{path} is not DCP metadata casckpt can read safely: {exc}") from None
+            if not isinstance(md, Metadata):
+                raise CasckptError(f"{path} does not hold DCP Metadata")
+            if getattr(md, "storage_meta", None) is None:
+                md.storage_meta = StorageMeta()
+            md.storage_meta.load_id = self.load_id
+            return md
+
+    return SafeFileSystemReader
+
+
+def _planners():
+    from torch.distributed.checkpoint import DefaultLoadPlanner, DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import WriteItemType
+
+    class RawSavePlanner(DefaultSavePlanner):
+        def transform_object(self, write_item, object):
+            if write_item.type == WriteItemType.BYTE_IO and isinstance(object, RawBytes):
+                return io.BytesIO(object.data)
+            return super().transform_object(write_item, object)
+
+    class RawLoadPlanner(DefaultLoadPlanner):
+        def __init__(self) -> None:
+            super().__init__()
+            self.raw: dict[str, bytes] = {}
+
+        def load_bytes(self, read_item, value) -> None:
+            self.raw[read_item.dest_index.fqn] = value.read()
+
+    return RawSavePlanner, RawLoadPlanner

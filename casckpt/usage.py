@@ -1,0 +1,126 @@
+"""What a store holds and what it costs: ``ls`` (per snapshot), ``du`` (whole store), ``show`` (per item).
+
+Sizes come from the manifests and the LMDB index (stored sizes per chunk); nothing here reads a
+chunk file. ``stored_bytes`` are bytes on disk in chunk files, headers included.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+from .digest import Digest
+from .store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotUsage:
+    """One row of ``ls``: ``unique_bytes`` are stored bytes of chunks no other snapshot references
+    (what deleting this snapshot alone and running gc would free)."""
+
+    name: str
+    created: str
+    logical_bytes: int
+    chunks: int
+    unique_bytes: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The whole store (``du``). ``raw_bytes``: uncompressed bytes of the distinct chunks.
+
+    ``dedup_ratio = logical / raw``, ``compression_ratio = raw / stored``, and their product
+    ``ratio = logical / stored`` (``None`` when the denominator is 0).
+    """
+
+    snapshots: int
+    logical_bytes: int
+    raw_bytes: int
+    stored_bytes: int
+    chunks: int
+
+    @property
+    def dedup_ratio(self) -> float | None:
+        return _ratio(self.logical_bytes, self.raw_bytes)
+
+    @property
+    def compression_ratio(self) -> float | None:
+        return _ratio(self.raw_bytes, self.stored_bytes)
+
+    @property
+    def ratio(self) -> float | None:
+        return _ratio(self.logical_bytes, self.stored_bytes)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "dedup_ratio": self.dedup_ratio,
+                "compression_ratio": self.compression_ratio, "ratio": self.ratio}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemUsage:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    chunks: int
+    logical_bytes: int
+    stored_bytes: int
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDetail:
+    """``show``: a snapshot's items. An item's ``stored_bytes`` counts each distinct chunk once,
+    including chunks it shares with other items or snapshots; ``stored_bytes`` of the snapshot
+    counts each distinct chunk of the snapshot once."""
+
+    name: str
+    created: str
+    logical_bytes: int
+    stored_bytes: int
+    items: tuple[ItemUsage, ...]
+    meta_keys: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "created": self.created, "logical_bytes": self.logical_bytes,
+                "stored_bytes": self.stored_bytes, "meta_keys": list(self.meta_keys),
+                "items": [i.to_json() for i in self.items]}
+
+
+def ls(store: Store) -> list[SnapshotUsage]:
+    """Every snapshot, oldest first, with the stored bytes only it holds."""
+    snaps = store.snapshots()
+    refs = {s.name: store.manifest(s.name).digests() for s in snaps}
+    owners = Counter(d for ds in refs.values() for d in ds)
+    sizes = _stored_sizes(store)
+    return [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
+                          sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1)) for s in snaps]
+
+
+def du(store: Store) -> Usage:
+    """Totals for the whole store, from the snapshot registry and the chunk index."""
+    snaps = store.snapshots()
+    n, raw, stored = store.index.totals()
+    return Usage(len(snaps), sum(s.logical_bytes for s in snaps), raw, stored, n)
+
+
+def show(store: Store, name: str) -> SnapshotDetail:
+    """The items of snapshot ``name`` (or ``"latest"``) with their stored sizes."""
+    m = store.manifest(name)
+    sizes = {d: (i.stored_len if i else 0) for d in m.digests() for i in [store.index.get(d)]}
+    items = tuple(ItemUsage(k, it.dtype, it.shape, len(it.chunks), it.nbytes,
+                            sum(sizes[d] for d in {c.digest for c in it.chunks}))
+                  for k, it in m.items.items())
+    return SnapshotDetail(m.name, m.created, m.logical_bytes, sum(sizes.values()), items, tuple(m.meta))
+
+
+def _stored_sizes(store: Store) -> dict[Digest, int]:
+    return {d: info.stored_len for d, info in store.index.chunks()}
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None

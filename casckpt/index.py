@@ -34,13 +34,17 @@ T = TypeVar("T")
 
 
 class Index:
-    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, create: bool = False) -> None:
+    def __init__(self, path: Path, *, map_size: int | None = None, create: bool = False) -> None:
+        # NOTE: the default is looked up per call so a test can start an index tiny and watch it grow.
+        map_size = map_size or DEFAULT_MAP_SIZE
         self.path = path
         if not create and not (path / "data.mdb").exists():
             raise IndexDamagedError(f"index {path} is missing; run `casckpt reindex` to rebuild it")
         try:
             path.mkdir(parents=True, exist_ok=True)
             self.env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True)
+            _check_size(self.env, path)
+            self._ident = _file_id(path)
             self._meta = self.env.open_db(b"meta")
             self._chunks = self.env.open_db(b"chunks")
             self._snaps = self.env.open_db(b"snapshots")
@@ -55,6 +59,11 @@ class Index:
 
     def close(self) -> None:
         self.env.close()
+
+    def replaced(self) -> bool:
+        """Whether the data file on disk is no longer the one this handle maps: another process
+        ran reindex (or deleted the index) since this one opened it."""
+        return _file_id(self.path) != self._ident
 
     # -- transactions ---------------------------------------------------------------------------
     def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
@@ -129,3 +138,23 @@ class Index:
             txn.drop(self._chunks, delete=False)
             txn.drop(self._snaps, delete=False)
         self._write(drop)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = (path / "data.mdb").stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_size(env: lmdb.Environment, path: Path) -> None:
+    """Refuse a data file shorter than its meta page says: LMDB would map pages past the end of
+    the file and the process would die of SIGBUS on the first read instead of raising."""
+    # NOTE: env.info() reads only the meta pages (at the start of the file), so it is safe here.
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = (path / "data.mdb").stat().st_size
+    if have < need:
+        env.close()
+        raise IndexDamagedError(f"index {path} is truncated ({have} of {need} bytes); run "
+                                "`casckpt reindex` to rebuild it from the chunks and manifests")

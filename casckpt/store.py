@@ -188,7 +188,7 @@ class Store:
     def index(self) -> Index:
         """The LMDB index, opened on first use; rebuilt automatically if it is missing."""
         if self._index is None:
-            if not (self.index_path / "data.mdb").exists():
+            if _empty_or_missing(self.index_path / "data.mdb"):
                 log.warning("casckpt: index %s is missing; rebuilding it from the store", self.index_path)
                 self._index = Index(self.index_path, create=True)
                 self._rebuild_index()
@@ -281,6 +281,11 @@ class Store:
 
     def stored(self, digests: Iterable[Digest]) -> set[Digest]:
         """Which digests are safely stored already (index lookup; coordinator only)."""
+        if self._index is not None and self._index.replaced():
+            # NOTE: a reindex in another process replaced the LMDB file; the old mapping would
+            # still claim chunks that a gc has deleted since, and the save would skip them.
+            self._index.close()
+            self._index = None
         return self.index.has_many(digests)
 
     def write_chunks(self, tasks: list[ChunkTask]) -> dict[Digest, ChunkInfo]:
@@ -445,6 +450,14 @@ class Store:
             except CasckptError as exc:
                 log.warning("casckpt: reindex skipped snapshot %s: %s", name, exc)
         return {"chunks": len(infos), "unreadable_chunks": bad, "snapshots": len(names)}
+
+
+def _empty_or_missing(path: Path) -> bool:
+    # NOTE: LMDB takes a zero-length data file for a new, empty index; treat it as lost instead.
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 def _registry_row(m: Manifest) -> dict:

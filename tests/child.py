@@ -2,7 +2,7 @@
 
 Run as ``python tests/child.py '<json spec>'``. Spec keys:
 
-* ``root``: the store; ``action``: ``save`` | ``save_loop`` | ``gc_loop``.
+* ``root``: the store; ``action``: ``save`` | ``save_loop`` | ``gc_loop`` | ``admin``.
 * ``save``: ``name`` and ``seed`` of one snapshot; optional ``crash``: ``[target, n, when]`` kills
   this process with SIGKILL at the ``n``-th call of ``target`` (``when`` = ``before`` | ``after``).
   Targets sit at the I/O boundary: ``write_parts`` (every file written), ``link`` (a chunk file
@@ -10,6 +10,7 @@ Run as ``python tests/child.py '<json spec>'``. Spec keys:
   rename, the commit point), ``put_snapshot`` (the registry row).
 * ``save_loop``: saves ``prefix``-0, -1, ... with seeds ``seed``+i for ``seconds``, deleting all but
   the newest ``keep`` of its own; ``gc_loop``: runs gc for ``seconds``. Both print a JSON report.
+* ``admin``: optionally ``reindex``, then ``delete`` the listed names, then ``gc``.
 
 The hooks are installed in this process only: the store under test is the real one.
 """
@@ -88,6 +89,19 @@ def gc_loop(spec: dict) -> None:
     print(json.dumps({"runs": runs, "chunks_freed": chunks_freed}))
 
 
+def admin(spec: dict) -> None:
+    """What an operator might run from a shell while a job holds the store open."""
+    from casckpt.gc import gc
+    with casckpt.Store.open(spec["root"], workers=2) as s:
+        if spec.get("reindex"):
+            s.reindex()
+        for name in spec.get("delete", []):
+            s.delete(name)
+        if spec.get("gc"):
+            gc(s)
+    print(json.dumps({"done": True}))
+
+
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    {"save": save, "save_loop": save_loop, "gc_loop": gc_loop}[spec["action"]](spec)
+    {"save": save, "save_loop": save_loop, "gc_loop": gc_loop, "admin": admin}[spec["action"]](spec)

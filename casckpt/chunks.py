@@ -57,8 +57,8 @@ class ChunkDir:
         return os.path.lexists(self.path(digest))
 
     def put(self, digest: Digest, raw: memoryview, *, group: int, config: codec.CodecConfig,
-            trusted_absent: bool = False) -> ChunkInfo | None:
-        """Store one chunk unless a good copy is already there. Returns its info, or None if kept.
+            trusted_absent: bool = False, writeback: bool = True) -> ChunkInfo:
+        """Store one chunk unless a good copy is already there. Returns its info either way.
 
         The file is not fsynced here; the caller makes a batch durable with :meth:`sync` before it
         commits anything that references the batch. A file already present that the index does
@@ -69,14 +69,14 @@ class ChunkDir:
         if not trusted_absent and os.path.lexists(final):
             try:
                 self.get(digest)
-                return None
+                return self.info(digest)
             except (CorruptChunkError, UnsafePathError):
                 replace = True  # a torn file from a crash, or a planted link: replace it
         kind, parts = codec.encode(raw, group=group, config=config)
         header = HEADER.pack(MAGIC, VERSION, kind, 0, raw.nbytes)
         tmp = fsutil.temp_path(self.tmp_dir, ".chunk")
         try:
-            size = fsutil.write_parts(tmp, [header, *parts], sync=False)
+            size = fsutil.write_parts(tmp, [header, *parts], sync=False, start_writeback=writeback)
             if replace:
                 os.replace(tmp, final)
             else:
@@ -85,15 +85,11 @@ class ChunkDir:
             fsutil.unlink_quiet(tmp)
         return ChunkInfo(raw.nbytes, size, kind)
 
-    def sync(self, digests) -> None:
-        """fsync the given chunk files and their fan-out directories."""
-        dirs = set()
-        for d in digests:
-            p = self.path(d)
-            fsutil.fsync_file(p)
-            dirs.add(p.parent)
-        for p in dirs:
-            fsutil.fsync_dir(p)
+    def sync(self, digests, *, map=map) -> None:
+        """fsync the given chunk files, then their fan-out directories (``map`` may be parallel)."""
+        paths = [self.path(d) for d in digests]
+        list(map(fsutil.fsync_file, paths))
+        list(map(fsutil.fsync_dir, sorted({p.parent for p in paths})))
 
     def read_payload(self, digest: Digest, *, item: str = "") -> tuple[int, int, memoryview]:
         """``(codec, raw_len, payload)`` of a chunk file, header checked, payload not yet verified."""

@@ -298,10 +298,9 @@ class Store:
         cfg = self.config.codec
 
         def put(t: ChunkTask) -> ChunkInfo:
-            # NOTE: put() returns None when a good file is already there but unindexed (left by a
-            # crashed save, or a concurrent save of the same chunk); commit() still needs its info.
-            return (self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
-                    or self.chunks.info(t.digest))
+            # NOTE: put() also returns the info of a good file that is already there but not
+            # indexed (left by a crashed save, or a concurrent save of the same chunk).
+            return self.chunks.put(t.digest, t.data, group=t.group, config=cfg, writeback=self.sync)
 
         try:
             infos = self.pipeline.map(put, unique, cost=lambda t: 2 * t.data.nbytes)
@@ -319,9 +318,7 @@ class Store:
         path = self.manifest_path(manifest.name)
         try:
             if self.sync:
-                self.pipeline.map(lambda d: self.chunks.sync([d]), list(new))
-                for sub in {self.chunks.path(d).parent for d in new}:
-                    fsutil.fsync_dir(sub)
+                self.chunks.sync(new, map=lambda fn, xs: self.pipeline.map(fn, list(xs)))
             self.index.add_chunks(dict(new))
             self._publish(path, manifest.to_bytes(), overwrite=overwrite)
         except OSError as exc:

@@ -15,3 +15,17 @@ __all__ = [
     "SnapshotExistsError", "SnapshotNotFoundError", "StoreIOError", "StoreNotFoundError",
     "UnsafePathError", "UnsupportedFormatError",
 ]
+
+# NOTE: the DCP layer imports torch, so it loads on first use: `import casckpt` stays torch-free.
+_DCP_NAMES = {"CasWriter", "CasReader", "DedupSavePlanner", "SafeLoadPlanner", "save", "load"}
+
+
+def __getattr__(name: str):
+    if name in _DCP_NAMES:
+        from . import dcp
+        return getattr(dcp, name)
+    raise AttributeError(f"module 'casckpt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _DCP_NAMES)

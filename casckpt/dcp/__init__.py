@@ -1,0 +1,10 @@
+"""casckpt as a storage layer for torch.distributed.checkpoint (DCP). The only package that imports torch."""
+
+from .api import load, save
+from .meta import item_key, key_fqn
+from .planner import DedupSavePlanner, SafeLoadPlanner
+from .reader import CasReader
+from .writer import CasWriter
+
+__all__ = ["CasWriter", "CasReader", "DedupSavePlanner", "SafeLoadPlanner", "save", "load",
+           "item_key", "key_fqn"]

@@ -1,0 +1,114 @@
+"""casckpt.save / casckpt.load: DCP save and load with casckpt's writer, planners and typed errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Any
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+
+from ..errors import CasckptError, CheckpointFailedError, SnapshotExistsError
+from ..manifest import check_name
+from ..store import SaveStats, Store
+from .planner import DedupSavePlanner, SafeLoadPlanner
+from .reader import CasReader, resolve_latest
+from .writer import CasWriter
+
+
+def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str, *,
+         overwrite: bool = False, chunk_size: int | None = None,
+         process_group: dist.ProcessGroup | None = None) -> SaveStats:
+    """Save ``state_dict`` as snapshot ``name`` with :class:`CasWriter` and :class:`DedupSavePlanner`.
+
+    Call it on every rank (like ``dcp.save``). Returns the save's statistics on every rank.
+    Raises casckpt's typed errors (InvalidNameError, SnapshotExistsError, CorruptChunkError...)
+    rather than DCP's CheckpointException; other failures become CheckpointFailedError.
+    """
+    check_name(name)
+    path = store.root if isinstance(store, Store) else os.fspath(store)
+    if not overwrite and os.path.exists(os.path.join(path, "snapshots", f"{name}.json")):
+        raise SnapshotExistsError(f"snapshot {name!r} already exists in store {path}")
+    writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size)
+    try:
+        with _quiet():
+            dcp.save(state_dict, storage_writer=writer, planner=DedupSavePlanner(), process_group=process_group)
+        stats = writer.stats
+    except CheckpointException as exc:
+        _reraise(exc)
+    finally:
+        writer.close()
+    return _from_coordinator(stats, process_group)
+
+
+def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str = "latest", *,
+         allow_pickle: bool = False, allow_partial_load: bool = False,
+         process_group: dist.ProcessGroup | None = None) -> str:
+    """Load snapshot ``name`` (default the newest) into ``state_dict`` in place, on every rank.
+
+    Byte items (non-tensor state) load with ``torch.load(weights_only=True)``; pass
+    ``allow_pickle=True`` only for stores you trust. Returns the snapshot name loaded. Checks
+    that the snapshot exists before DCP starts and raises casckpt's typed errors.
+    """
+    st = store if isinstance(store, Store) else Store.open(store)
+    try:
+        resolved = resolve_latest(st) if name == "latest" else check_name(name)
+        resolved = _from_coordinator(resolved, process_group)
+        st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
+        reader = CasReader(st, snapshot=resolved)
+        planner = SafeLoadPlanner(allow_pickle=allow_pickle, allow_partial_load=allow_partial_load)
+        try:
+            with _quiet():
+                dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
+        except CheckpointException as exc:
+            _reraise(exc, reader.metadata_error)
+        return resolved
+    finally:
+        if st is not store:
+            st.close()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _from_coordinator(value: Any, group: dist.ProcessGroup | None) -> Any:
+    """``value`` as the coordinator (rank 0 of ``group``) has it, on every rank."""
+    if not _distributed() or dist.get_world_size(group) == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group or dist.group.WORLD, 0), group=group)
+    return box[0]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence DCP's warning that a process without a process group checkpoints alone."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+        yield
+
+
+def _reraise(exc: CheckpointException, extra: BaseException | None = None) -> None:
+    cause = _cause(exc, extra)
+    if cause is exc:
+        raise exc
+    raise cause from exc
+
+
+def _cause(exc: CheckpointException, extra: BaseException | None = None) -> BaseException:
+    """The error to raise instead of DCP's CheckpointException (a BaseException): our typed
+    cause from the lowest failing rank if there is one, else CheckpointFailedError."""
+    causes = [e for _, (e, _tb) in sorted(exc.failures.items())]
+    if extra is not None:
+        causes.append(extra)
+    for e in causes:
+        if isinstance(e, CasckptError):
+            return e
+    if all(isinstance(e, Exception) for e in causes):
+        first = causes[0] if causes else exc
+        return CheckpointFailedError(f"DCP checkpoint failed: {type(first).__name__}: {first}")
+    return exc

@@ -1,0 +1,117 @@
+"""Host bytes of DCP write items: any tensor (CUDA, non-contiguous, conjugate views, 0-d) or a
+BYTE_IO buffer, as a read-only memoryview of C-order little-endian bytes, plus its chunk spans.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
+
+from .. import chunking, dtypes
+from ..errors import CasckptError
+from .meta import dtype_name, item_key
+
+# NOTE: copies of CUDA (or non-contiguous) tensors are made this many bytes at a time, so the
+# extra host memory of a save stays bounded whatever the size of the state.
+HOST_BATCH_BYTES = 256 << 20
+
+if sys.byteorder != "little":  # the store format is little-endian; torch CPU memory is native
+    raise ImportError("casckpt's DCP layer needs a little-endian host")
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What a write item stores: manifest key, dtype name, shape, and chunk spans of its bytes."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    spans: tuple[tuple[int, int], ...]
+
+    @property
+    def group(self) -> int:
+        dt = dtypes.lookup(self.dtype)
+        return dt.itemsize if dt.floating else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(n for _, n in self.spans)
+
+
+def write_key(item: WriteItem) -> str:
+    if item.type == WriteItemType.BYTE_IO:
+        return item_key(item.index.fqn)
+    td = item.tensor_data
+    return item_key(item.index.fqn, td.chunk.offsets, td.chunk.sizes, td.size)
+
+
+def layout(item: WriteItem, chunk_size: int, nbytes: int | None = None) -> Layout:
+    """Chunk spans of an item. Row shards that span every trailing dimension are cut on the
+    tensor's global row grid (``row0`` = the shard's first global row); see docs/FORMAT.md."""
+    key = write_key(item)
+    if item.type == WriteItemType.BYTE_IO:
+        shape = (nbytes,)
+        return Layout(key, "bytes", shape, tuple(chunking.spans(shape, 1, chunk_size)))
+    td = item.tensor_data
+    name = dtype_name(td.properties.dtype)
+    shape = tuple(int(s) for s in td.chunk.sizes)
+    full_rows = len(shape) >= 1 and list(shape[1:]) == list(td.size[1:])
+    row0 = int(td.chunk.offsets[0]) if full_rows else 0
+    spans = chunking.spans(shape, dtypes.lookup(name).itemsize, chunk_size, row0=row0)
+    return Layout(key, name, shape, tuple(spans))
+
+
+def host_bytes(data: torch.Tensor | io.BytesIO, item: WriteItem) -> memoryview:
+    """C-order bytes of ``data`` on the host, without a copy when it is already a contiguous CPU
+    tensor. CUDA tensors should go through :func:`host_batches` so copies stay bounded."""
+    if isinstance(data, io.BytesIO):
+        return data.getbuffer().toreadonly()
+    if not isinstance(data, torch.Tensor) or data.layout != torch.strided or data.is_quantized:
+        raise CasckptError(f"casckpt cannot store {item.index.fqn!r}: a {type(data).__name__} "
+                           f"({getattr(data, 'layout', '')}) is not a dense tensor")
+    expect = tuple(item.tensor_data.chunk.sizes)
+    if tuple(data.shape) != expect:
+        raise CasckptError(f"{item.index.fqn!r}: the planner resolved a tensor of shape "
+                           f"{tuple(data.shape)} for a chunk of shape {expect}")
+    t = data.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    t = t.resolve_conj().resolve_neg().contiguous()
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).toreadonly()
+
+
+def host_batches(items: Iterable[WriteItem], resolve: Callable[[WriteItem], object], *,
+                 budget: int = HOST_BATCH_BYTES) -> Iterator[list[tuple[WriteItem, memoryview]]]:
+    """Yield items with their host bytes in batches whose copies add up to about ``budget``.
+
+    CUDA tensors of a batch are copied with ``non_blocking`` and one synchronise, so transfers
+    overlap; a batch's copies are dropped once the consumer moves on to the next batch.
+    """
+    batch: list[tuple[WriteItem, object]] = []
+    held = 0
+    for item in items:
+        data = resolve(item)
+        if isinstance(data, torch.Tensor) and data.device.type == "cuda":
+            data = data.detach().to("cpu", non_blocking=True)
+            held += data.numel() * data.element_size()
+        elif isinstance(data, torch.Tensor) and not data.is_contiguous():
+            held += data.numel() * data.element_size()
+        batch.append((item, data))
+        if held >= budget:
+            yield _materialise(batch)
+            batch, held = [], 0
+    if batch:
+        yield _materialise(batch)
+
+
+def _materialise(batch: list[tuple[WriteItem, object]]) -> list[tuple[WriteItem, memoryview]]:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # the non_blocking copies above must land before we read them
+    return [(item, host_bytes(data, item)) for item, data in batch]

@@ -1,0 +1,119 @@
+"""Planners: DedupSavePlanner hashes chunks during local planning; SafeLoadPlanner loads byte
+items without unpickling arbitrary objects. Also the plan payloads the writer exchanges."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass
+
+import torch
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
+from torch.distributed.checkpoint.planner import ReadItem, SavePlan
+from torch.distributed.checkpoint._nested_dict import FLATTEN_MAPPING
+from torch.distributed.checkpoint._traverse import set_element
+
+from ..digest import digest_of
+from ..pipeline import Pipeline
+from .host import Layout, host_batches, layout
+
+
+@dataclass
+class CasStorageMeta(StorageMeta):
+    """StorageMeta from :class:`CasWriter`: tells :class:`DedupSavePlanner` the store's chunk size."""
+
+    casckpt_chunk_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDigests:
+    """One write item's layout and the digest (raw 32 bytes) of each of its spans."""
+
+    layout: Layout
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDigests:
+    """``SavePlan.storage_data`` of a local plan from DedupSavePlanner, keyed by item key."""
+
+    chunk_size: int
+    items: dict[str, ItemDigests]
+
+
+@dataclass(frozen=True, slots=True)
+class RankPlan:
+    """``SavePlan.storage_data`` of a global plan, from CasWriter.prepare_global_plan.
+
+    ``digests``: this rank's item digests from planning (None: hash in write_data).
+    ``write``: new digests this rank writes (each new digest goes to exactly one rank).
+    ``stored``: digests known to be stored (hints for ranks that hash in write_data).
+    """
+
+    digests: dict[str, ItemDigests] | None
+    write: frozenset[bytes]
+    stored: frozenset[bytes]
+
+
+class DedupSavePlanner(DefaultSavePlanner):
+    """DefaultSavePlanner that also hashes every item's chunks while planning locally.
+
+    The digests travel in the local plan to the coordinator, where :class:`CasWriter` drops
+    chunks the store already holds and gives each new chunk to exactly one rank. With any
+    storage writer other than CasWriter it behaves exactly like DefaultSavePlanner. Plan
+    caching is not supported (a cached plan would carry stale digests).
+    """
+
+    def __init__(self, *, flatten_state_dict: bool = True, flatten_sharded_tensors: bool = True,
+                 dedup_save_to_lowest_rank: bool = False, workers: int | None = None) -> None:
+        super().__init__(flatten_state_dict=flatten_state_dict, flatten_sharded_tensors=flatten_sharded_tensors,
+                         dedup_save_to_lowest_rank=dedup_save_to_lowest_rank, enable_plan_caching=False)
+        self.workers = workers
+        self._chunk_size = 0
+
+    def set_up_planner(self, state_dict, storage_meta: StorageMeta | None = None,
+                       is_coordinator: bool = False) -> None:
+        super().set_up_planner(state_dict, storage_meta, is_coordinator)
+        self._chunk_size = getattr(storage_meta, "casckpt_chunk_size", 0) or 0
+
+    def create_local_plan(self) -> SavePlan:
+        plan = super().create_local_plan()
+        if not self._chunk_size:
+            return plan
+        return dataclasses.replace(plan, storage_data=LocalDigests(self._chunk_size, self._hash(plan)))
+
+    def _hash(self, plan: SavePlan) -> dict[str, ItemDigests]:
+        pipe = Pipeline(workers=self.workers)
+        out: dict[str, ItemDigests] = {}
+        try:
+            for batch in host_batches(plan.items, self.resolve_data):
+                for item, data in batch:
+                    lay = layout(item, self._chunk_size, data.nbytes)
+                    digs = pipe.map(lambda s, d=data: digest_of(d[s[0]:s[0] + s[1]]).raw, list(lay.spans))
+                    out[lay.key] = ItemDigests(lay, tuple(digs))
+        finally:
+            pipe.close()
+        return out
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DefaultLoadPlanner whose byte items load with ``torch.load(weights_only=True)``.
+
+    ``allow_pickle=True`` restores DCP's default (full unpickling: only for trusted stores).
+    """
+
+    def __init__(self, *, allow_pickle: bool = False, flatten_state_dict: bool = True,
+                 flatten_sharded_tensors: bool = True, allow_partial_load: bool = False) -> None:
+        super().__init__(flatten_state_dict=flatten_state_dict, flatten_sharded_tensors=flatten_sharded_tensors,
+                         allow_partial_load=allow_partial_load)
+        self.allow_pickle = allow_pickle
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        obj = torch.load(value, weights_only=not self.allow_pickle)
+        fqn = read_item.dest_index.fqn
+        if self.flatten_state_dict:
+            mappings: FLATTEN_MAPPING = self.mappings
+            set_element(self.original_state_dict, mappings[fqn], obj)
+        else:
+            self.state_dict[fqn] = obj

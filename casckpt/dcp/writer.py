@@ -1,0 +1,285 @@
+"""CasWriter: DCP StorageWriter that saves into a casckpt store, deduplicating at global planning."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import weakref
+from typing import Any
+
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
+from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
+from torch.futures import Future
+
+from .. import chunking
+from ..chunks import ChunkInfo
+from ..digest import Digest
+from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
+from ..lock import SHARED
+from ..manifest import ChunkRef, Item, Manifest, check_name, utc_now
+from ..store import ChunkTask, SaveStats, Store
+from .host import Layout, host_batches, layout, write_key
+from .meta import metadata_to_json
+from .planner import CasStorageMeta, ItemDigests, LocalDigests, RankPlan
+
+_NO_PLAN = RankPlan(None, frozenset(), frozenset())
+
+
+class CasWriter(StorageWriter):
+    """Save a DCP checkpoint as snapshot ``snapshot`` of the casckpt store ``store``.
+
+    ``store`` is a path (created on first save; ``chunk_size`` applies then) or an open
+    :class:`casckpt.Store`. The snapshot name comes from ``checkpoint_id`` when DCP passes one,
+    else from ``snapshot=``. ``overwrite=True`` replaces an existing snapshot of that name.
+    Pair it with :class:`DedupSavePlanner` so dedup is decided at global planning; with DCP's
+    default planner it still works (each rank hashes in ``write_data`` and skips chunks of the
+    latest snapshot that are still stored).
+
+    DCP's call order, and which ranks make each call:
+
+    0. all ranks: ``reset(checkpoint_id)``, only when ``dcp.save`` got a ``checkpoint_id``;
+       releases a lock left by an earlier failed save.
+    1. all ranks: ``storage_meta()`` (carries the chunk size to the planner), then
+       ``set_up_storage_writer(is_coordinator)``: the coordinator opens (or creates) the store,
+       takes its shared lock and checks the name is free. Other ranks do not touch the store.
+    2. all ranks: ``prepare_local_plan(plan)``: nothing to add.
+    3. coordinator: ``prepare_global_plan(plans)``: looks every planned digest up in the index,
+       drops stored chunks and assigns each new digest to one rank.
+    4. all ranks: ``write_data(plan, planner)``: writes this rank's chunk files (never the index).
+    5. coordinator: ``finish(metadata, results)``: builds the manifest (DCP's Metadata as JSON)
+       and commits it (chunks fsynced, indexed, manifest published), then releases the lock.
+
+    Only the coordinator opens the LMDB index, so ranks on other hosts need only the chunk and
+    snapshot directories. ``stats`` holds the last save's :class:`casckpt.SaveStats` (coordinator).
+    """
+
+    def __init__(self, store: Store | str | os.PathLike, *, snapshot: str | None = None,
+                 chunk_size: int | None = None, overwrite: bool = False) -> None:
+        super().__init__()
+        self._own = not isinstance(store, Store)
+        self._path = None if isinstance(store, Store) else os.fspath(store)
+        self._store: Store | None = None if self._own else store
+        self.snapshot = snapshot
+        self.chunk_size = chunk_size
+        self.overwrite = overwrite
+        self.is_coordinator = False
+        self.stats: SaveStats | None = None
+        self._lock_release: weakref.finalize | None = None
+        self._started = 0.0
+
+    # -- DCP interface --------------------------------------------------------------------------
+    def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
+        self.release()
+        if checkpoint_id is not None:
+            self.snapshot = os.fspath(checkpoint_id)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        try:
+            check_name(os.fspath(checkpoint_id))
+        except (CasckptError, TypeError):
+            return False
+        return True
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        return self.snapshot
+
+    def storage_meta(self) -> StorageMeta | None:
+        return CasStorageMeta(checkpoint_id=self.snapshot, casckpt_chunk_size=self._chunk_size())
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, rank: int = 0,
+                              use_collectives: bool = True, **kwargs: Any) -> None:
+        # NOTE: **kwargs makes DCP pass rank= and use_collectives=; nothing else is accepted.
+        if not use_collectives:
+            raise CasckptError("CasWriter needs DCP's collectives (use_collectives=True): one "
+                               "coordinator commits the snapshot for all ranks")
+        if self.snapshot is None:
+            raise CasckptError("no snapshot name: pass checkpoint_id= to dcp.save or snapshot= to CasWriter")
+        check_name(self.snapshot)
+        self.is_coordinator, self.stats, self._started = is_coordinator, None, time.perf_counter()
+        if not is_coordinator:
+            return
+        store = self._open(create=True)
+        self.release()
+        lock = store.lock(SHARED).acquire()
+        self._lock_release = weakref.finalize(self, lock.release)
+        if not self.overwrite and store.exists(self.snapshot):
+            self.release()
+            raise SnapshotExistsError(f"snapshot {self.snapshot!r} already exists in store {store.root}")
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        if not all(p.usable for p in plans):
+            raise CasckptError("CasWriter does not support DCP plan caching (enable_plan_caching)")
+        store = self._open(create=True)
+        local = [self._local_digests(p, store.config.chunk_size) for p in plans]
+        known = {d for loc in local if loc for it in loc.values() for d in it.digests}
+        stored = {d.raw for d in store.stored(Digest(d) for d in known)}
+        writes = _assign(local, stored)
+        hints = self._latest_hints(store, plans, local)
+        return [dataclasses.replace(p, storage_data=RankPlan(loc, frozenset(w), hints if loc is None else frozenset()))
+                for p, loc, w in zip(plans, local, writes)]
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        rp = plan.storage_data if isinstance(plan.storage_data, RankPlan) else _NO_PLAN
+        results = _RankWrite(self._open(create=False), rp, self.is_coordinator).run(plan.items, planner)
+        fut: Future[list[WriteResult]] = Future()
+        fut.set_result(results)
+        return fut
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        try:
+            store = self._open(create=True)
+            items, new = _collect(results)
+            refs = {c.digest for it in items.values() for c in it.chunks}
+            unknown = refs - new.keys()
+            for d in unknown - store.stored(unknown):
+                new[d] = store.chunks.info(d)  # a file a rank found intact on disk but not indexed
+            sm = StorageMeta(checkpoint_id=self.snapshot)
+            meta = {"dcp": metadata_to_json(dataclasses.replace(metadata, storage_meta=sm))}
+            m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
+            self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
+        finally:
+            self.release()
+
+    # -- helpers --------------------------------------------------------------------------------
+    def release(self) -> None:
+        """Release the store lock if this writer holds it (after a failed save, for instance)."""
+        if self._lock_release is not None:
+            self._lock_release()
+            self._lock_release = None
+
+    def close(self) -> None:
+        """Release the lock and close the store if this writer opened it."""
+        self.release()
+        if self._own and self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _open(self, *, create: bool) -> Store:
+        if self._store is None:
+            exists = os.path.exists(os.path.join(self._path, "casckpt.json"))
+            self._store = Store.open(self._path, create=create,
+                                     chunk_size=None if exists else self.chunk_size)
+        return self._store
+
+    def _chunk_size(self) -> int:
+        if self._store is not None:
+            return self._store.config.chunk_size
+        if os.path.exists(os.path.join(self._path, "casckpt.json")):
+            return self._open(create=False).config.chunk_size
+        return self.chunk_size or chunking.DEFAULT_CHUNK_SIZE
+
+    @staticmethod
+    def _local_digests(plan: SavePlan, chunk_size: int) -> dict[str, ItemDigests] | None:
+        sd = plan.storage_data
+        if not isinstance(sd, LocalDigests) or sd.chunk_size != chunk_size:
+            return None  # default planner (or a stale chunk size): the rank hashes in write_data
+        keys = [write_key(i) for i in plan.items]
+        if not all(k in sd.items for k in keys):
+            return None
+        return {k: sd.items[k] for k in keys}
+
+    @staticmethod
+    def _latest_hints(store: Store, plans: list[SavePlan], local: list) -> frozenset[bytes]:
+        """Digests of the latest snapshot's items that ranks without digests will save, still
+        stored: those ranks skip them without touching the store."""
+        keys = {write_key(i) for p, loc in zip(plans, local) if loc is None for i in p.items}
+        if not keys:
+            return frozenset()
+        try:
+            m = store.manifest("latest")
+        except SnapshotNotFoundError:
+            return frozenset()
+        ds = {c.digest for k in keys & m.items.keys() for c in m.items[k].chunks}
+        return frozenset(d.raw for d in store.stored(ds))
+
+
+def _assign(local: list[dict[str, ItemDigests] | None], stored: set[bytes]) -> list[set[bytes]]:
+    """Give each new digest to one of the ranks holding it: the least loaded so far."""
+    holders: dict[bytes, list[int]] = {}
+    sizes: dict[bytes, int] = {}
+    for rank, loc in enumerate(local):
+        for it in (loc or {}).values():
+            for d, (_, n) in zip(it.digests, it.layout.spans):
+                if d not in stored:
+                    holders.setdefault(d, []).append(rank)
+                    sizes[d] = n
+    load = [0] * len(local)
+    writes: list[set[bytes]] = [set() for _ in local]
+    for d in sorted(holders, key=lambda d: -sizes[d]):
+        rank = min(holders[d], key=lambda r: load[r])
+        writes[rank].add(d)
+        load[rank] += sizes[d]
+    return writes
+
+
+class _RankWrite:
+    """``write_data`` of one rank: fetch host bytes of items that have chunks to write, write
+    them, and describe every item (layout, digests, new chunk infos) for the coordinator."""
+
+    def __init__(self, store: Store, plan: RankPlan, is_coordinator: bool) -> None:
+        self.store, self.plan, self.is_coordinator = store, plan, is_coordinator
+        self.infos: dict[bytes, ChunkInfo | None] = {}
+
+    def run(self, items: list[WriteItem], planner: SavePlanner) -> list[WriteResult]:
+        known = self.plan.digests or {}
+        results = []
+        need = []
+        for item in items:
+            it = known.get(write_key(item))
+            if it is not None and not self.plan.write.intersection(it.digests):
+                results.append(self._result(item, it.layout, it.digests))  # nothing to write: no data
+            else:
+                need.append(item)
+        for batch in host_batches(need, planner.resolve_data):
+            results.extend(self._write_batch(batch, known))
+        return results
+
+    def _write_batch(self, batch, known) -> list[WriteResult]:
+        tasks: dict[bytes, ChunkTask] = {}
+        described = []
+        for item, data in batch:
+            it = known.get(write_key(item))
+            if it is not None:
+                lay, digs = it.layout, it.digests
+                if data.nbytes != lay.nbytes:
+                    raise CasckptError(f"{lay.key!r} changed size between planning and writing")
+                todo = [d in self.plan.write for d in digs]
+            else:
+                lay = layout(item, self.store.config.chunk_size, data.nbytes)
+                digs = tuple(d.raw for d in self.store.hash_spans(data, list(lay.spans)))
+                todo = [d not in self.plan.stored for d in digs]
+            for d, (o, n), t in zip(digs, lay.spans, todo):
+                if t and d not in self.infos and d not in tasks:
+                    tasks[d] = ChunkTask(Digest(d), data[o:o + n], lay.group)
+            described.append((item, lay, digs))
+        if self.is_coordinator and self.plan.digests is None:
+            have = {d.raw for d in self.store.stored(t.digest for t in tasks.values())}
+            tasks = {d: t for d, t in tasks.items() if d not in have}
+        written = self.store.write_chunks(list(tasks.values()))
+        self.infos.update({d.raw: i for d, i in written.items()})
+        return [self._result(item, lay, digs) for item, lay, digs in described]
+
+    def _result(self, item: WriteItem, lay: Layout, digs: tuple[bytes, ...]) -> WriteResult:
+        new = {d: dataclasses.astuple(self.infos[d]) for d in set(digs) if self.infos.get(d) is not None}
+        data = {"key": lay.key, "dtype": lay.dtype, "shape": list(lay.shape),
+                "chunks": [(d, n) for d, (_, n) in zip(digs, lay.spans)], "new": new}
+        return WriteResult(index=item.index, size_in_bytes=lay.nbytes, storage_data=data)
+
+
+def _collect(results: list[list[WriteResult]]) -> tuple[dict[str, Item], dict[Digest, ChunkInfo]]:
+    items: dict[str, Item] = {}
+    new: dict[Digest, ChunkInfo] = {}
+    for rank_results in results:
+        for wr in rank_results:
+            sd = wr.storage_data
+            items[sd["key"]] = Item(sd["dtype"], tuple(sd["shape"]),
+                                    tuple(ChunkRef(Digest(d), n) for d, n in sd["chunks"]))
+            new.update({Digest(d): ChunkInfo(*info) for d, info in sd["new"].items()})
+    return items, new

@@ -16,6 +16,7 @@ source of truth. The map grows by doubling whenever a write hits its limit, so c
 
 from __future__ import annotations
 
+import errno
 import json
 import struct
 from pathlib import Path
@@ -25,7 +26,7 @@ import lmdb
 
 from .chunks import ChunkInfo
 from .digest import Digest
-from .errors import IndexDamagedError
+from .errors import IndexDamagedError, StoreIOError
 
 VERSION = b"1"
 _ENTRY = struct.Struct("<QQB")
@@ -73,6 +74,8 @@ class Index:
                     return fn(txn)
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)  # another process grew the map: adopt its size
+            except lmdb.Error as exc:
+                raise self._error(exc) from None
         raise IndexDamagedError(f"index {self.path} keeps changing size")
 
     def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
@@ -84,6 +87,16 @@ class Index:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)
+            except lmdb.Error as exc:
+                raise self._error(exc) from None
+
+    def _error(self, exc: lmdb.Error) -> Exception:
+        """A typed error for an LMDB failure: damage says reindex; anything else (a full disk, an
+        I/O error) is a StoreIOError, so callers never see an lmdb exception."""
+        if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError,
+                            lmdb.VersionMismatchError)):
+            return IndexDamagedError(f"index {self.path} is damaged ({exc}); run `casckpt reindex`")
+        return StoreIOError(errno.EIO, f"index {self.path}: {exc}")
 
     # -- chunks ---------------------------------------------------------------------------------
     def has_many(self, digests: Iterable[Digest]) -> set[Digest]:

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .errors import LockTimeoutError
+from .errors import LockTimeoutError, StoreIOError
 
 SHARED, EXCLUSIVE = fcntl.LOCK_SH, fcntl.LOCK_EX
 
@@ -25,7 +25,10 @@ class StoreLock:
         self._fd: int | None = None
 
     def acquire(self) -> "StoreLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:  # a read-only store, a lock that is a directory or a symlink
+            raise StoreIOError(exc.errno, f"cannot open the lock file {self.path}: {exc.strerror}") from None
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         try:
             while True:

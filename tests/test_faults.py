@@ -1,0 +1,160 @@
+"""Disk full and permission denied mid-save, injected by wrappers at the I/O boundary (the file
+writer, the link into place, fsync, the LMDB environment, the lock file). Each save that fails
+raises StoreIOError (a CasckptError carrying the errno), commits nothing, leaves earlier snapshots
+intact, and leaves no temp file outside tmp/ (and, here, none at all); the next save works."""
+
+import errno
+import os
+
+import lmdb
+import pytest
+
+import casckpt
+from casckpt import chunks, fsutil
+from storekit import arrays, assert_same, chunk_names, gc_module, new_store, referenced, tmp_files
+
+NEW_WRITES = 10  # a save of arrays(99) on top of arrays(1): 9 new chunk files and 1 manifest
+
+
+def failing_after(fn, n: int, err: int, *, partial: bool = False):
+    """``fn`` that works ``n`` times, then raises OSError(err) on every call. With ``partial`` the
+    failing call writes its first part for real (a torn temp file) before raising."""
+    calls = [0]
+
+    def wrapper(path, parts, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] <= n:
+            return fn(path, parts, *args, **kwargs)
+        if partial:
+            def torn():
+                it = iter(parts)
+                yield next(it)
+                raise OSError(err, os.strerror(err))
+            return fn(path, torn(), *args, **kwargs)
+        raise OSError(err, os.strerror(err), str(path))
+
+    return wrapper
+
+
+@pytest.fixture
+def store(tmp_path):
+    with new_store(tmp_path / "store") as s:
+        s.put_arrays("s1", arrays(1))
+        yield s
+
+
+def assert_nothing_committed(store, name="bad"):
+    assert not store.exists(name)
+    assert [x.name for x in store.snapshots()] == ["s1"]
+    assert_same(arrays(1), store.get_arrays("s1"))
+    assert tmp_files(store.root) == []
+    assert not any(p.name.endswith((".chunk", ".manifest", ".tmp")) for p in store.root.rglob("*")
+                   if "tmp" not in p.relative_to(store.root).parts)
+
+
+def assert_recovers(store, name="bad"):
+    store.put_arrays(name, arrays(99))
+    assert_same(arrays(99), store.get_arrays(name))
+
+
+# (errno, successful writes before the failure, torn): the first chunk, mid-way, the manifest
+WRITE_FAULTS = [(e, n, torn) for e in (errno.ENOSPC, errno.EACCES) for n in (0, 4, NEW_WRITES - 1)
+                for torn in (False, True)] + [(errno.EDQUOT, 4, True), (errno.EROFS, 0, False)]
+
+
+@pytest.mark.parametrize("err, after, partial", WRITE_FAULTS)
+def test_write_fails_mid_save(store, monkeypatch, err, after, partial):
+    monkeypatch.setattr(fsutil, "write_parts", failing_after(fsutil.write_parts, after, err, partial=partial))
+    with pytest.raises(casckpt.StoreIOError) as info:
+        store.put_arrays("bad", arrays(99))
+    assert info.value.errno == err and isinstance(info.value, casckpt.CasckptError)
+    assert os.strerror(err) in str(info.value) and str(store.root) in str(info.value)
+    assert_nothing_committed(store)
+    monkeypatch.undo()
+    assert_recovers(store)
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EMLINK, errno.EACCES])
+def test_link_into_place_fails(store, monkeypatch, err):
+    real = chunks._link_into_place
+    calls = [0]
+
+    def link(tmp, final):
+        calls[0] += 1
+        if calls[0] > 3:
+            raise OSError(err, os.strerror(err), str(final))
+        real(tmp, final)
+
+    monkeypatch.setattr(chunks, "_link_into_place", link)
+    with pytest.raises(casckpt.StoreIOError) as info:
+        store.put_arrays("bad", arrays(99))
+    assert info.value.errno == err
+    assert_nothing_committed(store)
+    monkeypatch.undo()
+    assert_recovers(store)
+
+
+@pytest.mark.parametrize("target", ["fsync_file", "fsync_dir"])
+def test_fsync_fails_before_commit(store, monkeypatch, target):
+    def fail(path):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+    monkeypatch.setattr(fsutil, target, fail)
+    with pytest.raises(casckpt.StoreIOError) as info:
+        store.put_arrays("bad", arrays(99))
+    assert info.value.errno == errno.EIO
+    monkeypatch.undo()
+    assert_nothing_committed(store)
+    assert_recovers(store)
+
+
+class FailingEnv:
+    """The LMDB environment, with write transactions failing as on a full disk."""
+
+    def __init__(self, env):
+        self._env = env
+
+    def begin(self, *, write=False, **kw):
+        if write:
+            raise lmdb.DiskError("mdb_txn_begin: No space left on device")
+        return self._env.begin(write=write, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+
+def test_index_write_fails(store, monkeypatch):
+    monkeypatch.setattr(store.index, "env", FailingEnv(store.index.env))
+    with pytest.raises(casckpt.CasckptError, match="index"):
+        store.put_arrays("bad", arrays(99))
+    monkeypatch.undo()
+    assert not store.exists("bad")
+    assert_same(arrays(1), store.get_arrays("s1"))
+    assert_recovers(store)
+
+
+def test_lock_file_unusable(store):
+    lock = store.root / "lock"
+    lock.unlink()
+    lock.mkdir()  # a real fault: the lock cannot be opened for writing
+    try:
+        with pytest.raises(casckpt.StoreIOError, match="lock"):
+            store.put_arrays("bad", arrays(99))
+    finally:
+        lock.rmdir()
+        lock.touch()
+    assert_recovers(store)
+
+
+def test_gc_reclaims_after_a_failed_save(store, monkeypatch):
+    """A failure after the index commit leaves indexed, unreferenced chunks: gc removes them."""
+    gc = gc_module()
+    monkeypatch.setattr(fsutil, "write_parts", failing_after(fsutil.write_parts, NEW_WRITES - 1, errno.ENOSPC))
+    with pytest.raises(casckpt.StoreIOError):
+        store.put_arrays("bad", arrays(99))
+    monkeypatch.undo()
+    assert chunk_names(store.root) > referenced(store)
+    gc.gc(store)
+    assert chunk_names(store.root) == referenced(store) == {d.hex for d, _ in store.index.chunks()}
+    assert_same(arrays(1), store.get_arrays("s1"))
+    assert_recovers(store)

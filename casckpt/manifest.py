@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from . import dtypes
+from . import chunking, dtypes
 from .digest import Digest
 from .errors import InvalidNameError, ManifestError, UnsupportedFormatError
 
@@ -91,7 +91,9 @@ class Item:
 
 
 def _chunk_ref(key: str, obj: Any) -> ChunkRef:
-    if not (isinstance(obj, list) and len(obj) == 2 and type(obj[1]) is int and obj[1] > 0):
+    # NOTE: the length cap stops a hostile manifest from making a reader allocate petabytes.
+    if not (isinstance(obj, list) and len(obj) == 2 and type(obj[1]) is int
+            and 0 < obj[1] <= chunking.MAX_CHUNK_SIZE):
         raise ManifestError(f"item {key!r} has a bad chunk reference {str(obj)[:100]}")
     return ChunkRef(Digest.from_hex(obj[0]), obj[1])
 

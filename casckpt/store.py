@@ -33,7 +33,7 @@ from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
 from .digest import Digest, digest_of
 from .errors import (CasckptError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
-                     StoreIOError, StoreNotFoundError, UnsupportedFormatError)
+                     StoreIOError, StoreNotFoundError, UnsafePathError, UnsupportedFormatError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock
 from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
@@ -67,7 +67,16 @@ class StoreConfig:
         if type(doc.get("version")) is not int or doc["version"] > VERSION:
             raise UnsupportedFormatError(f"store format version {doc.get('version')!r} in {source} is "
                                          f"newer than this casckpt supports ({VERSION}): upgrade casckpt")
-        return cls(_check_chunk_size(doc.get("chunk_size")), CodecConfig.from_json(doc.get("codec", {})))
+        return cls(_check_chunk_size(doc.get("chunk_size")), _codec_config(doc.get("codec", {}), source))
+
+
+def _codec_config(obj: object, source: str) -> CodecConfig:
+    try:
+        if not isinstance(obj, dict):
+            raise TypeError(obj)
+        return CodecConfig.from_json(obj)
+    except (TypeError, ValueError):
+        raise CasckptError(f"{source} has a bad codec setting {str(obj)[:80]!r}") from None
 
 
 def _check_chunk_size(n: object) -> int:
@@ -164,6 +173,7 @@ class Store:
         else:
             fresh = False
             config = StoreConfig.from_bytes(fsutil.read_file(cfg_path), str(cfg_path))
+            _check_layout(root)
             if chunk_size is not None and chunk_size != config.chunk_size:
                 raise CasckptError(f"store {root} has chunk size {config.chunk_size}; "
                                    f"chunk_size={chunk_size} applies only when creating a store")
@@ -447,6 +457,14 @@ class Store:
             except CasckptError as exc:
                 log.warning("casckpt: reindex skipped snapshot %s: %s", name, exc)
         return {"chunks": len(infos), "unreadable_chunks": bad, "snapshots": len(names)}
+
+
+def _check_layout(root: Path) -> None:
+    """Refuse a store whose folders are symlinks: saves, and gc's deletions, would land outside
+    the root (O_NOFOLLOW guards only the last component of a path)."""
+    for sub in ("tmp", "snapshots", "chunks", *(f"chunks/{i:02x}" for i in range(256))):
+        if os.path.islink(root / sub):
+            raise UnsafePathError(f"{root / sub} is a symlink; casckpt never follows links in a store")
 
 
 def _empty_or_missing(path: Path) -> bool:

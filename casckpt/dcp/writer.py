@@ -52,7 +52,8 @@ class CasWriter(StorageWriter):
        and commits it (chunks fsynced, indexed, manifest published), then releases the lock.
 
     Only the coordinator opens the LMDB index, so ranks on other hosts need only the chunk and
-    snapshot directories. ``stats`` holds the last save's :class:`casckpt.SaveStats` (coordinator).
+    snapshot directories. ``stats`` holds the last save's :class:`casckpt.SaveStats` (coordinator);
+    ``chunks_written`` counts the chunk files this rank wrote in its last ``write_data``.
     """
 
     def __init__(self, store: Store | str | os.PathLike, *, snapshot: str | None = None,
@@ -66,12 +67,13 @@ class CasWriter(StorageWriter):
         self.overwrite = overwrite
         self.is_coordinator = False
         self.stats: SaveStats | None = None
+        self.chunks_written = 0
         self._lock_release: weakref.finalize | None = None
         self._started = 0.0
 
     # -- DCP interface --------------------------------------------------------------------------
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
-        self.release()
+        self.close()
         if checkpoint_id is not None:
             self.snapshot = os.fspath(checkpoint_id)
 
@@ -127,7 +129,9 @@ class CasWriter(StorageWriter):
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         rp = plan.storage_data if isinstance(plan.storage_data, RankPlan) else _NO_PLAN
-        results = _RankWrite(self._open(create=False), rp, self.is_coordinator).run(plan.items, planner)
+        rw = _RankWrite(self._open(create=False), rp, self.is_coordinator)
+        results = rw.run(plan.items, planner)
+        self.chunks_written = sum(i is not None for i in rw.infos.values())
         fut: Future[list[WriteResult]] = Future()
         fut.set_result(results)
         return fut
@@ -145,7 +149,7 @@ class CasWriter(StorageWriter):
             m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
             self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
         finally:
-            self.release()
+            self.close()  # NOTE: LMDB allows one open environment per process: do not hold it between saves
 
     # -- helpers --------------------------------------------------------------------------------
     def release(self) -> None:

@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from storekit import (arrays, assert_same, chunk_names, gc_module, new_store, open_store, referenced,
-                      run_child, tmp_files)
+                      run_child, tmp_files, verify_module)
 
 EARLIER = {"s1": 1, "s2": 2}
 CRASH_SEED = 99  # 9 new chunks (w, b) and 6 already stored (shared): 9 chunk writes, 1 manifest
@@ -55,6 +55,8 @@ def test_kill9_mid_save_loses_nothing(crashed):
         for name, want in expected.items():
             assert_same(want, s.get_arrays(name))
         assert {p.name for p in (root / "snapshots").iterdir()} == {f"{n}.json" for n in expected}
+        report = verify_module().verify(s)  # orphans are garbage, not errors
+        assert report.ok and report.chunks_checked == len(referenced(s)), report.to_json()
         # the next save of the very same data works, on top of whatever the crash left
         s.put_arrays("next", arrays(CRASH_SEED))
         assert_same(arrays(CRASH_SEED), s.get_arrays("next"))
@@ -87,4 +89,5 @@ def test_leftovers_before_gc_are_only_in_tmp_and_chunks(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     after = {p.relative_to(root) for p in root.rglob("*") if "index" not in p.parts}
     assert {p.parts[0] for p in after - before} <= {"tmp", "chunks"}
-    assert len(tmp_files(root)) == 1  # the temp of the fifth chunk, linked but not yet removed
+    left = tmp_files(root)  # the fifth chunk's temp (linked, not yet removed), maybe one in flight
+    assert 1 <= len(left) <= 2 and all(f.endswith(".chunk") for f in left)

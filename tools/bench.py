@@ -1,0 +1,328 @@
+"""tools/bench: casckpt vs DCP's FileSystemWriter/FileSystemReader on the same state, same run.
+
+Prints medians of several runs and ratios (casckpt / DCP), writes the figures as JSON and a PNG of
+cumulative storage vs step. Both sides go through dcp.save / dcp.load; only the storage layer
+differs (casckpt: CasWriter + DedupSavePlanner, CasReader). Weights are "trained-like": N(0, σ)
+with σ varying per layer, which compresses like real trained weights (README, Performance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+
+import casckpt
+from casckpt import codec
+
+warnings.filterwarnings("ignore")
+MiB = 1 << 20
+
+
+# -- state dicts -------------------------------------------------------------------------------
+def trained_like(rng: np.random.Generator, shape, sigma: float, dtype=torch.float32) -> torch.Tensor:
+    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)).to(dtype)
+
+
+def model_state(mib: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``mib`` MiB of float32 "weights": layers of 4 MiB (1024 × 1024) with per-layer scale."""
+    rng = np.random.default_rng(seed)
+    return {f"layers.{i}.weight": trained_like(rng, (1024, 1024), 0.01 + 0.03 * rng.random())
+            for i in range(mib // 4)}
+
+
+def change_chunks(sd: dict[str, torch.Tensor], fraction: float, chunk_size: int, seed: int) -> None:
+    """Touch one row in ``fraction`` of all chunks (chunks are whole-row ranges of each tensor)."""
+    rng = np.random.default_rng(seed)
+    for t in sd.values():
+        rows_per_chunk = max(1, chunk_size // (t[0].numel() * t.element_size()))
+        n_chunks = -(-t.shape[0] // rows_per_chunk)
+        for c in np.flatnonzero(rng.random(n_chunks) < fraction):
+            t[c * rows_per_chunk] += 1e-3
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def store_bytes(path: Path) -> int:
+    """Chunk and manifest bytes (the LMDB index is a cache of a few MiB and is not counted)."""
+    return dir_bytes(path / "chunks") + dir_bytes(path / "snapshots")
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def dcp_save(sd, path):
+    dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(path)))
+
+
+def cas_save(sd, store, name):
+    w = casckpt.CasWriter(store, snapshot=name)
+    dcp.save(sd, storage_writer=w, planner=casckpt.DedupSavePlanner())
+    return w.stats
+
+
+def dcp_load(sd, path):
+    dcp.load(sd, storage_reader=dcp.FileSystemReader(str(path)))
+
+
+def cas_load(sd, store, name):
+    dcp.load(sd, storage_reader=casckpt.CasReader(store, snapshot=name))
+
+
+# -- a) to d): speed -----------------------------------------------------------------------------
+def speed(work: Path, mib: int, repeat: int) -> dict:
+    sd = model_state(mib)
+    runs = {k: [] for k in ("dcp_save", "cold", "unchanged", "changed5", "dcp_load", "load")}
+    changed_frac = []
+    for r in range(repeat):
+        # Alternate the order so drifting machine load hits both sides alike.
+        for side in (("dcp", "cas") if r % 2 == 0 else ("cas", "dcp")):
+            if side == "dcp":
+                d = work / f"dcp{r}"
+                runs["dcp_save"].append(timed(lambda: dcp_save(sd, d)))
+                runs["dcp_load"].append(timed(lambda: dcp_load(sd, d)))
+                shutil.rmtree(d)
+            else:
+                s = work / f"cas{r}"
+                runs["cold"].append(timed(lambda: cas_save(sd, s, "cold")))
+                runs["unchanged"].append(timed(lambda: cas_save(sd, s, "same")))
+                runs["load"].append(timed(lambda: cas_load(sd, s, "same")))
+                change_chunks(sd, 0.05, casckpt.Store.open(s).config.chunk_size, seed=r)
+                stats = []
+                runs["changed5"].append(timed(lambda: stats.append(cas_save(sd, s, "changed"))))
+                changed_frac.append(stats[0].new_chunks / stats[0].chunks)
+                shutil.rmtree(s)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "state_mib": mib, "repeat": repeat, "seconds_median": med, "seconds_all": runs,
+        "changed_chunk_fraction": statistics.median(changed_frac),
+        "ratios": {
+            "cold_save": med["cold"] / med["dcp_save"],
+            "unchanged_save": med["unchanged"] / med["dcp_save"],
+            "changed5_save": med["changed5"] / med["dcp_save"],
+            "load": med["load"] / med["dcp_load"],
+        },
+    }
+
+
+# -- e) peak RSS, each in a fresh process ------------------------------------------------------
+def rss_child(mode: str, path: str, mib: int) -> None:
+    sd = model_state(mib)
+    base = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS: measure the operation alone
+    {"dcp_save": lambda: dcp_save(sd, Path(path)),
+     "cas_save": lambda: cas_save(sd, Path(path), "rss"),
+     "dcp_load": lambda: dcp_load(sd, Path(path)),
+     "cas_load": lambda: cas_load(sd, Path(path), "rss")}[mode]()
+    print(json.dumps({"base": base, "peak": _status("VmHWM")}))
+
+
+def _status(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_rss(work: Path, mib: int) -> dict:
+    out = {}
+    dcp_save(model_state(mib), work / "rss-dcp")
+    cas_save(model_state(mib), work / "rss-cas", "rss")
+    for mode, path in (("dcp_save", work / "rss-dcp-new"), ("cas_save", work / "rss-cas-new"),
+                       ("dcp_load", work / "rss-dcp"), ("cas_load", work / "rss-cas")):
+        res = subprocess.run([sys.executable, __file__, "--rss-child", mode, str(path), str(mib)],
+                             capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"rss child {mode} failed:\n{res.stderr[-3000:]}")
+        doc = json.loads(res.stdout.strip().splitlines()[-1])
+        out[mode] = {"peak_mib": doc["peak"] / MiB, "extra_mib": (doc["peak"] - doc["base"]) / MiB}
+    out["save_extra_vs_dcp_mib"] = out["cas_save"]["peak_mib"] - out["dcp_save"]["peak_mib"]
+    out["load_extra_vs_dcp_mib"] = out["cas_load"]["peak_mib"] - out["dcp_load"]["peak_mib"]
+    return out
+
+
+# -- f) storage over 10 steps --------------------------------------------------------------------
+def scenario_states(kind: str, rng: np.random.Generator):
+    """Yield 10 successive state dicts of one training scenario (mutated in place)."""
+    if kind == "frozen_base":
+        # Fine-tuning with LoRA adapters (rank 8) on a frozen 60 MiB base: 1.6% of the
+        # parameters train, and Adam keeps two moments for each of them.
+        sd = {f"base.{i}.weight": trained_like(rng, (1024, 1024), 0.02) for i in range(15)}
+        lora = {f"base.{i}.lora_{ab}": trained_like(rng, (8, 1024) if ab == "a" else (1024, 8), 0.02)
+                for i in range(15) for ab in "ab"}
+        sd.update(lora)
+        sd.update({f"optim.{k}.exp_avg": torch.zeros_like(v) for k, v in lora.items()})
+        sd.update({f"optim.{k}.exp_avg_sq": torch.zeros_like(v) for k, v in lora.items()})
+        for step in range(10):
+            for k, v in lora.items():
+                g = trained_like(rng, v.shape, 1e-3)
+                sd[f"optim.{k}.exp_avg"].mul_(0.9).add_(g, alpha=0.1)
+                sd[f"optim.{k}.exp_avg_sq"].mul_(0.999).add_(g * g, alpha=0.001)
+                v.add_(sd[f"optim.{k}.exp_avg"], alpha=-1e-2)
+            yield sd
+    elif kind.startswith("sparse_embedding"):
+        rows, dim = 262_144, 64  # 64 MiB table, 256-byte rows
+        sd = {"emb.weight": trained_like(rng, (rows, dim), 0.02), "mlp.weight": trained_like(rng, (1024, 1024), 0.02)}
+        # Ids drawn from a Zipf law. "clustered": rows are ordered by id frequency (as when a
+        # vocabulary is sorted by count); "scattered": ids are hashed to random rows.
+        perm = np.arange(rows) if kind.endswith("clustered") else rng.permutation(rows)
+        for step in range(10):
+            ids = np.unique(np.minimum(rng.zipf(1.2, size=int(0.03 * rows)), rows) - 1)
+            sd["emb.weight"][torch.from_numpy(perm[ids])] += 1e-3
+            sd["mlp.weight"].add_(trained_like(rng, (1024, 1024), 1e-4))
+            yield sd
+    else:  # dense
+        sd = {f"layers.{i}.weight": trained_like(rng, (1024, 1024), 0.02) for i in range(16)}
+        for step in range(10):
+            for v in sd.values():
+                v.add_(trained_like(rng, v.shape, 1e-4))
+            yield sd
+
+
+def storage(work: Path) -> dict:
+    out = {}
+    for kind in ("frozen_base", "sparse_embedding_clustered", "sparse_embedding_scattered", "dense"):
+        store, rng = work / f"st-{kind}", np.random.default_rng(7)
+        cas, ref = [], []
+        for step, sd in enumerate(scenario_states(kind, rng)):
+            cas_save(sd, store, f"step-{step}")
+            cas.append(store_bytes(store))
+            d = work / f"st-dcp-{kind}"
+            dcp_save(sd, d)
+            ref.append((ref[-1] if ref else 0) + dir_bytes(d))  # DCP keeps every snapshot whole
+            shutil.rmtree(d)
+        out[kind] = {"casckpt_bytes": cas, "dcp_bytes": ref, "one_dcp_snapshot": ref[0],
+                     "casckpt_vs_one_dcp_snapshot": cas[-1] / ref[0], "casckpt_vs_dcp_10": cas[-1] / ref[-1]}
+        shutil.rmtree(store)
+    return out
+
+
+# -- g) compression --------------------------------------------------------------------------------
+def compression() -> dict:
+    rng = np.random.default_rng(3)
+    w = torch.cat([trained_like(rng, (256, 1024), 0.01 + 0.03 * rng.random()) for _ in range(64)])
+    out = {}
+    for dt in ("float32", "bfloat16"):
+        t = w.to(getattr(torch, dt))
+        raw = t.view(torch.uint8).numpy().reshape(-1)
+        k = t.element_size()
+        for grouped in (False, True):
+            cfg = codec.CodecConfig(level=1, byte_grouping=grouped)
+            size, enc_s, dec_s = 0, 0.0, 0.0
+            for off in range(0, raw.size, MiB):
+                view = memoryview(raw[off:off + MiB])
+                t0 = time.perf_counter()
+                kind, parts = codec.encode(view, group=k, config=cfg)
+                enc_s += time.perf_counter() - t0
+                payload = b"".join(bytes(p) for p in parts)
+                size += len(payload)
+                t0 = time.perf_counter()
+                codec.decode(kind, memoryview(payload), view.nbytes)
+                dec_s += time.perf_counter() - t0
+            out[f"{dt}_{'grouped' if grouped else 'plain'}"] = {
+                "stored_over_raw": size / raw.size, "compress_mb_s": raw.size / enc_s / 1e6,
+                "decompress_mb_s": raw.size / dec_s / 1e6}
+    return out
+
+
+# -- report --------------------------------------------------------------------------------------
+def plot(storage_res: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(storage_res), figsize=(4.2 * len(storage_res), 3.6))
+    for ax, (kind, r) in zip(axes, storage_res.items()):
+        steps = range(1, len(r["dcp_bytes"]) + 1)
+        ax.plot(steps, [b / MiB for b in r["dcp_bytes"]], "o-", label="DCP FileSystemWriter")
+        ax.plot(steps, [b / MiB for b in r["casckpt_bytes"]], "s-", label="casckpt")
+        ax.set_title(kind.replace("_", " "))
+        ax.set_xlabel("checkpoint (step)")
+        ax.set_ylabel("cumulative storage (MiB)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def report(res: dict) -> None:
+    s = res["speed"]
+    m = s["seconds_median"]
+    print(f"\n== speed: {s['state_mib']} MiB float32 state, median of {s['repeat']} runs ==")
+    rows = [("cold save (empty store)", m["cold"], m["dcp_save"], "≤ 1.20"),
+            ("unchanged-state save", m["unchanged"], m["dcp_save"], "≤ 0.15"),
+            (f"~5%-changed save ({s['changed_chunk_fraction']:.1%} of chunks)", m["changed5"], m["dcp_save"], "≤ 0.25"),
+            ("load", m["load"], m["dcp_load"], "≤ 1.30")]
+    print(f"{'':44s} {'casckpt':>9s} {'DCP':>9s} {'ratio':>7s}  target")
+    for name, a, b, target in rows:
+        print(f"{name:44s} {a:8.3f}s {b:8.3f}s {a / b:7.3f}  {target}")
+    if "rss" in res:
+        r = res["rss"]
+        print("\n== peak RSS (fresh process each; state dict included) ==")
+        for mode in ("dcp_save", "cas_save", "dcp_load", "cas_load"):
+            print(f"{mode:10s} peak {r[mode]['peak_mib']:8.1f} MiB   above the state: {r[mode]['extra_mib']:7.1f} MiB")
+        print(f"casckpt save peak − DCP save peak: {r['save_extra_vs_dcp_mib']:+.1f} MiB (target ≤ +256)")
+    print("\n== storage after 10 checkpoints ==")
+    for kind, r in res["storage"].items():
+        print(f"{kind:28s} casckpt {r['casckpt_bytes'][-1] / MiB:8.1f} MiB   DCP {r['dcp_bytes'][-1] / MiB:8.1f} MiB"
+              f"   casckpt / one DCP snapshot {r['casckpt_vs_one_dcp_snapshot']:5.2f}   casckpt / DCP {r['casckpt_vs_dcp_10']:5.3f}")
+    print("\n== compression of trained-like weights (zstd level 1, 1 MiB chunks) ==")
+    for k, v in res["compression"].items():
+        print(f"{k:18s} stored/raw {v['stored_over_raw']:.3f}   compress {v['compress_mb_s']:7.0f} MB/s"
+              f"   decompress {v['decompress_mb_s']:7.0f} MB/s")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--rss-child":
+        rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=int, default=256, help="size of the speed-test state (MiB)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (median reported)")
+    ap.add_argument("--out", default="bench-out", help="folder for bench.json and storage.png")
+    ap.add_argument("--dir", default=None, help="scratch folder (default: a temp dir under the repo)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["speed", "rss", "storage", "compression"])
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="casckpt-bench-", dir=args.dir or "."))
+    res = {"torch": torch.__version__, "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        if "speed" not in args.skip:
+            res["speed"] = speed(work, args.mib, args.repeat)
+        if "rss" not in args.skip:
+            res["rss"] = peak_rss(work, args.mib)
+        res["storage"] = storage(work) if "storage" not in args.skip else {}
+        res["compression"] = compression() if "compression" not in args.skip else {}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (out / "bench.json").write_text(json.dumps(res, indent=2))
+    if "speed" in res:
+        report(res)
+    if res["storage"] and plot(res["storage"], out / "storage.png"):
+        print(f"\nwrote {out / 'bench.json'} and {out / 'storage.png'}")
+
+
+if __name__ == "__main__":
+    main()

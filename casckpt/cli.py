@@ -211,7 +211,7 @@ def cmd_export(args) -> int:
         s = export_snapshot(store, args.snapshot, args.dst, format=args.format, progress=bar)
     if args.json:
         return _json(s.to_json())
-    print(f"exported {s.snapshot} ({s.items} tensors) as {s.format} to {s.path}: {_size(s.bytes)}")
+    print(f"exported {s.snapshot} ({s.items} items) as {s.format} to {s.path}: {_size(s.bytes)}")
     return OK
 
 

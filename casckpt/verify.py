@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .digest import Digest
-from .errors import CasckptError, ChunkError, MissingChunkError
+from .errors import CasckptError, ChunkError, MissingChunkError, SnapshotNotFoundError
 from .store import Store
 
 Progress = Callable[[int, int], None]
@@ -66,7 +66,10 @@ def verify(store: Store, names: Iterable[str] | None = None, *, quick: bool = Fa
     """Check the snapshots ``names`` (default: all). ``quick`` checks only that chunk files exist;
     otherwise each distinct chunk is read once and its content hashed. Reads nothing it need not."""
     every = names is None
-    names = store.snapshot_names() if every else [store.resolve(n) for n in names]
+    names = sorted(store.snapshot_names()) if every else [store.resolve(n) for n in names]
+    for name in names:
+        if not store.exists(name):
+            raise SnapshotNotFoundError(f"no snapshot {name!r} in store {store.root}")
     refs: dict[Digest, list[tuple[str, str]]] = {}
     bad = {}
     for name in names:

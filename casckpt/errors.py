@@ -42,6 +42,11 @@ class ChunkError(CasckptError):
         super().__init__(message)
         self.digest, self.path, self.item = digest, path, item
 
+    def within(self, snapshot: str, store: object) -> "ChunkError":
+        """The same error, its message also naming the snapshot and store it breaks."""
+        return type(self)(f"{self.args[0]} (snapshot {snapshot!r} in store {store})",
+                          digest=self.digest, path=self.path, item=self.item)
+
 
 class MissingChunkError(ChunkError, FileNotFoundError):
     """A chunk that a manifest references is not in the chunk directory."""

@@ -32,7 +32,7 @@ from . import chunking, dtypes, fsutil
 from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
 from .digest import Digest, digest_of
-from .errors import (CasckptError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
+from .errors import (CasckptError, ChunkError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
                      StoreIOError, StoreNotFoundError, UnsafePathError, UnsupportedFormatError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock
@@ -415,7 +415,10 @@ class Store:
             dt = dtypes.lookup(item.dtype)
             arr = np.empty(item.shape, dtype=np.dtype(dt.numpy))
             if arr.nbytes:
-                self.read_item(item, memoryview(arr.reshape(-1).view(np.uint8)), key=key)
+                try:
+                    self.read_item(item, memoryview(arr.reshape(-1).view(np.uint8)), key=key)
+                except ChunkError as exc:
+                    raise exc.within(m.name, self.root) from None
             out[key] = arr
         return out
 

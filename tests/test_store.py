@@ -91,7 +91,8 @@ def test_flipped_byte_in_any_chunk_is_detected(store, rng, victim):
         path.write_bytes(flipped)
         with pytest.raises(casckpt.CorruptChunkError) as err:
             store.get_arrays("s")
-        assert path.name in str(err.value) and "'w'" in str(err.value) and err.value.digest == path.name
+        assert path.name in str(err.value) and "'w'" in str(err.value) and "snapshot 's'" in str(err.value)
+        assert err.value.digest == path.name
     path.write_bytes(data)
     store.get_arrays("s")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import warnings
 
 import pytest
 import torch
@@ -19,7 +18,8 @@ from casckpt.dcp.reader import _Region
 from casckpt.manifest import ChunkRef, Item
 
 CHUNK = 16 << 10
-warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is:UserWarning",
+                                        "ignore:ComplexHalf support:UserWarning")
 
 
 def chunk_files(root) -> list:
@@ -285,3 +285,27 @@ def test_cuda_tensors(root):
     casckpt.load(got, root, "gpu")
     for k in sd:
         assert same_bits(sd[k].cpu(), got[k].cpu()), k
+
+
+def test_failed_save_releases_the_store_lock(root):
+    from casckpt.lock import EXCLUSIVE
+
+    casckpt.save({"w": torch.randn(8, 8)}, root, "a", chunk_size=CHUNK)
+    bad = {"w": torch.randn(8, 8), "sparse": torch.eye(4).to_sparse()}
+    with pytest.raises(casckpt.CasckptError):
+        casckpt.save(bad, root, "b")
+    store = casckpt.Store.open(root)
+    with store.lock(EXCLUSIVE, timeout=0):  # gc could run: no save holds the shared lock
+        pass
+
+    w = casckpt.CasWriter(root)  # used directly: the lock lives until reset, close or collection
+    with pytest.raises(BaseException):
+        dcp.save(bad, checkpoint_id="c", storage_writer=w, planner=casckpt.DedupSavePlanner())
+    with pytest.raises(casckpt.LockTimeoutError):
+        store.lock(EXCLUSIVE, timeout=0).acquire()
+    del w
+    import gc
+    gc.collect()
+    with store.lock(EXCLUSIVE, timeout=0):
+        pass
+    assert not store.exists("b") and not store.exists("c")

@@ -8,6 +8,7 @@ import time
 import weakref
 from typing import Any
 
+from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
@@ -145,7 +146,8 @@ class CasWriter(StorageWriter):
             for d in unknown - store.stored(unknown):
                 new[d] = store.chunks.info(d)  # a file a rank found intact on disk but not indexed
             sm = StorageMeta(checkpoint_id=self.snapshot)
-            meta = {"dcp": metadata_to_json(dataclasses.replace(metadata, storage_meta=sm))}
+            md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
+            meta = {"dcp": metadata_to_json(md)}
             m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
             self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
         finally:

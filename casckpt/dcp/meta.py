@@ -7,7 +7,6 @@ A DCP snapshot's manifest keeps DCP's ``Metadata`` under ``meta["dcp"]`` (see do
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
@@ -165,7 +164,3 @@ def storage_key(fqn: str, offsets: Sequence[int] | None, md: Any) -> str:
         if list(c.offsets) == list(offsets):
             return item_key(fqn, c.offsets, c.sizes, md.size)
     raise ManifestError(f"DCP metadata has no chunk of {fqn!r} at offsets {list(offsets)}")
-
-
-def numel(shape: Sequence[int]) -> int:
-    return math.prod(shape)

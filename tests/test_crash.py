@@ -62,7 +62,10 @@ def test_kill9_mid_save_loses_nothing(crashed):
         assert_same(arrays(CRASH_SEED), s.get_arrays("next"))
 
 
-@pytest.mark.parametrize("crashed", [p for p in POINTS if not p[3]], indirect=True,
+GC_POINTS = [POINTS[i] for i in (1, 3, 6, 7)]  # temp only; linked, unindexed; indexed; manifest temp
+
+
+@pytest.mark.parametrize("crashed", GC_POINTS, indirect=True,
                          ids=lambda p: f"{p[0]}-{p[1]}-{p[2]}")
 def test_gc_reclaims_what_a_killed_save_left(crashed):
     gc = gc_module()

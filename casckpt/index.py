@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import struct
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -41,9 +43,10 @@ class Index:
         self.path = path
         if not create and not (path / "data.mdb").exists():
             raise IndexDamagedError(f"index {path} is missing; run `casckpt reindex` to rebuild it")
+        self.env: lmdb.Environment | None = None
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True)
+            self.env = _open_env(path, map_size)
             _check_size(self.env, path)
             self._ident = _file_id(path)
             self._meta = self.env.open_db(b"meta")
@@ -55,11 +58,17 @@ class Index:
             elif version != VERSION:
                 raise IndexDamagedError(f"index {path} has version {version!r}; run `casckpt reindex`")
         except lmdb.Error as exc:
+            self.close()
             raise IndexDamagedError(f"index {path} is damaged ({exc}); run `casckpt reindex` to "
                                     "rebuild it from the chunks and manifests") from None
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
-        self.env.close()
+        if self.env is not None:
+            _release_env(self.env)
+            self.env = None
 
     def replaced(self) -> bool:
         """Whether the data file on disk is no longer the one this handle maps: another process
@@ -151,6 +160,36 @@ class Index:
             txn.drop(self._chunks, delete=False)
             txn.drop(self._snaps, delete=False)
         self._write(drop)
+
+
+# NOTE: LMDB allows one open environment per database per process ("already open in this
+# process"), so every Index on the same folder shares one, counted by references. The key is the
+# folder's identity, so a folder deleted and made anew (reindex) gets a fresh environment.
+_ENVS: dict[tuple[int, int], list] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _open_env(path: Path, map_size: int) -> lmdb.Environment:
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino)
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is None:
+            entry = _ENVS[key] = [lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_env(env: lmdb.Environment) -> None:
+    with _ENVS_LOCK:
+        for key, entry in list(_ENVS.items()):
+            if entry[0] is env:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del _ENVS[key]
+                    env.close()
+                return
+    env.close()
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

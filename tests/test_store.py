@@ -216,3 +216,13 @@ def test_reindex_rebuilds_counts(store, rng):
 def test_default_chunk_size_is_documented():
     fmt = open(os.path.join(os.path.dirname(__file__), "..", "docs", "FORMAT.md")).read()
     assert f"{chunking.DEFAULT_CHUNK_SIZE >> 20} MiB" in fmt
+
+
+def test_two_handles_on_one_store_in_one_process(tmp_path):
+    # LMDB refuses a second environment on the same files in one process; handles must share it.
+    with casckpt.Store.open(tmp_path / "s", create=True) as a, casckpt.Store.open(tmp_path / "s") as b:
+        a.put_arrays("one", {"x": np.arange(5)})
+        assert b.put_arrays("two", {"x": np.arange(5)}).new_chunks == 0
+        assert [s.name for s in a.snapshots()] == [s.name for s in b.snapshots()] == ["one", "two"]
+    with casckpt.Store.open(tmp_path / "s") as c:
+        assert c.stored(d for d in c.manifest("one").digests()) == c.manifest("one").digests()

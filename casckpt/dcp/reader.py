@@ -132,17 +132,22 @@ class CasReader(StorageReader):
         return key, item
 
     def _read_batch(self, batch: list["_Region"], planner: LoadPlanner) -> None:
+        targets = [planner.resolve_tensor(r.ri).detach() for r in batch]
+        # NOTE: a whole item loading into a contiguous CPU tensor of its dtype (the usual case
+        # when the sharding has not changed) decodes straight into the target: no staging copy.
+        direct = [r.use_target(t) for r, t in zip(batch, targets)]
+        for r, d in zip(batch, direct):
+            if not d:
+                r.alloc()
         jobs = [(r, i) for r in batch for i in r.select]
-        for r in batch:
-            r.alloc()
         self.store.pipeline.map(lambda j: j[0].decode(self.store, j[1]), jobs)
-        for r in batch:
-            target = planner.resolve_tensor(r.ri).detach()
-            src = r.view()
-            if tuple(target.shape) != tuple(src.shape):
-                raise CasckptError(f"{r.key!r}: the planner's target has shape {tuple(target.shape)}, "
-                                   f"the request {tuple(src.shape)}")
-            target.copy_(src)
+        for r, target, d in zip(batch, targets, direct):
+            if not d:
+                src = r.view()
+                if tuple(target.shape) != tuple(src.shape):
+                    raise CasckptError(f"{r.key!r}: the planner's target has shape {tuple(target.shape)}, "
+                                       f"the request {tuple(src.shape)}")
+                target.copy_(src)
             planner.commit_tensor(r.ri, target)
             r.buf = None
 
@@ -179,6 +184,17 @@ class _Region:
             raise ManifestError(f"item {key!r} has a chunk boundary inside an element")
         nbytes = offs[sel[-1]] + item.chunks[sel[-1]].length - base
         return cls(ri, key, item, sel, base, nbytes, lo // isz - base // isz, offs)
+
+    def use_target(self, target: torch.Tensor) -> bool:
+        """Decode into ``target`` itself if it is exactly this whole item, contiguous, in memory."""
+        whole = (self.select == list(range(len(self.item.chunks))) and self.start == 0
+                 and tuple(self.ri.lengths) == tuple(self.item.shape))
+        if not (whole and self.select and target.device.type == "cpu" and target.is_contiguous()
+                and target.dtype == torch_dtype(self.item.dtype)
+                and tuple(target.shape) == tuple(self.item.shape)):
+            return False
+        self.buf = target.reshape(-1)  # a view: target is contiguous
+        return True
 
     def alloc(self) -> None:
         isz = dtypes.lookup(self.item.dtype).itemsize

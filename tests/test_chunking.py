@@ -2,7 +2,7 @@
 
 import math
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from casckpt.chunking import spans
@@ -24,8 +24,16 @@ def test_spans_tile_the_item_and_respect_the_chunk_size(shape, itemsize, chunk):
 @given(rows=st.integers(1, 200), cols=st.integers(1, 20), chunk=st.sampled_from([64, 256, 1024]))
 def test_small_rows_never_straddle_a_chunk(rows, cols, chunk):
     row = cols * 4
+    assume(row <= chunk)
     for off, n in spans((rows, cols), 4, chunk):
         assert off % row == 0 and n % row == 0
+
+
+@given(rows=st.integers(1, 20), cols=st.integers(17, 100))
+def test_big_rows_are_cut_on_their_own(rows, cols):
+    row = cols * 4  # over the 64-byte chunk
+    for off, n in spans((rows, cols), 4, 64):
+        assert off // row == (off + n - 1) // row  # a chunk never spans two rows
 
 
 @given(rows=st.integers(1, 300), per=st.integers(1, 8), cut=st.integers(0, 300))

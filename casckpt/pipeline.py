@@ -19,7 +19,9 @@ DEFAULT_INFLIGHT = 128 << 20
 
 
 def default_workers() -> int:
-    return max(2, min(8, (os.cpu_count() or 2)))
+    # NOTE: two threads more than cores: a worker blocked in write() or fsync (the kernel throttles
+    # writers when the disk lags) leaves a core to the others. Measured with tools/bench.
+    return min(16, (os.cpu_count() or 2) + 2)
 
 
 class Pipeline:

@@ -299,7 +299,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=256, help="size of the speed-test state (MiB)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (median reported)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per measurement (median reported)")
     ap.add_argument("--out", default="bench-out", help="folder for bench.json and storage.png")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp dir under the repo)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["speed", "rss", "storage", "compression"])

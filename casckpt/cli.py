@@ -221,7 +221,8 @@ def cmd_reindex(args) -> int:
     if args.json:
         return _json(r)
     print(f"reindexed {r['chunks']} chunks and {r['snapshots']} snapshots"
-          + (f"; {r['unreadable_chunks']} unreadable chunks skipped" if r.get("unreadable_chunks") else ""))
+          + (f"; {r['unreadable_chunks']} unreadable chunks skipped" if r.get("unreadable_chunks") else "")
+          + (f"; {r['orphan_chunks']} unreferenced chunks left for gc" if r.get("orphan_chunks") else ""))
     return OK
 
 

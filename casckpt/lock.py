@@ -20,9 +20,11 @@ SHARED, EXCLUSIVE = fcntl.LOCK_SH, fcntl.LOCK_EX
 class StoreLock:
     """One hold on the store lock. ``timeout=None`` waits forever; ``0`` does not wait."""
 
-    def __init__(self, path: Path, mode: int, *, timeout: float | None = None) -> None:
+    def __init__(self, path: Path, mode: int, *, timeout: float | None = None,
+                 holds: list | None = None) -> None:
         self.path, self.mode, self.timeout = path, mode, timeout
         self._fd: int | None = None
+        self._holds = holds  # the owner's list of locks held now (see Store.holds_lock)
 
     def acquire(self) -> "StoreLock":
         try:
@@ -46,12 +48,16 @@ class StoreLock:
             os.close(fd)
             raise
         self._fd = fd
+        if self._holds is not None:
+            self._holds.append(self)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the descriptor drops the flock
+            if self._holds is not None and self in self._holds:
+                self._holds.remove(self)
 
     @property
     def held(self) -> bool:

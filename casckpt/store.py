@@ -16,6 +16,7 @@ snapshot's registry entry. Reading goes the other way and needs only manifest an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -145,6 +146,7 @@ class Store:
         self.pipeline = Pipeline(workers=workers, inflight_bytes=inflight_bytes)
         self.index_path = index_path or root / "index"
         self._index: Index | None = Index(self.index_path, create=True) if fresh else None
+        self._holds: list = []
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -200,8 +202,11 @@ class Store:
         if self._index is None:
             if _empty_or_missing(self.index_path / "data.mdb"):
                 log.warning("casckpt: index %s is missing; rebuilding it from the store", self.index_path)
-                self._index = Index(self.index_path, create=True)
-                self._rebuild_index()
+                # NOTE: the shared lock keeps gc from deleting chunks while they are indexed; a
+                # handle that already holds the lock (a save, a gc) must not wait on itself.
+                with contextlib.nullcontext() if self.holds_lock else self.lock(SHARED):
+                    self._index = Index(self.index_path, create=True)
+                    self._rebuild_index()
             else:
                 self._index = Index(self.index_path)
         return self._index
@@ -223,7 +228,13 @@ class Store:
 
     def lock(self, mode: int = SHARED, *, timeout: float | None = ...) -> StoreLock:
         """A hold on the store lock (use as ``with store.lock(EXCLUSIVE): ...``)."""
-        return StoreLock(self.root / "lock", mode, timeout=self.lock_timeout if timeout is ... else timeout)
+        return StoreLock(self.root / "lock", mode, timeout=self.lock_timeout if timeout is ... else timeout,
+                         holds=self._holds)
+
+    @property
+    def holds_lock(self) -> bool:
+        """Whether this handle holds the store lock now (in either mode)."""
+        return bool(self._holds)
 
     # -- snapshots ------------------------------------------------------------------------------
     def manifest_path(self, name: str) -> Path:
@@ -446,20 +457,34 @@ class Store:
             return self._rebuild_index()
 
     def _rebuild_index(self) -> dict:
-        infos, bad = {}, 0
+        """Index the chunks that committed manifests reference (made durable before their commit).
+
+        Orphans stay out of the index: one may be torn by a power loss, and an index entry would
+        let a later save skip writing it. A save that needs an orphan verifies it first; gc
+        deletes the rest.
+        """
+        referenced: set[Digest] = set()
+        names = self.snapshot_names()
+        for name in names:
+            try:
+                m = self.manifest(name)
+            except CasckptError as exc:
+                log.warning("casckpt: reindex skipped snapshot %s: %s", name, exc)
+                continue
+            referenced |= m.digests()
+            self._index.put_snapshot(name, _registry_row(m))
+        infos, bad, orphans = {}, 0, 0
         for d in self.chunks:
+            if d not in referenced:
+                orphans += 1
+                continue
             try:
                 infos[d] = self.chunks.info(d)
             except CasckptError:
                 bad += 1  # unreadable chunk: not indexed, so the next save rewrites it
         self._index.add_chunks(infos)
-        names = self.snapshot_names()
-        for name in names:
-            try:
-                self._index.put_snapshot(name, _registry_row(self.manifest(name)))
-            except CasckptError as exc:
-                log.warning("casckpt: reindex skipped snapshot %s: %s", name, exc)
-        return {"chunks": len(infos), "unreadable_chunks": bad, "snapshots": len(names)}
+        return {"chunks": len(infos), "unreadable_chunks": bad, "orphan_chunks": orphans,
+                "snapshots": len(names)}
 
 
 def _check_layout(root: Path) -> None:

@@ -88,10 +88,13 @@ class DedupSavePlanner(DefaultSavePlanner):
         out: dict[str, ItemDigests] = {}
         try:
             for batch in host_batches(plan.items, self.resolve_data):
-                for item, data in batch:
-                    lay = layout(item, self._chunk_size, data.nbytes)
-                    digs = pipe.map(lambda s, d=data: digest_of(d[s[0]:s[0] + s[1]]).raw, list(lay.spans))
-                    out[lay.key] = ItemDigests(lay, tuple(digs))
+                # NOTE: one parallel map over every chunk of the batch: per-item maps of a few
+                # chunks each left the threads waiting on each other.
+                lays = [(layout(item, self._chunk_size, data.nbytes), data) for item, data in batch]
+                jobs = [(data, o, n) for lay, data in lays for o, n in lay.spans]
+                digs = iter(pipe.map(lambda j: digest_of(j[0][j[1]:j[1] + j[2]]).raw, jobs))
+                for lay, _ in lays:
+                    out[lay.key] = ItemDigests(lay, tuple(next(digs) for _ in lay.spans))
         finally:
             pipe.close()
         return out

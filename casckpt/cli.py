@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument("store", metavar="STORE", help="path of the store")
+    common.add_argument("--index", metavar="PATH", default=None,
+                        help="where the LMDB index lives if not in the store (e.g. a local disk)")
 
     def cmd(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, parents=[common], help=help, description=help)
@@ -228,7 +230,7 @@ def cmd_reindex(args) -> int:
 
 # -- output ----------------------------------------------------------------------------------------
 def _open(args, *, create: bool = False, no_wait: bool = False) -> Store:
-    return Store.open(args.store, create=create, lock_timeout=0 if no_wait else None)
+    return Store.open(args.store, create=create, index_path=args.index, lock_timeout=0 if no_wait else None)
 
 
 def _fail(exc: BaseException, code: int) -> int:

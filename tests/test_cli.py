@@ -117,3 +117,15 @@ def test_progress_bar_only_on_a_terminal():
     with Bar("verify", tty) as bar:
         bar(10, 10)
     assert "verify [" in tty.getvalue() and "100.0%" in tty.getvalue() and tty.getvalue().endswith("\n")
+
+
+def test_index_kept_outside_the_store(tmp_path):
+    import casckpt
+
+    root, local = tmp_path / "s", tmp_path / "local-index"
+    with casckpt.Store.open(root, create=True, index_path=local) as store:
+        store.put_arrays("s0", state(0))
+        chunks = store.index.totals()[0]
+    assert not (root / "index").exists()
+    assert cli_json("du", root, "--index", local)["chunks"] == chunks
+    assert not (root / "index").exists()  # the command used the index it was given

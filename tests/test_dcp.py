@@ -309,3 +309,20 @@ def test_failed_save_releases_the_store_lock(root):
     with store.lock(EXCLUSIVE, timeout=0):
         pass
     assert not store.exists("b") and not store.exists("c")
+
+
+def test_index_elsewhere_and_sync_files_off(root, tmp_path):
+    # A store on a network file system keeps its LMDB index on local disk; sync_files=False
+    # (DCP's switch) skips fsync. Both must still save, dedup and load bit-exactly.
+    model, _ = trained(0)
+    sd = {"model": model.state_dict()}
+    local = tmp_path / "local-index"
+    w = casckpt.CasWriter(root, chunk_size=CHUNK, sync_files=False, index_path=local)
+    dcp.save(sd, checkpoint_id="a", storage_writer=w, planner=casckpt.DedupSavePlanner())
+    assert (local / "data.mdb").exists() and not (root / "index").exists()
+    again = casckpt.CasWriter(root, index_path=local)
+    dcp.save(sd, checkpoint_id="b", storage_writer=again, planner=casckpt.DedupSavePlanner())
+    assert again.stats.new_chunks == 0 and again.stats.chunks > 0
+    out = zeros_like_sd(sd)
+    dcp.load(out, storage_reader=casckpt.CasReader(root, snapshot="b"))
+    assert_same_sd(sd["model"], out["model"])

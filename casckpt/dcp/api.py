@@ -20,7 +20,7 @@ from .writer import CasWriter
 
 
 def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str, *,
-         overwrite: bool = False, chunk_size: int | None = None,
+         overwrite: bool = False, chunk_size: int | None = None, sync_files: bool = True,
          process_group: dist.ProcessGroup | None = None) -> SaveStats:
     """Save ``state_dict`` as snapshot ``name`` with :class:`CasWriter` and :class:`DedupSavePlanner`.
 
@@ -32,7 +32,7 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     path = store.root if isinstance(store, Store) else os.fspath(store)
     if not overwrite and os.path.exists(os.path.join(path, "snapshots", f"{name}.json")):
         raise SnapshotExistsError(f"snapshot {name!r} already exists in store {path}")
-    writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size)
+    writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size, sync_files=sync_files)
     try:
         with _quiet():
             dcp.save(state_dict, storage_writer=writer, planner=DedupSavePlanner(), process_group=process_group)

@@ -34,6 +34,9 @@ class CasWriter(StorageWriter):
     ``store`` is a path (created on first save; ``chunk_size`` applies then) or an open
     :class:`casckpt.Store`. The snapshot name comes from ``checkpoint_id`` when DCP passes one,
     else from ``snapshot=``. ``overwrite=True`` replaces an existing snapshot of that name.
+    ``sync_files=False`` (as DCP's FileSystemWriter) skips fsync: faster, but a power loss may
+    lose the newest snapshots. ``index_path`` keeps the LMDB index elsewhere (a local disk when
+    the store is on a network file system); these two apply only when ``store`` is a path.
     Pair it with :class:`DedupSavePlanner` so dedup is decided at global planning; with DCP's
     default planner it still works (each rank hashes in ``write_data`` and skips chunks of the
     latest snapshot that are still stored).
@@ -58,8 +61,10 @@ class CasWriter(StorageWriter):
     """
 
     def __init__(self, store: Store | str | os.PathLike, *, snapshot: str | None = None,
-                 chunk_size: int | None = None, overwrite: bool = False) -> None:
+                 chunk_size: int | None = None, overwrite: bool = False, sync_files: bool = True,
+                 index_path: str | os.PathLike | None = None) -> None:
         super().__init__()
+        self.sync_files, self.index_path = sync_files, index_path
         self._own = not isinstance(store, Store)
         self._path = None if isinstance(store, Store) else os.fspath(store)
         self._store: Store | None = None if self._own else store
@@ -170,7 +175,8 @@ class CasWriter(StorageWriter):
     def _open(self, *, create: bool) -> Store:
         if self._store is None:
             exists = os.path.exists(os.path.join(self._path, "casckpt.json"))
-            self._store = Store.open(self._path, create=create,
+            self._store = Store.open(self._path, create=create, sync=self.sync_files,
+                                     index_path=self.index_path,
                                      chunk_size=None if exists else self.chunk_size)
         return self._store
 

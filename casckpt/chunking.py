@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 # Chosen by measurement with tools/bench (see docs/FORMAT.md, "Chunk size").
-DEFAULT_CHUNK_SIZE = 1 << 20
+DEFAULT_CHUNK_SIZE = 2 << 20
 MIN_CHUNK_SIZE = 4 << 10
 MAX_CHUNK_SIZE = 256 << 20
 

@@ -25,7 +25,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import casckpt
-from casckpt import codec
+from casckpt import chunking, codec
 
 warnings.filterwarnings("ignore")
 MiB = 1 << 20
@@ -215,6 +215,32 @@ def storage(work: Path) -> dict:
     return out
 
 
+# -- chunk size sweep (docs/FORMAT.md, "Chunk size"; run with --chunk-sizes) ----------------------
+def chunk_sizes(work: Path, sizes_kib: list[int], repeat: int) -> dict:
+    """Cold save, load, file count and a partial-update cost for each chunk size, same state."""
+    sd = model_state(256)
+    rng = np.random.default_rng(11)
+    sd["emb.weight"] = trained_like(rng, (200_000, 128), 0.02)  # 100 MiB, 512-byte rows
+    out = {}
+    for kib in sizes_kib:
+        saves, loads, updates = [], [], []
+        for r in range(repeat):
+            s = work / f"cs{kib}-{r}"
+            w = casckpt.CasWriter(s, snapshot="a", chunk_size=kib << 10)
+            saves.append(timed(lambda: dcp.save(sd, storage_writer=w, planner=casckpt.DedupSavePlanner())))
+            loads.append(timed(lambda: cas_load(sd, s, "a")))
+            files = w.stats.new_chunks
+            emb = sd["emb.weight"]
+            hot = torch.from_numpy(np.random.default_rng(r).choice(20_000, 2_000, replace=False))
+            emb[hot] += 1e-3  # 1% of the rows, among the hottest 10%
+            updates.append(cas_save(sd, s, "b").bytes_written / (emb.numel() * emb.element_size()))
+            emb[hot] -= 1e-3
+            shutil.rmtree(s)
+        out[f"{kib}KiB"] = {"cold_save_s": statistics.median(saves), "load_s": statistics.median(loads),
+                            "chunk_files": files, "update_written_over_table": statistics.median(updates)}
+    return out
+
+
 # -- g) compression --------------------------------------------------------------------------------
 def compression() -> dict:
     rng = np.random.default_rng(3)
@@ -227,8 +253,9 @@ def compression() -> dict:
         for grouped in (False, True):
             cfg = codec.CodecConfig(level=1, byte_grouping=grouped)
             size, enc_s, dec_s = 0, 0.0, 0.0
-            for off in range(0, raw.size, MiB):
-                view = memoryview(raw[off:off + MiB])
+            step = chunking.DEFAULT_CHUNK_SIZE
+            for off in range(0, raw.size, step):
+                view = memoryview(raw[off:off + step])
                 t0 = time.perf_counter()
                 kind, parts = codec.encode(view, group=k, config=cfg)
                 enc_s += time.perf_counter() - t0
@@ -287,7 +314,7 @@ def report(res: dict) -> None:
     for kind, r in res["storage"].items():
         print(f"{kind:28s} casckpt {r['casckpt_bytes'][-1] / MiB:8.1f} MiB   DCP {r['dcp_bytes'][-1] / MiB:8.1f} MiB"
               f"   casckpt / one DCP snapshot {r['casckpt_vs_one_dcp_snapshot']:5.2f}   casckpt / DCP {r['casckpt_vs_dcp_10']:5.3f}")
-    print("\n== compression of trained-like weights (zstd level 1, 1 MiB chunks) ==")
+    print(f"\n== compression of trained-like weights (zstd level 1, {chunking.DEFAULT_CHUNK_SIZE >> 20} MiB chunks) ==")
     for k, v in res["compression"].items():
         print(f"{k:18s} stored/raw {v['stored_over_raw']:.3f}   compress {v['compress_mb_s']:7.0f} MB/s"
               f"   decompress {v['decompress_mb_s']:7.0f} MB/s")
@@ -303,11 +330,24 @@ def main() -> None:
     ap.add_argument("--out", default="bench-out", help="folder for bench.json and storage.png")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp dir under the repo)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["speed", "rss", "storage", "compression"])
+    ap.add_argument("--chunk-sizes", nargs="+", type=int, metavar="KIB", default=None,
+                    help="only sweep these chunk sizes (KiB) and print the table behind the default")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="casckpt-bench-", dir=args.dir or "."))
     res = {"torch": torch.__version__, "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if args.chunk_sizes:
+        try:
+            res["chunk_sizes"] = chunk_sizes(work, args.chunk_sizes, args.repeat)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        (out / "chunk-sizes.json").write_text(json.dumps(res, indent=2))
+        print(f"{'chunk':>8s} {'cold save':>10s} {'load':>8s} {'files':>6s} {'1% hot rows update writes':>28s}")
+        for k, v in res["chunk_sizes"].items():
+            print(f"{k:>8s} {v['cold_save_s']:9.2f}s {v['load_s']:7.2f}s {v['chunk_files']:6d} "
+                  f"{v['update_written_over_table']:27.1%}")
+        return
     try:
         if "speed" not in args.skip:
             res["speed"] = speed(work, args.mib, args.repeat)

@@ -17,7 +17,6 @@ snapshot's registry entry. Reading goes the other way and needs only manifest an
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -33,59 +32,15 @@ from . import chunking, dtypes, fsutil
 from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
 from .digest import Digest, digest_of
+from .config import CONFIG, StoreConfig, check_chunk_size, check_layout, create_layout
 from .errors import (CasckptError, ChunkError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
-                     StoreIOError, StoreNotFoundError, UnsafePathError, UnsupportedFormatError)
+                     StoreNotFoundError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock
 from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
 from .pipeline import DEFAULT_INFLIGHT, Pipeline
 
 log = logging.getLogger("casckpt")
-
-CONFIG = "casckpt.json"
-FORMAT = "casckpt.store"
-VERSION = 1
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    chunk_size: int = chunking.DEFAULT_CHUNK_SIZE
-    codec: CodecConfig = CodecConfig()
-
-    def to_bytes(self) -> bytes:
-        doc = {"format": FORMAT, "version": VERSION, "chunk_size": self.chunk_size,
-               "codec": self.codec.to_json()}
-        return (json.dumps(doc, indent=2) + "\n").encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes, source: str) -> "StoreConfig":
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            raise CasckptError(f"{source} is not valid JSON") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise CasckptError(f"{source} is not a casckpt store config")
-        if type(doc.get("version")) is not int or doc["version"] > VERSION:
-            raise UnsupportedFormatError(f"store format version {doc.get('version')!r} in {source} is "
-                                         f"newer than this casckpt supports ({VERSION}): upgrade casckpt")
-        return cls(_check_chunk_size(doc.get("chunk_size")), _codec_config(doc.get("codec", {}), source))
-
-
-def _codec_config(obj: object, source: str) -> CodecConfig:
-    try:
-        if not isinstance(obj, dict):
-            raise TypeError(obj)
-        return CodecConfig.from_json(obj)
-    except (TypeError, ValueError):
-        raise CasckptError(f"{source} has a bad codec setting {str(obj)[:80]!r}") from None
-
-
-def _check_chunk_size(n: object) -> int:
-    if type(n) is not int or not chunking.MIN_CHUNK_SIZE <= n <= chunking.MAX_CHUNK_SIZE or n % 4096:
-        raise CasckptError(f"chunk size must be a multiple of 4096 between {chunking.MIN_CHUNK_SIZE} "
-                           f"and {chunking.MAX_CHUNK_SIZE}, got {n!r}")
-    return n
-
 
 @dataclass(frozen=True, slots=True)
 class SaveStats:
@@ -167,15 +122,15 @@ class Store:
         if not cfg_path.exists():
             if not create:
                 raise StoreNotFoundError(f"{root} is not a casckpt store (no {CONFIG})")
-            config = StoreConfig(_check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
+            config = StoreConfig(check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
                                  CodecConfig(level=1 if level is None else level,
                                              byte_grouping=True if byte_grouping is None else byte_grouping))
-            cls._create(root, config)
+            create_layout(root, config)
             fresh = True
         else:
             fresh = False
             config = StoreConfig.from_bytes(fsutil.read_file(cfg_path), str(cfg_path))
-            _check_layout(root)
+            check_layout(root)
             if chunk_size is not None and chunk_size != config.chunk_size:
                 raise CasckptError(f"store {root} has chunk size {config.chunk_size}; "
                                    f"chunk_size={chunk_size} applies only when creating a store")
@@ -185,16 +140,6 @@ class Store:
         return cls(root, config, index_path=Path(index_path).absolute() if index_path else None,
                    sync=sync, workers=workers, inflight_bytes=inflight_bytes, lock_timeout=lock_timeout,
                    fresh=fresh)
-
-    @staticmethod
-    def _create(root: Path, config: StoreConfig) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        for sub in ("tmp", "snapshots", "chunks"):
-            (root / sub).mkdir(exist_ok=True)
-        ChunkDir(root / "chunks", root / "tmp").create()
-        (root / "lock").touch()
-        # NOTE: the config is written last: a half-created store has no config and is not a store.
-        fsutil.atomic_write(root / CONFIG, [config.to_bytes()], tmp_dir=root / "tmp")
 
     @property
     def index(self) -> Index:
@@ -485,18 +430,6 @@ class Store:
         self._index.add_chunks(infos)
         return {"chunks": len(infos), "unreadable_chunks": bad, "orphan_chunks": orphans,
                 "snapshots": len(names)}
-
-
-def _check_layout(root: Path) -> None:
-    """Refuse a store whose folders are symlinks: saves, and gc's deletions, would land outside
-    the root (O_NOFOLLOW guards only the last component of a path)."""
-    subs = [root / s for s in ("tmp", "snapshots", "chunks")]
-    if not os.path.islink(root / "chunks") and (root / "chunks").is_dir():
-        # NOTE: one directory read (d_type) instead of an lstat per fan-out folder.
-        subs += [Path(e.path) for e in os.scandir(root / "chunks") if e.is_symlink()]
-    for sub in subs:
-        if os.path.islink(sub):
-            raise UnsafePathError(f"{sub} is a symlink; casckpt never follows links in a store")
 
 
 def _empty_or_missing(path: Path) -> bool:

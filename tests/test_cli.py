@@ -6,7 +6,6 @@ import io
 import subprocess
 import sys
 
-import numpy as np
 
 from casckpt.cli import Bar
 from clikit import REPO, cli, cli_json, disk_bytes, state

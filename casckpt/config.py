@@ -1,0 +1,78 @@
+"""The store's config file and folder layout (docs/FORMAT.md, "The store root")."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import chunking, fsutil
+from .codec import CodecConfig
+from .errors import CasckptError, UnsafePathError, UnsupportedFormatError
+
+CONFIG = "casckpt.json"
+FORMAT = "casckpt.store"
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    chunk_size: int = chunking.DEFAULT_CHUNK_SIZE
+    codec: CodecConfig = CodecConfig()
+
+    def to_bytes(self) -> bytes:
+        doc = {"format": FORMAT, "version": VERSION, "chunk_size": self.chunk_size,
+               "codec": self.codec.to_json()}
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> "StoreConfig":
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise CasckptError(f"{source} is not valid JSON") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise CasckptError(f"{source} is not a casckpt store config")
+        if type(doc.get("version")) is not int or doc["version"] > VERSION:
+            raise UnsupportedFormatError(f"store format version {doc.get('version')!r} in {source} is "
+                                         f"newer than this casckpt supports ({VERSION}): upgrade casckpt")
+        return cls(check_chunk_size(doc.get("chunk_size")), _codec_config(doc.get("codec", {}), source))
+
+
+def _codec_config(obj: object, source: str) -> CodecConfig:
+    try:
+        if not isinstance(obj, dict):
+            raise TypeError(obj)
+        return CodecConfig.from_json(obj)
+    except (TypeError, ValueError):
+        raise CasckptError(f"{source} has a bad codec setting {str(obj)[:80]!r}") from None
+
+
+def check_chunk_size(n: object) -> int:
+    """The chunk size if it is allowed (a multiple of 4096 within bounds), else CasckptError."""
+    if type(n) is not int or not chunking.MIN_CHUNK_SIZE <= n <= chunking.MAX_CHUNK_SIZE or n % 4096:
+        raise CasckptError(f"chunk size must be a multiple of 4096 between {chunking.MIN_CHUNK_SIZE} "
+                           f"and {chunking.MAX_CHUNK_SIZE}, got {n!r}")
+    return n
+
+
+def create_layout(root: Path, config: StoreConfig) -> None:
+    """Make the folders and files of a new store; the config last, so a half-made store is none."""
+    root.mkdir(parents=True, exist_ok=True)
+    for sub in ("tmp", "snapshots", "chunks"):
+        (root / sub).mkdir(exist_ok=True)
+    (root / "lock").touch()
+    fsutil.atomic_write(root / CONFIG, [config.to_bytes()], tmp_dir=root / "tmp")
+
+
+def check_layout(root: Path) -> None:
+    """Refuse a store whose folders are symlinks: saves, and gc's deletions, would land outside
+    the root (O_NOFOLLOW guards only the last component of a path)."""
+    subs = [root / s for s in ("tmp", "snapshots", "chunks")]
+    if not os.path.islink(root / "chunks") and (root / "chunks").is_dir():
+        # NOTE: one directory read (d_type) instead of an lstat per fan-out folder.
+        subs += [Path(e.path) for e in os.scandir(root / "chunks") if e.is_symlink()]
+    for sub in subs:
+        if os.path.islink(sub):
+            raise UnsafePathError(f"{sub} is a symlink; casckpt never follows links in a store")

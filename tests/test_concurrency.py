@@ -3,11 +3,14 @@ loop while another process saves and deletes in a loop. No failure other than lo
 every snapshot left afterwards loads bit-exactly."""
 
 import json
+import os
 
 from storekit import (arrays, assert_same, chunk_names, gc_module, new_store, open_store, referenced,
                       run_child, tmp_files)
 
-SOAK_SECONDS = 4.0  # the issue asks ~20 s; bounded here to keep the suite fast (raise it to soak)
+# The issue asks ~20 s; the suite runs 4 s to stay fast. CASCKPT_SOAK_SECONDS=20 tools/test -k gc_loop
+# runs the long soak.
+SOAK_SECONDS = float(os.environ.get("CASCKPT_SOAK_SECONDS", "4"))
 SAVES_EACH = 4
 
 

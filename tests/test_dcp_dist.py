@@ -1,4 +1,4 @@
-"""The DCP layer across real processes: 2 ranks over gloo on CPU (torch.multiprocessing).
+"""The DCP layer across real processes: 2 and 4 ranks over gloo on CPU (torch.multiprocessing).
 
 One job saves a DTensor sharded on dim 0 plus replicated state, then loads it back sharded on
 dim 1; the test process then loads the same snapshot alone (1 rank) and re-saves it unsharded.
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+import pytest
 import torch.multiprocessing as mp
 
 import casckpt
@@ -73,22 +74,24 @@ def _job(rank: int, world: int, port: int, root: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_ranks_save_sharded_load_resharded_and_on_one_rank(tmp_path):
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_save_sharded_load_resharded_and_on_one_rank(tmp_path, world):
     root, out = tmp_path / "store", tmp_path / "result.json"
-    mp.spawn(_job, args=(2, free_port(), str(root), str(out)), nprocs=2, join=True)
+    mp.spawn(_job, args=(world, free_port(), str(root), str(out)), nprocs=world, join=True)
     res = json.loads(out.read_text())
     store = casckpt.Store.open(root)
     m = store.manifest("s0")
+    shards = [f"w@{r * ROWS // world},0" for r in range(world)]
 
     # DTensor shards keyed by offset; replicated tensors and byte items once.
-    assert {"w@0,0", "w@32,0", "rep", "copy_on_rank0", "copy_on_rank1", "step"} == set(m.items)
+    assert {*shards, "rep", *(f"copy_on_rank{r}" for r in range(world)), "step"} == set(m.items)
     assert m.meta["dcp"]["state_dict_metadata"]["w"]["size"] == [ROWS, COLS]
     # each new chunk was written by exactly one rank, and rep/copies share their chunks
     assert sum(res["written"]) == res["stats"]["new_chunks"] == len(m.digests())
-    assert m.items["rep"].chunks == m.items["copy_on_rank0"].chunks == m.items["copy_on_rank1"].chunks
+    assert all(m.items[f"copy_on_rank{r}"].chunks == m.items["rep"].chunks for r in range(world))
     assert len(list((root / "chunks").glob("*/*"))) == len(m.digests())
     assert res["again"]["new_chunks"] == 0 and res["again"]["chunks"] == res["stats"]["chunks"]
-    assert res["ok"] == [True, True] and res["loaded"] == "s1"
+    assert res["ok"] == [True] * world and res["loaded"] == "s1"
 
     # One rank (this process, no process group) loads the 2-rank snapshot: bit-exact.
     got = {"w": torch.zeros(ROWS, COLS), "rep": torch.zeros(32, 128), "step": 0}
@@ -99,4 +102,4 @@ def test_two_ranks_save_sharded_load_resharded_and_on_one_rank(tmp_path):
     # Saved unsharded, the tensor cuts into the same chunks (shard boundary on the row grid).
     stats = casckpt.save({"w": full_tensor()}, root, "whole")
     assert stats.new_chunks == 0
-    assert store.manifest("whole").items["w"].chunks == m.items["w@0,0"].chunks + m.items["w@32,0"].chunks
+    assert store.manifest("whole").items["w"].chunks == sum((m.items[k].chunks for k in shards), ())

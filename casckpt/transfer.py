@@ -251,10 +251,18 @@ class SafeMetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         import torch
 
-        if (module, name) in _ALLOWED or module in _DCP_MODULES and not name.startswith("__"):
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format, torch.layout)):
-            return getattr(torch, name)
+        # NOTE: a dotted name walks attributes ("os.system" through a module that imports os),
+        # so only plain names pass, and in DCP's module only the classes it defines itself.
+        if "." not in name:
+            if (module, name) in _ALLOWED:
+                return super().find_class(module, name)
+            if module in _DCP_MODULES and not name.startswith("__"):
+                cls = super().find_class(module, name)
+                if isinstance(cls, type) and cls.__module__ == module:
+                    return cls
+            if module == "torch" and isinstance(getattr(torch, name, None),
+                                                (torch.dtype, torch.memory_format, torch.layout)):
+                return getattr(torch, name)
         raise pickle.UnpicklingError(f"DCP metadata refers to {module}.{name}, which casckpt does not allow")
 
 

@@ -118,3 +118,26 @@ def test_export_refuses_existing_destination_and_bad_input(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 16)
     assert cli("import", root, "b", tmp_path / "bad.safetensors").returncode == 2
     assert cli("import", root, "b", tmp_path / "missing.pt").returncode == 2
+
+
+def _global_call(module: str, name: str, arg: str) -> bytes:
+    """A protocol-4 pickle that calls ``module.name(arg)``, the name possibly dotted."""
+    def s(text: str) -> bytes:
+        raw = text.encode()
+        return b"\x8c" + bytes([len(raw)]) + raw  # SHORT_BINUNICODE
+    return b"\x80\x04" + s(module) + s(name) + b"\x93" + s(arg) + b"\x85" + b"R" + b"."
+
+
+def test_dcp_metadata_cannot_reach_other_modules_through_allowed_ones(tmp_path):
+    """DCP's metadata module imports os: a dotted global like ``os.system`` resolved through it
+    must be refused like any other global, and nothing may run."""
+    src = tmp_path / "evil"
+    src.mkdir()
+    marker = tmp_path / "pwned"
+    for module, name in [("torch.distributed.checkpoint.metadata", "os.system"),
+                         ("torch.distributed.checkpoint.metadata", "torch.load"),
+                         ("torch.distributed.checkpoint.metadata", "field")]:
+        (src / ".metadata").write_bytes(_global_call(module, name, f"touch {marker}"))
+        r = cli("import", tmp_path / "store", "x", src)
+        assert r.returncode == 2 and "does not allow" in r.stderr, (name, r.stderr)
+        assert not marker.exists()

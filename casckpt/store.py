@@ -246,13 +246,24 @@ class Store:
         return self.pipeline.map(lambda s: digest_of(data[s[0]:s[0] + s[1]]), spans)
 
     def stored(self, digests: Iterable[Digest]) -> set[Digest]:
-        """Which digests are safely stored already (index lookup; coordinator only)."""
+        """Which digests are safely stored already (index lookup; coordinator only).
+
+        A chunk the index lists but whose file is gone (deleted by hand, lost with a disk) is not
+        stored: its entry is dropped and the save writes the chunk again, rather than committing
+        a snapshot that references nothing. One ``lstat`` per indexed chunk.
+        """
         if self._index is not None and self._index.replaced():
             # NOTE: a reindex in another process replaced the LMDB file; the old mapping would
             # still claim chunks that a gc has deleted since, and the save would skip them.
             self._index.close()
             self._index = None
-        return self.index.has_many(digests)
+        have = self.index.has_many(digests)
+        lost = {d for d in have if not os.path.lexists(self.chunks.path(d))}
+        if lost:
+            log.warning("casckpt: %d indexed chunks are missing from %s; writing them again",
+                        len(lost), self.root)
+            self.index.remove_chunks(lost)
+        return have - lost
 
     def write_chunks(self, tasks: list[ChunkTask]) -> dict[Digest, ChunkInfo]:
         """Compress and write chunks the index does not hold, in parallel, memory bounded.

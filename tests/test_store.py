@@ -243,3 +243,14 @@ def test_reindex_never_vouches_for_a_torn_orphan(store, rng):
     assert store.stored([digest]) == set()
     store.put_arrays("b", {"x": arr})  # must rewrite the torn file, not trust it
     assert np.array_equal(store.get_arrays("b")["x"], arr)
+
+
+def test_a_lost_chunk_file_is_written_again_not_trusted_from_the_index(store, rng):
+    arr = rng.standard_normal((300, 100))
+    store.put_arrays("a", {"w": arr})
+    lost = chunk_files(store.root)[1]
+    lost.unlink()  # the index still lists it
+    stats = store.put_arrays("b", {"w": arr})
+    assert stats.new_chunks == 1 and lost.exists()
+    assert_same(arr, store.get_arrays("b")["w"])
+    assert_same(arr, store.get_arrays("a")["w"])  # healed as a side effect

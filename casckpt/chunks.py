@@ -53,7 +53,7 @@ class ChunkDir:
         return os.path.lexists(self.path(digest))
 
     def put(self, digest: Digest, raw: memoryview, *, group: int, config: codec.CodecConfig,
-            trusted_absent: bool = False, writeback: bool = True) -> ChunkInfo:
+            trusted_absent: bool = False) -> ChunkInfo:
         """Store one chunk unless a good copy is already there. Returns its info either way.
 
         The file is not fsynced here; the caller makes a batch durable with :meth:`sync` before it
@@ -72,7 +72,7 @@ class ChunkDir:
         header = HEADER.pack(MAGIC, VERSION, kind, 0, raw.nbytes)
         tmp = fsutil.temp_path(self.tmp_dir, ".chunk")
         try:
-            size = fsutil.write_parts(tmp, [header, *parts], sync=False, start_writeback=writeback)
+            size = fsutil.write_parts(tmp, [header, *parts], sync=False)
             if replace:
                 os.replace(tmp, final)
             else:

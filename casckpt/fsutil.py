@@ -16,8 +16,6 @@ from typing import Iterable
 from .errors import StoreIOError, UnsafePathError
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_sync_file_range = getattr(os, "sync_file_range", None)  # Linux only
-_SYNC_FILE_RANGE_WRITE = getattr(os, "SYNC_FILE_RANGE_WRITE", 2)
 
 
 def fsync_dir(path: Path) -> None:
@@ -41,12 +39,8 @@ def temp_path(tmp_dir: Path, suffix: str) -> Path:
     return tmp_dir / f"{secrets.token_hex(8)}.{os.getpid()}{suffix}"
 
 
-def write_parts(path: Path, parts: Iterable, *, sync: bool, start_writeback: bool = False) -> int:
-    """Write bytes-like ``parts`` to a new file (never following or replacing an existing one).
-
-    ``start_writeback`` asks the kernel to start writing the data to disk now, without waiting:
-    a later fsync of a batch of such files then finds most of the work done.
-    """
+def write_parts(path: Path, parts: Iterable, *, sync: bool) -> int:
+    """Write bytes-like ``parts`` to a new file (never following or replacing an existing one)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
     total = 0
     try:
@@ -58,8 +52,6 @@ def write_parts(path: Path, parts: Iterable, *, sync: bool, start_writeback: boo
                 view = view[n:]
         if sync:
             os.fsync(fd)
-        elif start_writeback and _sync_file_range is not None:
-            _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
     finally:
         os.close(fd)
     return total

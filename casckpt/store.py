@@ -277,7 +277,7 @@ class Store:
         def put(t: ChunkTask) -> ChunkInfo:
             # NOTE: put() also returns the info of a good file that is already there but not
             # indexed (left by a crashed save, or a concurrent save of the same chunk).
-            return self.chunks.put(t.digest, t.data, group=t.group, config=cfg, writeback=self.sync)
+            return self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
 
         try:
             infos = self.pipeline.map(put, unique, cost=lambda t: 2 * t.data.nbytes)

@@ -16,14 +16,11 @@ import casckpt
 from casckpt.dcp import item_key, key_fqn
 from casckpt.dcp.reader import _Region
 from casckpt.manifest import ChunkRef, Item
+from conftest import chunk_files
 
 CHUNK = 16 << 10
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is:UserWarning",
                                         "ignore:ComplexHalf support:UserWarning")
-
-
-def chunk_files(root) -> list:
-    return sorted(p for p in (root / "chunks").glob("*/*") if p.is_file())
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

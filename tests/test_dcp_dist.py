@@ -18,6 +18,7 @@ import pytest
 import torch.multiprocessing as mp
 
 import casckpt
+import casckpt.fsutil
 
 CHUNK = 16 << 10  # 16 rows of the 64 x 256 float32 tensor per chunk
 ROWS, COLS = 64, 256
@@ -51,10 +52,15 @@ def _job(rank: int, world: int, port: int, root: str, out: str) -> None:
         rep = replicated()
         sd = {"w": distribute_tensor(full_tensor(), mesh, [Shard(0)]), "rep": rep,
               f"copy_on_rank{rank}": rep.clone(), "step": 5}
+        synced = []  # chunk files this rank fsyncs (a recording wrapper at the I/O boundary)
+        fsync_file = casckpt.fsutil.fsync_file
+        casckpt.fsutil.fsync_file = lambda p: (synced.append(str(p)), fsync_file(p))[1]
         writer = casckpt.CasWriter(root, chunk_size=CHUNK)
         dcp.save(sd, checkpoint_id="s0", storage_writer=writer, planner=casckpt.DedupSavePlanner())
-        written = [None] * world
+        casckpt.fsutil.fsync_file = fsync_file
+        written, fsynced = [None] * world, [None] * world
         dist.all_gather_object(written, writer.chunks_written)
+        dist.all_gather_object(fsynced, len(set(synced)))
         again = casckpt.save(sd, root, "s1")  # same state, same sharding: nothing new
 
         # Load on 2 ranks, now sharded on dim 1.
@@ -68,7 +74,8 @@ def _job(rank: int, world: int, port: int, root: str, out: str) -> None:
         dist.all_gather_object(oks, ok)
         if rank == 0:
             Path(out).write_text(json.dumps({
-                "stats": writer.stats.to_json(), "written": written, "again": again.to_json(),
+                "stats": writer.stats.to_json(), "written": written, "fsynced": fsynced,
+                "again": again.to_json(),
                 "loaded": name, "ok": oks}))
     finally:
         dist.destroy_process_group()
@@ -88,6 +95,10 @@ def test_ranks_save_sharded_load_resharded_and_on_one_rank(tmp_path, world):
     assert m.meta["dcp"]["state_dict_metadata"]["w"]["size"] == [ROWS, COLS]
     # each new chunk was written by exactly one rank, and rep/copies share their chunks
     assert sum(res["written"]) == res["stats"]["new_chunks"] == len(m.digests())
+    # every rank made its own chunk files durable (a shared file system needs the writer's fsync);
+    # the coordinator syncs every new chunk at commit
+    assert res["fsynced"][1:] == res["written"][1:] and res["fsynced"][0] == len(m.digests())
+    assert all(n > 0 for n in res["written"])
     assert all(m.items[f"copy_on_rank{r}"].chunks == m.items["rep"].chunks for r in range(world))
     assert len(list((root / "chunks").glob("*/*"))) == len(m.digests())
     assert res["again"]["new_chunks"] == 0 and res["again"]["chunks"] == res["stats"]["chunks"]

@@ -138,6 +138,12 @@ class CasWriter(StorageWriter):
         rw = _RankWrite(self._open(create=False), rp, self.is_coordinator)
         results = rw.run(plan.items, planner)
         self.chunks_written = sum(i is not None for i in rw.infos.values())
+        store = rw.store
+        if not self.is_coordinator and store.sync:
+            # NOTE: on a shared file system the coordinator's fsync flushes only its own host's
+            # cache: each rank makes its own chunk files durable before it reports them.
+            mine = [Digest(d) for d, i in rw.infos.items() if i is not None]
+            store.chunks.sync(mine, map=lambda fn, xs: store.pipeline.map(fn, list(xs)))
         fut: Future[list[WriteResult]] = Future()
         fut.set_result(results)
         return fut

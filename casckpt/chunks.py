@@ -52,8 +52,7 @@ class ChunkDir:
     def exists(self, digest: Digest) -> bool:
         return os.path.lexists(self.path(digest))
 
-    def put(self, digest: Digest, raw: memoryview, *, group: int, config: codec.CodecConfig,
-            trusted_absent: bool = False) -> ChunkInfo:
+    def put(self, digest: Digest, raw: memoryview, *, group: int, config: codec.CodecConfig) -> ChunkInfo:
         """Store one chunk unless a good copy is already there. Returns its info either way.
 
         The file is not fsynced here; the caller makes a batch durable with :meth:`sync` before it
@@ -62,10 +61,9 @@ class ChunkDir:
         """
         final = self.path(digest)
         replace = False
-        if not trusted_absent and os.path.lexists(final):
+        if os.path.lexists(final):
             try:
-                self.get(digest)
-                return self.info(digest)
+                return self.check(digest)
             except (CorruptChunkError, UnsafePathError):
                 replace = True  # a torn file from a crash, or a planted link: replace it
         kind, parts = codec.encode(raw, group=group, config=config)
@@ -109,21 +107,31 @@ class ChunkDir:
 
     def get(self, digest: Digest, *, out: memoryview | None = None, item: str = "") -> memoryview:
         """The chunk's raw bytes, decoded into ``out`` if given, after checking the digest."""
+        return self._read(digest, out, item)[0]
+
+    def check(self, digest: Digest) -> ChunkInfo:
+        """Read and verify a chunk (CorruptChunkError / MissingChunkError if it is not good) and
+        return its sizes and codec: how a file the index does not vouch for earns an entry."""
+        return self._read(digest, None, "")[1]
+
+    def _read(self, digest: Digest, out: memoryview | None, item: str) -> tuple[memoryview, ChunkInfo]:
         kind, raw_len, payload = self.read_payload(digest, item=item)
         if out is not None and out.nbytes != raw_len:
             raise self._corrupt(digest, item, f"holds {raw_len} bytes where {out.nbytes} are expected")
         try:
-            raw = codec.decode(kind, payload, raw_len, out)
+            # NOTE: raw and zstd chunks are checked before they touch ``out``; a byte-grouped
+            # chunk is decoded into ``out`` column by column and checked there (a failed load
+            # leaves its target partly written, as a failed load always may).
+            raw = (codec.decode(kind, payload, raw_len, out) if kind == codec.BG
+                   else codec.decode_flat(kind, payload, raw_len))
         except ValueError as exc:
             raise self._corrupt(digest, item, str(exc)) from None
         if digest_of(raw) != digest:
             raise self._corrupt(digest, item, "content does not hash to its name")
-        return raw
-
-    def info(self, digest: Digest) -> ChunkInfo:
-        """Sizes and codec from the file's header (used by reindex; does not verify content)."""
-        kind, raw_len, payload = self.read_payload(digest)
-        return ChunkInfo(raw_len, payload.nbytes + HEADER.size, kind)
+        if out is not None and kind != codec.BG:
+            out[:] = raw
+            raw = out
+        return raw, ChunkInfo(raw_len, payload.nbytes + HEADER.size, kind)
 
     def delete(self, digest: Digest) -> None:
         fsutil.unlink_quiet(self.path(digest))

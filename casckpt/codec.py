@@ -92,7 +92,7 @@ def _encode_grouped(raw: memoryview, k: int, level: int) -> tuple[int, list]:
     for plane in planes:
         flag, data = 0, plane.data
         probe = plane[:_PROBE]
-        if _worth_it(len(comp.compress(probe.data)), probe.nbytes) or plane.nbytes <= _PROBE:
+        if plane.nbytes <= _PROBE or _worth_it(len(comp.compress(probe.data)), probe.nbytes):
             out = comp.compress(plane.data)
             if _worth_it(len(out), plane.nbytes):
                 flag, data = 1, out
@@ -109,18 +109,27 @@ def decode(codec: int, payload: memoryview, raw_len: int, out: memoryview | None
     Raises ``ValueError`` on a payload that does not decode to exactly ``raw_len`` bytes; the
     caller turns that into a CorruptChunkError naming the chunk.
     """
+    if codec != BG:
+        flat = decode_flat(codec, payload, raw_len)
+        if out is None:
+            return memoryview(bytearray(flat))
+        out[:] = flat
+        return out
     dest = memoryview(bytearray(raw_len)) if out is None else out
+    _decode_grouped(payload, dest)
+    return dest
+
+
+def decode_flat(codec: int, payload: memoryview, raw_len: int) -> memoryview:
+    """The raw bytes of a RAW or ZSTD payload without copying them into a destination (RAW: the
+    payload itself), so a caller can check them before they overwrite anything."""
     if codec == RAW:
         if payload.nbytes != raw_len:
             raise ValueError(f"raw payload is {payload.nbytes} bytes, expected {raw_len}")
-        dest[:] = payload
-    elif codec == ZSTD:
-        dest[:] = _zstd(payload, raw_len)
-    elif codec == BG:
-        _decode_grouped(payload, dest)
-    else:
-        raise ValueError(f"unknown codec {codec}")
-    return dest
+        return payload
+    if codec == ZSTD:
+        return memoryview(_zstd(payload, raw_len))
+    raise ValueError(f"unknown codec {codec}")
 
 
 def _zstd(payload, size: int) -> bytes:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import struct
 import threading
 from pathlib import Path
@@ -163,19 +162,19 @@ class Index:
 
 
 # NOTE: LMDB allows one open environment per database per process ("already open in this
-# process"), so every Index on the same folder shares one, counted by references. The key is the
-# folder's identity, so a folder deleted and made anew (reindex) gets a fresh environment.
+# process"), so every Index on the same database shares one, counted by references. The key is
+# the data file's identity, so a database removed and made anew (reindex) gets a fresh one.
 _ENVS: dict[tuple[int, int], list] = {}
 _ENVS_LOCK = threading.Lock()
 
 
 def _open_env(path: Path, map_size: int) -> lmdb.Environment:
-    st = os.stat(path)
-    key = (st.st_dev, st.st_ino)
     with _ENVS_LOCK:
-        entry = _ENVS.get(key)
+        key = _file_id(path)
+        entry = _ENVS.get(key) if key is not None else None
         if entry is None:
-            entry = _ENVS[key] = [lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True), 0]
+            env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True)
+            entry = _ENVS[_file_id(path)] = [env, 0]
         entry[1] += 1
         return entry[0]
 

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -408,14 +407,17 @@ class Store:
             if self._index is not None:
                 self._index.close()
                 self._index = None
-            shutil.rmtree(self.index_path, ignore_errors=True)
+            # NOTE: only LMDB's own files: index_path may be a folder the user shares with others.
+            for f in ("data.mdb", "lock.mdb"):
+                fsutil.unlink_quiet(self.index_path / f)
             self._index = Index(self.index_path, create=True)
             return self._rebuild_index()
 
     def _rebuild_index(self) -> dict:
-        """Index the chunks that committed manifests reference (made durable before their commit).
+        """Index the chunks that committed manifests reference, each read and verified first.
 
-        Orphans stay out of the index: one may be torn by a power loss, and an index entry would
+        A chunk that fails (bit rot, a torn file) stays out, so the next save of its data writes
+        it again. Orphans stay out too: one may be torn by a power loss, and an index entry would
         let a later save skip writing it. A save that needs an orphan verifies it first; gc
         deletes the rest.
         """
@@ -435,7 +437,7 @@ class Store:
                 orphans += 1
                 continue
             try:
-                infos[d] = self.chunks.info(d)
+                infos[d] = self.chunks.check(d)
             except CasckptError:
                 bad += 1  # unreadable chunk: not indexed, so the next save rewrites it
         self._index.add_chunks(infos)

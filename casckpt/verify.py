@@ -1,6 +1,7 @@
 """Check that snapshots are whole: every referenced chunk exists and (unless quick) hashes to its name.
 
-Problems are reported with the snapshots and items they break. Chunk files that no snapshot
+Problems are reported with the snapshots and items they break, and their chunks are dropped
+from the index so that the next save of the same data writes them again. Chunk files that no snapshot
 references (orphans, reclaimed by ``gc``) are counted but are not a problem.
 """
 
@@ -92,6 +93,10 @@ def verify(store: Store, names: Iterable[str] | None = None, *, quick: bool = Fa
         return problem
 
     problems = tuple(p for p in store.pipeline.map(check, digests) if p is not None)
+    if problems:
+        # NOTE: an index entry vouches for a good file; dropped, the next save of that data
+        # writes the chunk again instead of reusing the bad one (and so heals these snapshots).
+        store.index.remove_chunks(Digest(bytes.fromhex(p.digest)) for p in problems)
     orphans = sum(1 for d in store.chunks if d not in refs) if every and not bad else None
     return VerifyReport(tuple(names), len(digests), quick, problems, bad, orphans)
 

@@ -254,3 +254,14 @@ def test_a_lost_chunk_file_is_written_again_not_trusted_from_the_index(store, rn
     assert stats.new_chunks == 1 and lost.exists()
     assert_same(arr, store.get_arrays("b")["w"])
     assert_same(arr, store.get_arrays("a")["w"])  # healed as a side effect
+
+
+def test_reindex_removes_only_lmdb_files_from_a_shared_index_folder(tmp_path, rng):
+    shared = tmp_path / "local"
+    shared.mkdir()
+    (shared / "precious.txt").write_text("keep me")
+    (shared / "sub").mkdir()
+    with casckpt.Store.open(tmp_path / "s", create=True, index_path=shared) as s:
+        s.put_arrays("a", {"w": rng.standard_normal(100)})
+        assert s.reindex()["chunks"] == 1
+    assert (shared / "precious.txt").read_text() == "keep me" and (shared / "sub").is_dir()

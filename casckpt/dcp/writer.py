@@ -155,7 +155,7 @@ class CasWriter(StorageWriter):
             refs = {c.digest for it in items.values() for c in it.chunks}
             unknown = refs - new.keys()
             for d in unknown - store.stored(unknown):
-                new[d] = store.chunks.info(d)  # a file a rank found intact on disk but not indexed
+                new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
             sm = StorageMeta(checkpoint_id=self.snapshot)
             md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
             meta = {"dcp": metadata_to_json(md)}

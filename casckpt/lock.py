@@ -9,24 +9,42 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from pathlib import Path
 
-from .errors import LockTimeoutError, StoreIOError
+from .errors import CasckptError, LockTimeoutError, StoreIOError
 
 SHARED, EXCLUSIVE = fcntl.LOCK_SH, fcntl.LOCK_EX
+
+# NOTE: flock treats every open of the lock file apart, even in one process: a thread that holds
+# the lock and asks for it exclusively would wait on itself forever. Holds are counted per thread
+# (lock path -> count) so that case fails at once, and so a store knows not to lock twice.
+_local = threading.local()
+
+
+def _holds() -> dict[str, int]:
+    return _local.__dict__.setdefault("holds", {})
+
+
+def held_by_this_thread(path: Path) -> bool:
+    """Whether the calling thread holds the lock at ``path`` (in either mode)."""
+    return _holds().get(str(path), 0) > 0
 
 
 class StoreLock:
     """One hold on the store lock. ``timeout=None`` waits forever; ``0`` does not wait."""
 
-    def __init__(self, path: Path, mode: int, *, timeout: float | None = None,
-                 holds: list | None = None) -> None:
+    def __init__(self, path: Path, mode: int, *, timeout: float | None = None) -> None:
         self.path, self.mode, self.timeout = path, mode, timeout
         self._fd: int | None = None
-        self._holds = holds  # the owner's list of locks held now (see Store.holds_lock)
+        self._counted: dict[str, int] | None = None  # the holding thread's counts
 
     def acquire(self) -> "StoreLock":
+        if self.mode == EXCLUSIVE and held_by_this_thread(self.path):
+            raise CasckptError(f"this thread already holds the lock on {self.path.parent} (a save in "
+                               "progress, or a writer not yet closed); taking it exclusively would "
+                               "wait forever")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:  # a read-only store, a lock that is a directory or a symlink
@@ -48,16 +66,17 @@ class StoreLock:
             os.close(fd)
             raise
         self._fd = fd
-        if self._holds is not None:
-            self._holds.append(self)
+        self._counted = _holds()
+        self._counted[str(self.path)] = self._counted.get(str(self.path), 0) + 1
         return self
 
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the descriptor drops the flock
-            if self._holds is not None and self in self._holds:
-                self._holds.remove(self)
+            if self._counted is not None:
+                self._counted[str(self.path)] -= 1
+                self._counted = None
 
     @property
     def held(self) -> bool:

@@ -35,7 +35,7 @@ from .config import CONFIG, StoreConfig, check_chunk_size, check_layout, create_
 from .errors import (CasckptError, ChunkError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
                      StoreNotFoundError)
 from .index import Index
-from .lock import EXCLUSIVE, SHARED, StoreLock
+from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
 from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
 from .pipeline import DEFAULT_INFLIGHT, Pipeline
 
@@ -100,7 +100,6 @@ class Store:
         self.pipeline = Pipeline(workers=workers, inflight_bytes=inflight_bytes)
         self.index_path = index_path or root / "index"
         self._index: Index | None = Index(self.index_path, create=True) if fresh else None
-        self._holds: list = []
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -147,7 +146,7 @@ class Store:
             if _empty_or_missing(self.index_path / "data.mdb"):
                 log.warning("casckpt: index %s is missing; rebuilding it from the store", self.index_path)
                 # NOTE: the shared lock keeps gc from deleting chunks while they are indexed; a
-                # handle that already holds the lock (a save, a gc) must not wait on itself.
+                # thread that already holds the lock (a save, a gc) must not wait on itself.
                 with contextlib.nullcontext() if self.holds_lock else self.lock(SHARED):
                     self._index = Index(self.index_path, create=True)
                     self._rebuild_index()
@@ -172,13 +171,12 @@ class Store:
 
     def lock(self, mode: int = SHARED, *, timeout: float | None = ...) -> StoreLock:
         """A hold on the store lock (use as ``with store.lock(EXCLUSIVE): ...``)."""
-        return StoreLock(self.root / "lock", mode, timeout=self.lock_timeout if timeout is ... else timeout,
-                         holds=self._holds)
+        return StoreLock(self.root / "lock", mode, timeout=self.lock_timeout if timeout is ... else timeout)
 
     @property
     def holds_lock(self) -> bool:
-        """Whether this handle holds the store lock now (in either mode)."""
-        return bool(self._holds)
+        """Whether the calling thread holds the store lock now (in either mode)."""
+        return held_by_this_thread(self.root / "lock")
 
     # -- snapshots ------------------------------------------------------------------------------
     def manifest_path(self, name: str) -> Path:

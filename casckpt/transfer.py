@@ -133,6 +133,7 @@ def _flatten(obj, prefix: str = ""):
 def _read_dcp(src: Path):
     import torch
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     reader = _reader_class()(str(src))
@@ -140,7 +141,11 @@ def _read_dcp(src: Path):
     state = {fqn: (b"" if isinstance(t, BytesStorageMetadata) else torch.empty(tuple(t.size), dtype=t.properties.dtype))
              for fqn, t in md.state_dict_metadata.items()}
     planner = _planners()[1]()
-    dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+    try:
+        dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+    except CheckpointException as exc:  # a BaseException: the command's handler would miss it
+        first = next(iter(exc.failures.values()), (exc, None))[0]
+        raise CasckptError(f"cannot read the DCP checkpoint {src}: {type(first).__name__}: {first}") from None
     arrays, names = {}, {}
     for fqn, value in state.items():
         if isinstance(value, torch.Tensor):
@@ -266,6 +271,14 @@ class SafeMetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"DCP metadata refers to {module}.{name}, which casckpt does not allow")
 
 
+def _check_data_file(name: object, source: Path) -> None:
+    """A data file DCP metadata names must sit in the checkpoint folder itself: FileSystemReader
+    joins the name to the folder as it is, so "../x" or "/etc/x" would read outside it."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name):
+        raise CasckptError(f"{source} names a data file outside its folder: {str(name)[:80]!r}")
+
+
 def _reader_class():
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
@@ -279,6 +292,8 @@ def _reader_class():
                 raise CasckptError(f"{path} is not DCP metadata casckpt can read safely: {exc}") from None
             if not isinstance(md, Metadata):
                 raise CasckptError(f"{path} does not hold DCP Metadata")
+            for info in (md.storage_data or {}).values():
+                _check_data_file(getattr(info, "relative_path", None), path)
             if getattr(md, "storage_meta", None) is None:
                 md.storage_meta = StorageMeta()
             md.storage_meta.load_id = self.load_id

@@ -13,6 +13,7 @@ from torch.distributed.checkpoint.metadata import MetadataIndex
 from torch.distributed.checkpoint.planner import LoadItemType, ReadItem
 
 import casckpt
+import casckpt.fsutil
 from casckpt.dcp import item_key, key_fqn
 from casckpt.dcp.reader import _Region
 from casckpt.manifest import ChunkRef, Item
@@ -284,7 +285,7 @@ def test_cuda_tensors(root):
         assert same_bits(sd[k].cpu(), got[k].cpu()), k
 
 
-def test_failed_save_releases_the_store_lock(root):
+def test_failed_save_releases_the_store_lock(root, monkeypatch):
     from casckpt.lock import EXCLUSIVE
 
     casckpt.save({"w": torch.randn(8, 8)}, root, "a", chunk_size=CHUNK)
@@ -295,17 +296,25 @@ def test_failed_save_releases_the_store_lock(root):
     with store.lock(EXCLUSIVE, timeout=0):  # gc could run: no save holds the shared lock
         pass
 
-    w = casckpt.CasWriter(root)  # used directly: the lock lives until reset, close or collection
+    w = casckpt.CasWriter(root)  # used directly, kept alive: the failure must not leave the lock
     with pytest.raises(BaseException):
         dcp.save(bad, checkpoint_id="c", storage_writer=w, planner=casckpt.DedupSavePlanner())
-    with pytest.raises(casckpt.LockTimeoutError):
-        store.lock(EXCLUSIVE, timeout=0).acquire()
-    del w
-    import gc
-    gc.collect()
     with store.lock(EXCLUSIVE, timeout=0):
         pass
-    assert not store.exists("b") and not store.exists("c")
+    # a failure inside the writer's own step: the disk fills while chunk files are written
+    import errno
+
+    w2 = casckpt.CasWriter(root)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(casckpt.fsutil, "write_parts", disk_full)  # a fault at the I/O boundary
+    with pytest.raises(BaseException):
+        dcp.save({"w": torch.randn(8, 8)}, checkpoint_id="d", storage_writer=w2,
+                 planner=casckpt.DedupSavePlanner())
+    with store.lock(EXCLUSIVE, timeout=0):
+        pass
+    assert w2 is not None and not store.exists("b") and not store.exists("c") and not store.exists("d")
 
 
 def test_index_elsewhere_and_sync_files_off(root, tmp_path):
@@ -323,3 +332,19 @@ def test_index_elsewhere_and_sync_files_off(root, tmp_path):
     out = zeros_like_sd(sd)
     dcp.load(out, storage_reader=casckpt.CasReader(root, snapshot="b"))
     assert_same_sd(sd["model"], out["model"])
+
+
+def test_ranks_that_resolve_latest_differently_are_refused(root):
+    # Each rank resolves "latest" in read_metadata; a commit in between must not mix snapshots.
+    from torch.distributed.checkpoint.planner import LoadPlan
+
+    casckpt.save({"w": torch.zeros(4)}, root, "step-1")
+    rank0 = casckpt.CasReader(root)
+    rank0.read_metadata()
+    casckpt.save({"w": torch.ones(4)}, root, "step-2")
+    rank1 = casckpt.CasReader(root)
+    rank1.read_metadata()
+    plans = [rank0.prepare_local_plan(LoadPlan([])), rank1.prepare_local_plan(LoadPlan([]))]
+    with pytest.raises(casckpt.CasckptError, match="different snapshots"):
+        rank0.prepare_global_plan(plans)
+    assert rank0.prepare_global_plan(plans[:1]) == plans[:1]

@@ -265,3 +265,14 @@ def test_reindex_removes_only_lmdb_files_from_a_shared_index_folder(tmp_path, rn
         s.put_arrays("a", {"w": rng.standard_normal(100)})
         assert s.reindex()["chunks"] == 1
     assert (shared / "precious.txt").read_text() == "keep me" and (shared / "sub").is_dir()
+
+
+def test_taking_the_lock_exclusively_while_holding_it_fails_instead_of_hanging(store):
+    from casckpt.lock import SHARED
+
+    store.put_arrays("a", {"x": np.arange(3)})
+    with store.lock(SHARED):
+        with pytest.raises(casckpt.CasckptError, match="wait forever"):
+            store.delete("a")
+    store.delete("a")  # released: works
+    assert store.snapshot_names() == []

@@ -141,3 +141,33 @@ def test_dcp_metadata_cannot_reach_other_modules_through_allowed_ones(tmp_path):
         r = cli("import", tmp_path / "store", "x", src)
         assert r.returncode == 2 and "does not allow" in r.stderr, (name, r.stderr)
         assert not marker.exists()
+
+
+def _stock_dcp_dir(path):
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"w": torch.arange(8.0), "step": 3}, storage_writer=dcp.FileSystemWriter(str(path)), no_dist=True)
+
+
+def test_dcp_metadata_naming_a_file_outside_its_folder_is_refused(tmp_path):
+    src, secret = tmp_path / "ckpt", tmp_path / "secret.bin"
+    _stock_dcp_dir(src)
+    secret.write_bytes(b"TOP-SECRET" * 100)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    for target in ("../secret.bin", str(secret)):
+        for info in md.storage_data.values():
+            info.relative_path = target
+        (src / ".metadata").write_bytes(pickle.dumps(md))
+        r = cli("import", tmp_path / "store", "x", src)
+        assert r.returncode == 2 and "outside its folder" in r.stderr, r.stderr
+    assert not (tmp_path / "store" / "snapshots" / "x.json").exists()
+
+
+def test_a_broken_dcp_directory_is_a_clean_error(tmp_path):
+    src = tmp_path / "ckpt"
+    _stock_dcp_dir(src)
+    for f in src.glob("*.distcp"):
+        f.write_bytes(b"")  # data files truncated
+    r = cli("import", tmp_path / "store", "x", src)
+    assert r.returncode == 2 and "cannot read the DCP checkpoint" in r.stderr and "Traceback" not in r.stderr

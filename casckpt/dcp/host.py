@@ -95,23 +95,28 @@ def host_batches(items: Iterable[WriteItem], resolve: Callable[[WriteItem], obje
     overlap; a batch's copies are dropped once the consumer moves on to the next batch.
     """
     batch: list[tuple[WriteItem, object]] = []
+    devices: set[torch.device] = set()
     held = 0
     for item in items:
         data = resolve(item)
         if isinstance(data, torch.Tensor) and data.device.type == "cuda":
+            devices.add(data.device)
             data = data.detach().to("cpu", non_blocking=True)
             held += data.numel() * data.element_size()
         elif isinstance(data, torch.Tensor) and not data.is_contiguous():
             held += data.numel() * data.element_size()
         batch.append((item, data))
         if held >= budget:
-            yield _materialise(batch)
-            batch, held = [], 0
+            yield _materialise(batch, devices)
+            batch, devices, held = [], set(), 0
     if batch:
-        yield _materialise(batch)
+        yield _materialise(batch, devices)
 
 
-def _materialise(batch: list[tuple[WriteItem, object]]) -> list[tuple[WriteItem, memoryview]]:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()  # the non_blocking copies above must land before we read them
+def _materialise(batch: list[tuple[WriteItem, object]],
+                 devices: set[torch.device]) -> list[tuple[WriteItem, memoryview]]:
+    # NOTE: the non_blocking copies must land before their bytes are read, on every device the
+    # batch came from: a bare synchronize() waits for the current device only.
+    for dev in devices:
+        torch.cuda.synchronize(dev)
     return [(item, host_bytes(data, item)) for item, data in batch]

@@ -89,9 +89,15 @@ class CasReader(StorageReader):
         self._metadata = metadata
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        plan.storage_data = self.resolved  # each rank resolved "latest" on its own: compare them
         return plan
 
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        names = {p.storage_data for p in plans}
+        if len(names) > 1:
+            raise CasckptError(f"ranks resolved snapshot {self.snapshot!r} to different snapshots "
+                               f"({', '.join(sorted(map(str, names)))}): a save committed during the "
+                               "load; pass an explicit snapshot name")
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -46,14 +47,21 @@ class CasWriter(StorageWriter):
     0. all ranks: ``reset(checkpoint_id)``, only when ``dcp.save`` got a ``checkpoint_id``;
        releases a lock left by an earlier failed save.
     1. all ranks: ``storage_meta()`` (carries the chunk size to the planner), then
-       ``set_up_storage_writer(is_coordinator)``: the coordinator opens (or creates) the store,
-       takes its shared lock and checks the name is free. Other ranks do not touch the store.
+       ``set_up_storage_writer(is_coordinator)``: the coordinator opens (or creates) the store
+       and checks the name is free. Other ranks do not touch the store.
     2. all ranks: ``prepare_local_plan(plan)``: nothing to add.
-    3. coordinator: ``prepare_global_plan(plans)``: looks every planned digest up in the index,
-       drops stored chunks and assigns each new digest to one rank.
-    4. all ranks: ``write_data(plan, planner)``: writes this rank's chunk files (never the index).
+    3. coordinator: ``prepare_global_plan(plans)``: takes the store's shared lock (so gc cannot
+       run until the commit), looks every planned digest up in the index, drops stored chunks and
+       assigns each new digest to one rank.
+    4. all ranks: ``write_data(plan, planner)``: writes this rank's chunk files (never the index)
+       and fsyncs them.
     5. coordinator: ``finish(metadata, results)``: builds the manifest (DCP's Metadata as JSON)
        and commits it (chunks fsynced, indexed, manifest published), then releases the lock.
+
+    If step 3 or the coordinator's step 4 fails, the lock is released at once. If another rank
+    fails in step 4, DCP never calls ``finish``: the lock then lives until the writer is reset,
+    closed or garbage-collected. ``casckpt.save`` always closes its writer; with ``dcp.save``,
+    use a fresh writer per save or call ``close()`` after a failure.
 
     Only the coordinator opens the LMDB index, so ranks on other hosts need only the chunk and
     snapshot directories. ``stats`` holds the last save's :class:`casckpt.SaveStats` (coordinator);
@@ -112,28 +120,35 @@ class CasWriter(StorageWriter):
             return
         store = self._open(create=True)
         self.release()
-        lock = store.lock(SHARED).acquire()
-        self._lock_release = weakref.finalize(self, lock.release)
         if not self.overwrite and store.exists(self.snapshot):
-            self.release()
             raise SnapshotExistsError(f"snapshot {self.snapshot!r} already exists in store {store.root}")
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        if not all(p.usable for p in plans):
-            raise CasckptError("CasWriter does not support DCP plan caching (enable_plan_caching)")
+        # NOTE: the shared lock is taken here, not at set-up: from the dedup decision below to the
+        # commit in finish() gc must not run, and local planning (which may fail) is not covered.
         store = self._open(create=True)
-        local = [self._local_digests(p, store.config.chunk_size) for p in plans]
-        known = {d for loc in local if loc for it in loc.values() for d in it.digests}
-        stored = {d.raw for d in store.stored(Digest(d) for d in known)}
-        writes = _assign(local, stored)
-        hints = self._latest_hints(store, plans, local)
+        self.release()
+        lock = store.lock(SHARED).acquire()
+        self._lock_release = weakref.finalize(self, lock.release)
+        with self._released_on_error():
+            if not all(p.usable for p in plans):
+                raise CasckptError("CasWriter does not support DCP plan caching (enable_plan_caching)")
+            local = [self._local_digests(p, store.config.chunk_size) for p in plans]
+            known = {d for loc in local if loc for it in loc.values() for d in it.digests}
+            stored = {d.raw for d in store.stored(Digest(d) for d in known)}
+            writes = _assign(local, stored)
+            hints = self._latest_hints(store, plans, local)
         return [dataclasses.replace(p, storage_data=RankPlan(loc, frozenset(w), hints if loc is None else frozenset()))
                 for p, loc, w in zip(plans, local, writes)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        with self._released_on_error():
+            return self._write_data(plan, planner)
+
+    def _write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         rp = plan.storage_data if isinstance(plan.storage_data, RankPlan) else _NO_PLAN
         rw = _RankWrite(self._open(create=False), rp, self.is_coordinator)
         results = rw.run(plan.items, planner)
@@ -170,6 +185,16 @@ class CasWriter(StorageWriter):
         if self._lock_release is not None:
             self._lock_release()
             self._lock_release = None
+
+    @contextlib.contextmanager
+    def _released_on_error(self):
+        """Release the lock if this step fails: after a failure DCP calls nothing more of ours,
+        and a held shared lock would keep gc waiting for as long as the writer lives."""
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
 
     def close(self) -> None:
         """Release the lock and close the store if this writer opened it."""

@@ -45,7 +45,7 @@ def _codec_config(obj: object, source: str) -> CodecConfig:
         if not isinstance(obj, dict):
             raise TypeError(obj)
         return CodecConfig.from_json(obj)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise CasckptError(f"{source} has a bad codec setting {str(obj)[:80]!r}") from None
 
 
@@ -59,11 +59,14 @@ def check_chunk_size(n: object) -> int:
 
 def create_layout(root: Path, config: StoreConfig) -> None:
     """Make the folders and files of a new store; the config last, so a half-made store is none."""
-    root.mkdir(parents=True, exist_ok=True)
-    for sub in ("tmp", "snapshots", "chunks"):
-        (root / sub).mkdir(exist_ok=True)
-    (root / "lock").touch()
-    fsutil.atomic_write(root / CONFIG, [config.to_bytes()], tmp_dir=root / "tmp")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in ("tmp", "snapshots", "chunks"):
+            (root / sub).mkdir(exist_ok=True)
+        (root / "lock").touch()
+        fsutil.atomic_write(root / CONFIG, [config.to_bytes()], tmp_dir=root / "tmp")
+    except OSError as exc:  # the path is a file, a read-only or full file system
+        raise fsutil.io_error(exc, f"cannot create a store at {root}") from None
 
 
 def check_layout(root: Path) -> None:

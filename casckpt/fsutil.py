@@ -1,8 +1,10 @@
-"""File-system helpers: the one atomic-write routine, directory fsync, safe opens.
+"""File-system helpers: atomic writes, directory fsync, safe opens.
 
-Every file casckpt commits goes through :func:`atomic_write`: write to a unique temp name in the
-store's temp area, fsync, rename into place, fsync the target directory. Readers open with
-``O_NOFOLLOW`` so a symlink planted inside the store cannot redirect a read outside it.
+Files are written under a unique temp name in the store's temp area and moved into place:
+:func:`atomic_write` (fsync, rename, fsync the directory) for the config, and the same steps done
+by hand where the rename must not replace an existing file (``link(2)`` for chunks and
+manifests). Readers open with ``O_NOFOLLOW`` so a symlink planted inside the store cannot
+redirect a read outside it.
 """
 
 from __future__ import annotations

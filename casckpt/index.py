@@ -6,8 +6,7 @@ Sub-databases:
 * ``meta``: ``b"version"`` → ``b"1"``.
 * ``chunks``: 32-byte digest → ``<QQB`` (raw_len, stored_len, codec). An entry is only ever added
   after its chunk file is durable, so an entry means "this chunk is safely stored".
-* ``snapshots``: UTF-8 name → JSON totals (created, logical_bytes, chunk_refs, new_chunks,
-  new_bytes).
+* ``snapshots``: UTF-8 name → JSON totals (created, logical_bytes, chunks).
 
 It is rebuildable from chunk files and manifests (:meth:`casckpt.Store.reindex`); manifests are the
 source of truth. The map grows by doubling whenever a write hits its limit, so callers never see
@@ -58,8 +57,10 @@ class Index:
                 raise IndexDamagedError(f"index {path} has version {version!r}; run `casckpt reindex`")
         except lmdb.Error as exc:
             self.close()
-            raise IndexDamagedError(f"index {path} is damaged ({exc}); run `casckpt reindex` to "
-                                    "rebuild it from the chunks and manifests") from None
+            raise self._error(exc) from None
+        except OSError as exc:  # the index folder cannot be made (permissions, a file in the way)
+            self.close()
+            raise StoreIOError(exc.errno, f"index {path}: {exc.strerror or exc}") from None
         except BaseException:
             self.close()
             raise
@@ -152,7 +153,11 @@ class Index:
     def snapshot_table(self) -> dict[str, dict]:
         def scan(txn):
             return {bytes(k).decode(): json.loads(bytes(v)) for k, v in txn.cursor(db=self._snaps)}
-        return self._read(scan)
+        try:
+            return self._read(scan)
+        except (ValueError, UnicodeDecodeError):
+            raise IndexDamagedError(f"index {self.path} has a damaged snapshot registry; "
+                                    "run `casckpt reindex`") from None
 
     def clear(self) -> None:
         def drop(txn):

@@ -87,6 +87,8 @@ class Item:
         if item.nbytes != math.prod(shape) * dt.itemsize:
             raise ManifestError(f"item {key!r}: chunk lengths add up to {item.nbytes} bytes, "
                                 f"its shape and dtype need {math.prod(shape) * dt.itemsize}")
+        if any(c.length % dt.itemsize for c in refs):
+            raise ManifestError(f"item {key!r} has a chunk boundary inside a {dt.name} element")
         return item
 
 

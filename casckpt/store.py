@@ -203,6 +203,11 @@ class Store:
             data = fsutil.read_file(path)
         except FileNotFoundError:
             raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
+        except CasckptError:
+            raise  # a symlink planted in the store (UnsafePathError)
+        except OSError as exc:  # a folder where the manifest should be, an I/O error
+            raise ManifestError(f"manifest of snapshot {name!r} in {self.root} is unreadable: "
+                                f"{exc.strerror or exc}") from None
         try:
             m = Manifest.from_bytes(data, source=f"manifest of snapshot {name!r} in {self.root}")
         except ManifestError as exc:
@@ -299,7 +304,10 @@ class Store:
             if isinstance(exc, (SnapshotExistsError, CasckptError)):
                 raise
             raise fsutil.io_error(exc, f"committing snapshot {manifest.name!r} in store {self.root}") from exc
-        self.index.put_snapshot(manifest.name, _registry_row(manifest))
+        try:
+            self.index.put_snapshot(manifest.name, _registry_row(manifest))
+        except CasckptError as exc:  # committed already; the row is rebuilt from the manifest
+            log.warning("casckpt: snapshot %s committed, its registry row not written: %s", manifest.name, exc)
         written = sum(i.stored_len for d, i in new.items())
         return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
                          len(new), written, time.perf_counter() - started if started else 0.0)

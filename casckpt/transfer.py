@@ -103,11 +103,13 @@ def _read_torch(src: Path):
     import torch
 
     try:
-        obj = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        obj = torch.load(src, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CasckptError(f"{src} is not a torch.save file loadable with weights_only=True: {exc}") from None
+        try:
+            obj = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            obj = torch.load(src, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise CasckptError(f"{src} is not a torch.save file loadable with weights_only=True: "
+                           f"{str(exc)[:300]}") from None
     if not isinstance(obj, dict):
         raise CasckptError(f"{src} holds a {type(obj).__name__}, not a state dict")
     arrays, names = {}, {}
@@ -119,6 +121,16 @@ def _read_torch(src: Path):
             torch.save(value, buf)
             arrays[key], names[key] = np.frombuffer(buf.getvalue(), np.uint8), "bytes"
     return arrays, names, {}
+
+
+def _load_value(key: str, data: bytes):
+    """A non-tensor value stored as ``torch.save`` bytes, loaded without running code."""
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise CasckptError(f"item {key!r} cannot be loaded with weights_only=True: {str(exc)[:300]}") from None
 
 
 def _flatten(obj, prefix: str = ""):
@@ -202,7 +214,7 @@ def _write_dcp(tensors: dict, dst: Path) -> int:
 def _write_torch(tensors: dict, dst: Path) -> int:
     import torch
 
-    obj = {k: (torch.load(io.BytesIO(v.data), weights_only=True) if isinstance(v, RawBytes) else v)
+    obj = {k: (_load_value(k, v.data) if isinstance(v, RawBytes) else v)
            for k, v in tensors.items()}
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:

@@ -159,12 +159,6 @@ class Index:
             raise IndexDamagedError(f"index {self.path} has a damaged snapshot registry; "
                                     "run `casckpt reindex`") from None
 
-    def clear(self) -> None:
-        def drop(txn):
-            txn.drop(self._chunks, delete=False)
-            txn.drop(self._snaps, delete=False)
-        self._write(drop)
-
 
 # NOTE: LMDB allows one open environment per database per process ("already open in this
 # process"), so every Index on the same database shares one, counted by references. The key is

@@ -78,10 +78,6 @@ class StoreLock:
                 self._counted[str(self.path)] -= 1
                 self._counted = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def __enter__(self) -> "StoreLock":
         return self.acquire()
 

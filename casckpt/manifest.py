@@ -41,6 +41,14 @@ def check_name(name: object) -> str:
     return name
 
 
+def is_valid_name(name: object) -> bool:
+    try:
+        check_name(name)
+    except InvalidNameError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkRef:
     digest: Digest

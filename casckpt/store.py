@@ -22,6 +22,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -40,6 +41,9 @@ from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
 from .pipeline import DEFAULT_INFLIGHT, Pipeline
 
 log = logging.getLogger("casckpt")
+
+# Seconds of clock skew between hosts that "latest" tolerates (see Store._latest).
+LATEST_SKEW = 60.0
 
 @dataclass(frozen=True, slots=True)
 class SaveStats:
@@ -184,13 +188,35 @@ class Store:
 
     def resolve(self, name: str) -> str:
         """``"latest"`` → the newest committed snapshot's name; other names are checked and returned."""
-        if name == "latest":
-            snaps = self.snapshots()
-            if not snaps:
-                raise SnapshotNotFoundError(f"store {self.root} has no snapshots (asked for 'latest')")
-            return snaps[-1].name
-        check_name(name)
-        return name
+        return self._latest() if name == "latest" else check_name(name)
+
+    def _latest(self) -> str:
+        """The committed snapshot with the greatest ``(created, name)`` (the order of
+        :meth:`snapshots`), found from manifest files alone: any rank on any host can resolve it
+        without the LMDB index.
+
+        A manifest is published after its ``created`` time, so once a manifest created at C is
+        seen, files last modified more than ``LATEST_SKEW`` seconds before C cannot be newer and
+        are not read (the margin absorbs clock skew between hosts sharing the store).
+        """
+        paths = []
+        for name in self.snapshot_names():
+            try:
+                paths.append((os.stat(self.manifest_path(name)).st_mtime, name))
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+        best: tuple[str, str] | None = None
+        for mtime, name in sorted(paths, reverse=True):
+            if best is not None and mtime < _timestamp(best[0]) - LATEST_SKEW:
+                break
+            try:
+                created = self.manifest(name).created
+            except SnapshotNotFoundError:
+                continue
+            best = max(best or (created, name), (created, name))
+        if best is None:
+            raise SnapshotNotFoundError(f"store {self.root} has no snapshots (asked for 'latest')")
+        return best[1]
 
     def exists(self, name: str) -> bool:
         return self.manifest_path(name).exists()
@@ -382,17 +408,18 @@ class Store:
         Types numpy lacks (bfloat16, float8) come back as unsigned integers of the same width.
         """
         m = self.manifest(name)
-        out = {}
-        for key, item in m.items.items():
-            dt = dtypes.lookup(item.dtype)
-            arr = np.empty(item.shape, dtype=np.dtype(dt.numpy))
-            if arr.nbytes:
-                try:
-                    self.read_item(item, memoryview(arr.reshape(-1).view(np.uint8)), key=key)
-                except ChunkError as exc:
-                    raise exc.within(m.name, self.root) from None
-            out[key] = arr
-        return out
+        return {key: self.read_array(m, key) for key in m.items}
+
+    def read_array(self, m: Manifest, key: str) -> np.ndarray:
+        """Item ``key`` of manifest ``m`` as a numpy array (as :meth:`get_arrays`), verified."""
+        item = m.items[key]
+        arr = np.empty(item.shape, dtype=np.dtype(dtypes.lookup(item.dtype).numpy))
+        if arr.nbytes:
+            try:
+                self.read_item(item, memoryview(arr.reshape(-1).view(np.uint8)), key=key)
+            except ChunkError as exc:
+                raise exc.within(m.name, self.root) from None
+        return arr
 
     # -- removing and rebuilding ----------------------------------------------------------------
     def delete(self, name: str) -> None:
@@ -457,6 +484,13 @@ def _empty_or_missing(path: Path) -> bool:
         return path.stat().st_size == 0
     except FileNotFoundError:
         return True
+
+
+def _timestamp(created: str) -> float:
+    try:
+        return datetime.strptime(created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return float("-inf")  # an unexpected format: read every manifest
 
 
 def _registry_row(m: Manifest) -> dict:

@@ -173,21 +173,13 @@ def _assemble(store: Store, m: Manifest, progress: Progress | None) -> dict:
     total, done = m.logical_bytes, 0
     out = {}
     for fqn, keys in groups(m).items():
-        arrays = {k: _read_item(store, m, k) for k in keys}
+        arrays = {k: store.read_array(m, k) for k in keys}
         whole = arrays[fqn] if keys == [fqn] else _join(fqn, keys, arrays)
         out[fqn] = _to_torch(m.items[keys[0]].dtype, whole)
         done += sum(m.items[k].nbytes for k in keys)
         if progress:
             progress(done, total)
     return out
-
-
-def _read_item(store: Store, m: Manifest, key: str) -> np.ndarray:
-    item = m.items[key]
-    arr = np.empty(item.shape, dtype=np.dtype(dtypes.lookup(item.dtype).numpy))
-    if arr.nbytes:
-        store.read_item(item, memoryview(arr.reshape(-1).view(np.uint8)), key=key)
-    return arr
 
 
 def _join(fqn: str, keys: list[str], arrays: dict[str, np.ndarray]) -> np.ndarray:

@@ -15,7 +15,7 @@ from ..errors import CasckptError, CheckpointFailedError, SnapshotExistsError
 from ..manifest import check_name
 from ..store import SaveStats, Store
 from .planner import DedupSavePlanner, SafeLoadPlanner
-from .reader import CasReader, resolve_latest
+from .reader import CasReader
 from .writer import CasWriter
 
 
@@ -55,7 +55,7 @@ def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     """
     st = store if isinstance(store, Store) else Store.open(store)
     try:
-        resolved = resolve_latest(st) if name == "latest" else check_name(name)
+        resolved = st.resolve(name)
         resolved = _from_coordinator(resolved, process_group)
         st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
         reader = CasReader(st, snapshot=resolved)

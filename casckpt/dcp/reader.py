@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -15,8 +14,8 @@ from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from .. import dtypes
-from ..errors import CasckptError, ManifestError, SnapshotNotFoundError
-from ..manifest import Item, Manifest, check_name
+from ..errors import CasckptError, ManifestError
+from ..manifest import Item, Manifest, is_valid_name
 from ..store import Store
 from .meta import metadata_from_items, metadata_from_json, storage_key, torch_dtype
 
@@ -65,7 +64,7 @@ class CasReader(StorageReader):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
-        return isinstance(checkpoint_id, str) and (checkpoint_id == "latest" or _valid_name(checkpoint_id))
+        return isinstance(checkpoint_id, str) and (checkpoint_id == "latest" or is_valid_name(checkpoint_id))
 
     @property
     def checkpoint_id(self) -> str:
@@ -75,7 +74,7 @@ class CasReader(StorageReader):
         # NOTE: no **kwargs here: DCP would then retry with rank= and turn collectives off.
         try:
             store = self.store
-            self.resolved = resolve_latest(store) if self.snapshot == "latest" else check_name(self.snapshot)
+            self.resolved = store.resolve(self.snapshot)
             m = store.manifest(self.resolved)
             source = f"snapshot {m.name!r} in {store.root}"
             md = metadata_from_json(m.meta["dcp"], source) if "dcp" in m.meta else metadata_from_items(m.items)
@@ -236,45 +235,3 @@ def _batches(regions: list[_Region]):
             batch, held = [], 0
     if batch:
         yield batch
-
-
-def _valid_name(name: str) -> bool:
-    try:
-        check_name(name)
-    except CasckptError:
-        return False
-    return True
-
-
-def resolve_latest(store: Store) -> str:
-    """The newest committed snapshot (greatest ``(created, name)``, as ``Store.resolve``), found
-    from manifest files alone, so any rank on any host can resolve it without the LMDB index.
-
-    A manifest is published after its ``created`` time, so once a manifest created at C is seen,
-    files last modified before C cannot be newer and are not read.
-    """
-    paths = []
-    for name in store.snapshot_names():
-        try:
-            paths.append((os.stat(store.manifest_path(name)).st_mtime, name))
-        except FileNotFoundError:
-            continue  # deleted meanwhile
-    best: tuple[str, str] | None = None
-    for mtime, name in sorted(paths, reverse=True):
-        if best is not None and mtime < _timestamp(best[0]) - 1.0:
-            break
-        try:
-            created = store.manifest(name).created
-        except SnapshotNotFoundError:
-            continue
-        best = max(best or (created, name), (created, name))
-    if best is None:
-        raise SnapshotNotFoundError(f"store {store.root} has no snapshots (asked for 'latest')")
-    return best[1]
-
-
-def _timestamp(created: str) -> float:
-    try:
-        return datetime.strptime(created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return float("-inf")  # an unexpected format: read every manifest

@@ -20,7 +20,7 @@ from ..chunks import ChunkInfo
 from ..digest import Digest
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
 from ..lock import SHARED
-from ..manifest import ChunkRef, Item, Manifest, check_name, utc_now
+from ..manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, utc_now
 from ..store import ChunkTask, SaveStats, Store
 from .host import Layout, host_batches, layout, write_key
 from .meta import metadata_to_json
@@ -93,11 +93,7 @@ class CasWriter(StorageWriter):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
-        try:
-            check_name(os.fspath(checkpoint_id))
-        except (CasckptError, TypeError):
-            return False
-        return True
+        return is_valid_name(os.fspath(checkpoint_id))
 
     @property
     def checkpoint_id(self) -> str | None:

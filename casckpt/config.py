@@ -20,9 +20,10 @@ VERSION = 1
 class StoreConfig:
     chunk_size: int = chunking.DEFAULT_CHUNK_SIZE
     codec: CodecConfig = CodecConfig()
+    store_id: str = ""  # random, made at creation: ties an index kept elsewhere to its store
 
     def to_bytes(self) -> bytes:
-        doc = {"format": FORMAT, "version": VERSION, "chunk_size": self.chunk_size,
+        doc = {"format": FORMAT, "version": VERSION, "id": self.store_id, "chunk_size": self.chunk_size,
                "codec": self.codec.to_json()}
         return (json.dumps(doc, indent=2) + "\n").encode()
 
@@ -37,7 +38,10 @@ class StoreConfig:
         if type(doc.get("version")) is not int or doc["version"] > VERSION:
             raise UnsupportedFormatError(f"store format version {doc.get('version')!r} in {source} is "
                                          f"newer than this casckpt supports ({VERSION}): upgrade casckpt")
-        return cls(check_chunk_size(doc.get("chunk_size")), _codec_config(doc.get("codec", {}), source))
+        store_id = doc.get("id", "")
+        if not isinstance(store_id, str) or len(store_id) > 64:
+            raise CasckptError(f"{source} has a bad store id")
+        return cls(check_chunk_size(doc.get("chunk_size")), _codec_config(doc.get("codec", {}), source), store_id)
 
 
 def _codec_config(obj: object, source: str) -> CodecConfig:

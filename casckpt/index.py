@@ -35,7 +35,8 @@ T = TypeVar("T")
 
 
 class Index:
-    def __init__(self, path: Path, *, map_size: int | None = None, create: bool = False) -> None:
+    def __init__(self, path: Path, *, map_size: int | None = None, create: bool = False,
+                 owner: str = "") -> None:
         # NOTE: the default is looked up per call so a test can start an index tiny and watch it grow.
         map_size = map_size or DEFAULT_MAP_SIZE
         self.path = path
@@ -55,6 +56,7 @@ class Index:
                 self._write(lambda txn: txn.put(b"version", VERSION, db=self._meta))
             elif version != VERSION:
                 raise IndexDamagedError(f"index {path} has version {version!r}; run `casckpt reindex`")
+            self._check_owner(owner.encode())
         except lmdb.Error as exc:
             self.close()
             raise self._error(exc) from None
@@ -64,6 +66,17 @@ class Index:
         except BaseException:
             self.close()
             raise
+
+    def _check_owner(self, owner: bytes) -> None:
+        """An index vouches for one store's chunk files: refuse one that another store wrote."""
+        if not owner:
+            return
+        found = self._read(lambda txn: txn.get(b"store", db=self._meta))
+        if found is None:
+            self._write(lambda txn: txn.put(b"store", owner, db=self._meta))
+        elif bytes(found) != owner:
+            raise IndexDamagedError(f"index {self.path} belongs to another store (id {bytes(found).decode()!r}); "
+                                    "give every store its own index path")
 
     def close(self) -> None:
         if self.env is not None:

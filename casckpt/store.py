@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,7 +104,7 @@ class Store:
         self.chunks = ChunkDir(root / "chunks", self.tmp_dir)
         self.pipeline = Pipeline(workers=workers, inflight_bytes=inflight_bytes)
         self.index_path = index_path or root / "index"
-        self._index: Index | None = Index(self.index_path, create=True) if fresh else None
+        self._index: Index | None = Index(self.index_path, create=True, owner=self.config.store_id) if fresh else None
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -126,7 +127,8 @@ class Store:
                 raise StoreNotFoundError(f"{root} is not a casckpt store (no {CONFIG})")
             config = StoreConfig(check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
                                  CodecConfig(level=1 if level is None else level,
-                                             byte_grouping=True if byte_grouping is None else byte_grouping))
+                                             byte_grouping=True if byte_grouping is None else byte_grouping),
+                                 uuid.uuid4().hex)
             create_layout(root, config)
             fresh = True
         else:
@@ -138,7 +140,7 @@ class Store:
                                    f"chunk_size={chunk_size} applies only when creating a store")
             codec = CodecConfig(level=config.codec.level if level is None else level,
                                 byte_grouping=config.codec.byte_grouping if byte_grouping is None else byte_grouping)
-            config = StoreConfig(config.chunk_size, codec)
+            config = StoreConfig(config.chunk_size, codec, config.store_id)
         return cls(root, config, index_path=Path(index_path).absolute() if index_path else None,
                    sync=sync, workers=workers, inflight_bytes=inflight_bytes, lock_timeout=lock_timeout,
                    fresh=fresh)
@@ -152,10 +154,10 @@ class Store:
                 # NOTE: the shared lock keeps gc from deleting chunks while they are indexed; a
                 # thread that already holds the lock (a save, a gc) must not wait on itself.
                 with contextlib.nullcontext() if self.holds_lock else self.lock(SHARED):
-                    self._index = Index(self.index_path, create=True)
+                    self._index = Index(self.index_path, create=True, owner=self.config.store_id)
                     self._rebuild_index()
             else:
-                self._index = Index(self.index_path)
+                self._index = Index(self.index_path, owner=self.config.store_id)
         return self._index
 
     def close(self) -> None:
@@ -443,7 +445,7 @@ class Store:
             # NOTE: only LMDB's own files: index_path may be a folder the user shares with others.
             for f in ("data.mdb", "lock.mdb"):
                 fsutil.unlink_quiet(self.index_path / f)
-            self._index = Index(self.index_path, create=True)
+            self._index = Index(self.index_path, create=True, owner=self.config.store_id)
             return self._rebuild_index()
 
     def _rebuild_index(self) -> dict:

@@ -276,3 +276,12 @@ def test_taking_the_lock_exclusively_while_holding_it_fails_instead_of_hanging(s
             store.delete("a")
     store.delete("a")  # released: works
     assert store.snapshot_names() == []
+
+
+def test_an_index_belongs_to_one_store(tmp_path, rng):
+    shared = tmp_path / "local-index"
+    with casckpt.Store.open(tmp_path / "a", create=True, index_path=shared) as a:
+        a.put_arrays("s", {"w": rng.standard_normal(10)})
+    # a second store pointed at the same index must not reuse A's "safely stored" entries
+    with pytest.raises(casckpt.IndexDamagedError, match="another store"):
+        casckpt.Store.open(tmp_path / "b", create=True, index_path=shared)

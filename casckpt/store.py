@@ -22,6 +22,7 @@ import math
 import os
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,6 +106,7 @@ class Store:
         self.pipeline = Pipeline(workers=workers, inflight_bytes=inflight_bytes)
         self.index_path = index_path or root / "index"
         self._index: Index | None = Index(self.index_path, create=True, owner=self.config.store_id) if fresh else None
+        self._parsed: OrderedDict[tuple, Manifest] = OrderedDict()  # see manifest()
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -224,10 +226,20 @@ class Store:
         return self.manifest_path(name).exists()
 
     def manifest(self, name: str) -> Manifest:
-        """The committed manifest of ``name`` (or ``"latest"``), fully validated."""
+        """The committed manifest of ``name`` (or ``"latest"``), fully validated.
+
+        A committed manifest never changes in place (overwrite replaces the file), so parses are
+        kept for the few most recent files, keyed by the file's identity: resolving "latest" and
+        then loading it parses the manifest once.
+        """
         name = self.resolve(name)
         path = self.manifest_path(name)
         try:
+            st = os.stat(path, follow_symlinks=False)
+            key = (name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if key in self._parsed:
+                self._parsed.move_to_end(key)
+                return self._parsed[key]
             data = fsutil.read_file(path)
         except FileNotFoundError:
             raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
@@ -244,6 +256,9 @@ class Store:
             raise ManifestError(f"manifest of snapshot {name!r} in {self.root}: {exc}") from None
         if m.name != name:
             raise ManifestError(f"manifest {path} names snapshot {m.name!r}, not {name!r}")
+        self._parsed[key] = m
+        while len(self._parsed) > 8:
+            self._parsed.popitem(last=False)
         return m
 
     def snapshot_names(self) -> list[str]:

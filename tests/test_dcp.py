@@ -348,3 +348,16 @@ def test_ranks_that_resolve_latest_differently_are_refused(root):
     with pytest.raises(casckpt.CasckptError, match="different snapshots"):
         rank0.prepare_global_plan(plans)
     assert rank0.prepare_global_plan(plans[:1]) == plans[:1]
+
+
+def test_loading_latest_parses_its_manifest_once(root, monkeypatch):
+    from casckpt.manifest import Manifest
+
+    casckpt.save({"w": torch.randn(64, 64)}, root, "step-1")
+    parsed = []
+    real = Manifest.from_bytes.__func__
+    monkeypatch.setattr(Manifest, "from_bytes",
+                        classmethod(lambda cls, data, **kw: parsed.append(kw.get("source")) or real(cls, data, **kw)))
+    out = {"w": torch.zeros(64, 64)}
+    assert casckpt.load(out, root) == "step-1"
+    assert len(parsed) == 1, parsed

@@ -12,6 +12,7 @@ snapshot, bad name, unreadable input, I/O error); 3 the store lock is busy (``--
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
 import sys
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except LockTimeoutError as exc:
         return _fail(exc, BUSY)
+    except BrokenPipeError:  # `casckpt ls STORE | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
     except (CasckptError, OSError) as exc:
         return _fail(exc, ERROR)
     except KeyboardInterrupt:

@@ -128,3 +128,13 @@ def test_index_kept_outside_the_store(tmp_path):
     assert not (root / "index").exists()
     assert cli_json("du", root, "--index", local)["chunks"] == chunks
     assert not (root / "index").exists()  # the command used the index it was given
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(tmp_path):
+    root = tmp_path / "s"
+    make(root, 3)
+    p = subprocess.Popen([sys.executable, "-m", "casckpt", "ls", str(root)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # like `casckpt ls STORE | head -0`
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and b"Broken pipe" not in err and b"Traceback" not in err

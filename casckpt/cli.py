@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING, stream=sys.stderr)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe must surface here, not in the flush at exit (code 120)
+        return code
     except LockTimeoutError as exc:
         return _fail(exc, BUSY)
     except BrokenPipeError:  # `casckpt ls STORE | head`: the reader left; say nothing more

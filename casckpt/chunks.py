@@ -93,11 +93,10 @@ class ChunkDir:
         try:
             data = fsutil.read_file(path)
         except FileNotFoundError:
-            raise MissingChunkError(f"chunk {digest} is missing: {path}" + (f" (item {item!r})" if item else ""),
+            raise MissingChunkError(f"chunk {digest} is missing: {path}{_where(item)}",
                                     digest=digest.hex, path=str(path), item=item) from None
         except UnsafePathError as exc:
-            raise CorruptChunkError(f"{exc}" + (f" (item {item!r})" if item else ""),
-                                    digest=digest.hex, path=str(path), item=item) from None
+            raise CorruptChunkError(f"{exc}{_where(item)}", digest=digest.hex, path=str(path), item=item) from None
         if len(data) < HEADER.size:
             raise self._corrupt(digest, item, "file is shorter than its header")
         magic, version, kind, _, raw_len = HEADER.unpack_from(data)
@@ -152,9 +151,12 @@ class ChunkDir:
 
     def _corrupt(self, digest: Digest, item: str, why: str) -> CorruptChunkError:
         path = self.path(digest)
-        where = f" (item {item!r})" if item else ""
-        return CorruptChunkError(f"chunk {digest} is corrupt{where}: {why}: {path}",
+        return CorruptChunkError(f"chunk {digest} is corrupt{_where(item)}: {why}: {path}",
                                  digest=digest.hex, path=str(path), item=item)
+
+
+def _where(item: str) -> str:
+    return f" (item {item!r})" if item else ""
 
 
 def _link_into_place(tmp: Path, final: Path) -> None:

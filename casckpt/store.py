@@ -330,28 +330,32 @@ class Store:
             raise fsutil.io_error(exc, f"writing chunks into store {self.root}") from exc
         return {t.digest: i for t, i in zip(unique, infos)}
 
+    def sync_chunks(self, digests: Iterable[Digest]) -> None:
+        """Make chunk files durable: fsync them (in parallel) and their fan-out folders."""
+        self.chunks.sync(digests, map=lambda fn, xs: self.pipeline.map(fn, list(xs)))
+
     def commit(self, manifest: Manifest, new: Mapping[Digest, ChunkInfo], *, overwrite: bool = False,
                started: float | None = None) -> SaveStats:
         """Make ``new`` chunks durable and indexed, then publish the manifest (the commit point).
 
-        Raises SnapshotExistsError if the name is taken (unless ``overwrite``), MissingChunkError
-        if the manifest references a chunk that is neither stored nor in ``new``.
+        Raises SnapshotExistsError if the name is taken (unless ``overwrite``). The caller
+        vouches that every other chunk the manifest references is stored (see :meth:`stored`).
         """
         path = self.manifest_path(manifest.name)
         try:
             if self.sync:
-                self.chunks.sync(new, map=lambda fn, xs: self.pipeline.map(fn, list(xs)))
+                self.sync_chunks(new)
             self.index.add_chunks(dict(new))
             self._publish(path, manifest.to_bytes(), overwrite=overwrite)
         except OSError as exc:
-            if isinstance(exc, (SnapshotExistsError, CasckptError)):
+            if isinstance(exc, CasckptError):  # SnapshotExistsError, StoreIOError, ...
                 raise
             raise fsutil.io_error(exc, f"committing snapshot {manifest.name!r} in store {self.root}") from exc
         try:
             self.index.put_snapshot(manifest.name, _registry_row(manifest))
         except CasckptError as exc:  # committed already; the row is rebuilt from the manifest
             log.warning("casckpt: snapshot %s committed, its registry row not written: %s", manifest.name, exc)
-        written = sum(i.stored_len for d, i in new.items())
+        written = sum(i.stored_len for i in new.values())
         return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
                          len(new), written, time.perf_counter() - started if started else 0.0)
 

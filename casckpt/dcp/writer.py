@@ -148,13 +148,11 @@ class CasWriter(StorageWriter):
         rp = plan.storage_data if isinstance(plan.storage_data, RankPlan) else _NO_PLAN
         rw = _RankWrite(self._open(create=False), rp, self.is_coordinator)
         results = rw.run(plan.items, planner)
-        self.chunks_written = sum(i is not None for i in rw.infos.values())
-        store = rw.store
-        if not self.is_coordinator and store.sync:
+        self.chunks_written = len(rw.infos)
+        if not self.is_coordinator and rw.store.sync:
             # NOTE: on a shared file system the coordinator's fsync flushes only its own host's
             # cache: each rank makes its own chunk files durable before it reports them.
-            mine = [Digest(d) for d, i in rw.infos.items() if i is not None]
-            store.chunks.sync(mine, map=lambda fn, xs: store.pipeline.map(fn, list(xs)))
+            rw.store.sync_chunks(Digest(d) for d in rw.infos)
         fut: Future[list[WriteResult]] = Future()
         fut.set_result(results)
         return fut
@@ -173,7 +171,7 @@ class CasWriter(StorageWriter):
             m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
             self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
         finally:
-            self.close()  # NOTE: LMDB allows one open environment per process: do not hold it between saves
+            self.close()  # the lock, threads and index handle of a store this writer opened
 
     # -- helpers --------------------------------------------------------------------------------
     def release(self) -> None:
@@ -264,7 +262,7 @@ class _RankWrite:
 
     def __init__(self, store: Store, plan: RankPlan, is_coordinator: bool) -> None:
         self.store, self.plan, self.is_coordinator = store, plan, is_coordinator
-        self.infos: dict[bytes, ChunkInfo | None] = {}
+        self.infos: dict[bytes, ChunkInfo] = {}  # chunks this rank wrote (or found unindexed)
 
     def run(self, items: list[WriteItem], planner: SavePlanner) -> list[WriteResult]:
         known = self.plan.digests or {}
@@ -306,7 +304,7 @@ class _RankWrite:
         return [self._result(item, lay, digs) for item, lay, digs in described]
 
     def _result(self, item: WriteItem, lay: Layout, digs: tuple[bytes, ...]) -> WriteResult:
-        new = {d: dataclasses.astuple(self.infos[d]) for d in set(digs) if self.infos.get(d) is not None}
+        new = {d: dataclasses.astuple(self.infos[d]) for d in set(digs) if d in self.infos}
         data = {"key": lay.key, "dtype": lay.dtype, "shape": list(lay.shape),
                 "chunks": [(d, n) for d, (_, n) in zip(digs, lay.spans)], "new": new}
         return WriteResult(index=item.index, size_in_bytes=lay.nbytes, storage_data=data)

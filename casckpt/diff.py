@@ -9,17 +9,15 @@ known without reading a byte. With ``values=True`` only the chunks whose digests
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from . import dtypes
-from .manifest import Item, Manifest
+from .manifest import Item, Manifest, key_fqn
 from .store import Store
 
-_SHARD = re.compile(r"(.+)@\d+(?:,\d+)*")
 Progress = Callable[[int, int], None]
 
 
@@ -89,8 +87,7 @@ def diff(store: Store, a: str, b: str, *, values: bool = False, progress: Progre
 
 def fqn(key: str, manifest: Manifest) -> str:
     """The FQN of an item key: the shard suffix ``@o0,o1,...`` stripped in DCP snapshots."""
-    m = _SHARD.fullmatch(key) if "dcp" in manifest.meta else None
-    return m.group(1) if m else key
+    return key_fqn(key) if "dcp" in manifest.meta else key
 
 
 def groups(manifest: Manifest) -> dict[str, list[str]]:

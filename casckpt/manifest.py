@@ -41,6 +41,21 @@ def check_name(name: object) -> str:
     return name
 
 
+def key_fqn(key: str) -> str:
+    """The DCP FQN an item key of a DCP snapshot belongs to: the key up to its last '@'.
+
+    The DCP layer keys a whole tensor by its FQN and a shard by ``"{fqn}@{o0},{o1},..."``; an FQN
+    that holds '@' itself always gets the '@' form, so this is exact (see docs/FORMAT.md).
+    """
+    return key.rpartition("@")[0] if "@" in key else key
+
+
+def key_offsets(key: str, ndim: int) -> tuple[int, ...]:
+    """The shard offsets a DCP item key carries (all zero for a whole tensor)."""
+    rest = key.rpartition("@")[2] if "@" in key else ""
+    return tuple(int(x) for x in rest.split(",")) if rest else (0,) * ndim
+
+
 def is_valid_name(name: object) -> bool:
     try:
         check_name(name)

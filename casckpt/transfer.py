@@ -28,7 +28,7 @@ from . import dtypes, fsutil
 from . import safetensors_file as safetensors
 from .diff import groups
 from .errors import CasckptError
-from .manifest import Manifest
+from .manifest import Manifest, key_offsets
 from .store import SaveStats, Store
 
 FORMATS = ("dcp", "safetensors", "torch")
@@ -174,7 +174,7 @@ def _assemble(store: Store, m: Manifest, progress: Progress | None) -> dict:
     out = {}
     for fqn, keys in groups(m).items():
         arrays = {k: store.read_array(m, k) for k in keys}
-        whole = arrays[fqn] if keys == [fqn] else _join(fqn, keys, arrays)
+        whole = arrays[keys[0]] if keys == [fqn] else _join(fqn, keys, arrays)
         out[fqn] = _to_torch(m.items[keys[0]].dtype, whole)
         done += sum(m.items[k].nbytes for k in keys)
         if progress:
@@ -184,7 +184,7 @@ def _assemble(store: Store, m: Manifest, progress: Progress | None) -> dict:
 
 def _join(fqn: str, keys: list[str], arrays: dict[str, np.ndarray]) -> np.ndarray:
     """Put a tensor's shards (``fqn@o0,o1,...``) back together; the global shape is their extent."""
-    offsets = {k: tuple(int(x) for x in k.rpartition("@")[2].split(",")) for k in keys}
+    offsets = {k: key_offsets(k, arrays[k].ndim) for k in keys}
     ndim = {len(o) for o in offsets.values()} | {a.ndim for a in arrays.values()}
     if len(ndim) != 1 or len({a.dtype for a in arrays.values()}) != 1:
         raise CasckptError(f"shards of {fqn!r} disagree on rank or dtype")

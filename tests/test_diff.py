@@ -133,3 +133,22 @@ def test_diff_errors_and_tools_wrapper(tmp_path, rng):
     r = subprocess.run([str(REPO / "tools" / "diff"), str(tmp_path / "s"), "a", "latest", "--json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and '"changed": [\n    "w"' in r.stdout
+
+
+def test_an_fqn_holding_an_at_sign_is_grouped_and_exported_whole(tmp_path, rng):
+    # The DCP layer keys such an item "fqn@" (whole) or "fqn@o0,..." (shard): the FQN is the key up
+    # to its last '@', for diff and export alike.
+    import torch
+
+    from casckpt.diff import groups
+    from casckpt.transfer import export_snapshot
+
+    x = rng.standard_normal(6).astype(np.float32)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    with new_store(tmp_path / "s") as store:
+        store.put_arrays("a", {"x@y@": x, "w@0,0": w[:2], "w@2,0": w[2:]}, meta={"dcp": {}})
+        assert groups(store.manifest("a")) == {"x@y": ["x@y@"], "w": ["w@0,0", "w@2,0"]}
+        assert diff(store, "a", "a").unchanged == ("w", "x@y")
+        export_snapshot(store, "a", tmp_path / "a.pt", format="torch")  # assembles shards
+    got = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert np.array_equal(got["x@y"].numpy(), x) and np.array_equal(got["w"].numpy(), w)

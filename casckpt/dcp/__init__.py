@@ -1,7 +1,8 @@
 """casckpt as a storage layer for torch.distributed.checkpoint (DCP). The only package that imports torch."""
 
 from .api import load, save
-from .meta import item_key, key_fqn
+from ..manifest import key_fqn
+from .meta import item_key
 from .planner import DedupSavePlanner, SafeLoadPlanner
 from .reader import CasReader
 from .writer import CasWriter

@@ -27,16 +27,12 @@ def item_key(fqn: str, offsets: Sequence[int] | None = None, sizes: Sequence[int
              size: Sequence[int] | None = None) -> str:
     """The manifest key of a saved item: the FQN when it covers the whole tensor (or is a byte
     string), else ``"{fqn}@{o0},{o1},..."``. An FQN holding '@' always gets the '@' form, so
-    :func:`key_fqn` is exact."""
+    :func:`casckpt.manifest.key_fqn` is exact."""
     whole = offsets is None or (not any(offsets) and list(sizes) == list(size))
     if whole and "@" not in fqn:
         return fqn
     return f"{fqn}@{','.join(str(int(o)) for o in (offsets or ()))}"
 
-
-def key_fqn(key: str) -> str:
-    """The FQN an item key belongs to (the key up to its last '@')."""
-    return key.rpartition("@")[0] if "@" in key else key
 
 
 # -- dtypes ---------------------------------------------------------------------------------------

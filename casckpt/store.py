@@ -17,6 +17,7 @@ snapshot's registry entry. Reading goes the other way and needs only manifest an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -30,9 +31,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from . import chunking, dtypes, fsutil
+from . import chunking, config as config_mod, delta, dtypes, fsutil
 from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
+from .delta import DeltaConfig
 from .digest import Digest, digest_of
 from .config import CONFIG, StoreConfig, check_chunk_size, check_layout, create_layout
 from .errors import (CasckptError, ChunkError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
@@ -82,12 +84,14 @@ class SnapshotInfo:
 
 @dataclass(frozen=True, slots=True)
 class ChunkTask:
-    """One chunk to store: its digest, its bytes (a view into the caller's memory) and the element
-    size to group bytes by (0 for no grouping)."""
+    """One chunk to store: its digest, its bytes (a view into the caller's memory), the element
+    size to group bytes by (0 for no grouping), and the ``(digest, depth)`` of an indexed chunk to
+    store it as a delta against (from :meth:`Store.delta_bases`), if any."""
 
     digest: Digest
     data: memoryview
     group: int = 0
+    base: tuple[Digest, int] | None = None
 
 
 class Store:
@@ -114,13 +118,17 @@ class Store:
              level: int | None = None, byte_grouping: bool | None = None,
              index_path: str | os.PathLike | None = None, sync: bool = True,
              workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT,
-             lock_timeout: float | None = None) -> "Store":
+             lock_timeout: float | None = None, delta: bool | None = None,
+             max_depth: int | None = None) -> "Store":
         """Open the store at ``path``; with ``create=True`` make it first if it does not exist.
 
         ``chunk_size`` applies when creating. ``level`` / ``byte_grouping`` override the store's
         codec settings for this session. ``index_path`` keeps the LMDB index elsewhere (a local
         disk when the store is on a network file system). ``sync=False`` skips fsync (faster,
         not durable across power loss). ``lock_timeout`` bounds waits for the store lock.
+        ``delta=False`` stores every new chunk whole instead of as a delta against the chunk at the
+        same place in the previous snapshot; ``max_depth`` bounds chains of deltas. Both are store
+        defaults when creating and session overrides otherwise, like ``level``.
         """
         root = Path(path).absolute()
         cfg_path = root / CONFIG
@@ -130,7 +138,7 @@ class Store:
             config = StoreConfig(check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
                                  CodecConfig(level=1 if level is None else level,
                                              byte_grouping=True if byte_grouping is None else byte_grouping),
-                                 uuid.uuid4().hex)
+                                 uuid.uuid4().hex, _delta_config(DeltaConfig(), delta, max_depth))
             create_layout(root, config)
             fresh = True
         else:
@@ -142,7 +150,8 @@ class Store:
                                    f"chunk_size={chunk_size} applies only when creating a store")
             codec = CodecConfig(level=config.codec.level if level is None else level,
                                 byte_grouping=config.codec.byte_grouping if byte_grouping is None else byte_grouping)
-            config = StoreConfig(config.chunk_size, codec, config.store_id)
+            config = StoreConfig(config.chunk_size, codec, config.store_id,
+                                 _delta_config(config.delta, delta, max_depth), config.version)
         return cls(root, config, index_path=Path(index_path).absolute() if index_path else None,
                    sync=sync, workers=workers, inflight_bytes=inflight_bytes, lock_timeout=lock_timeout,
                    fresh=fresh)
@@ -318,17 +327,66 @@ class Store:
         """
         unique = list({t.digest: t for t in tasks}.values())
         cfg = self.config.codec
+        if unique and self.config.version < config_mod.VERSION:
+            self._upgrade_format()
+        keep = self.config.delta.enabled and self.config.delta.max_depth > 0
 
         def put(t: ChunkTask) -> ChunkInfo:
             # NOTE: put() also returns the info of a good file that is already there but not
             # indexed (left by a crashed save, or a concurrent save of the same chunk).
-            return self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
+            info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg, base=self._base_bytes(t))
+            if keep and info.depth < self.config.delta.max_depth:
+                delta.CACHE.put(self.config.store_id, t.digest, t.data)  # a base of the next save
+            return info
 
         try:
-            infos = self.pipeline.map(put, unique, cost=lambda t: 2 * t.data.nbytes)
+            infos = self.pipeline.map(put, unique, cost=lambda t: (4 if t.base else 2) * t.data.nbytes)
         except OSError as exc:
             raise fsutil.io_error(exc, f"writing chunks into store {self.root}") from exc
         return {t.digest: i for t, i in zip(unique, infos)}
+
+    def _base_bytes(self, t: ChunkTask) -> tuple[Digest, int, bytes] | None:
+        """The base of a delta-to-be with its raw bytes: from the process's cache of chunks saved
+        last, else read back from the store (verified). A base that cannot be read is no base:
+        the chunk is stored whole and the save goes on."""
+        if t.base is None or not self.config.delta.enabled:
+            return None
+        d, depth = t.base
+        raw = delta.CACHE.get(self.config.store_id, d)
+        if raw is None:
+            try:
+                raw = self.chunks.get(d)
+            except ChunkError as exc:
+                log.warning("casckpt: delta base unreadable, storing chunk %s whole: %s", t.digest, exc)
+                return None
+        return d, depth, raw
+
+    def _upgrade_format(self) -> None:
+        config_mod.upgrade(self.root, sync=self.sync)
+        self.config = dataclasses.replace(self.config, version=config_mod.VERSION)
+
+    def delta_bases(self, candidates: Mapping[Digest, Digest]) -> dict[Digest, tuple[Digest, int]]:
+        """For new chunks, the base each should be a delta against, from ``candidates`` (new
+        digest → the chunk at the same place in the newest earlier snapshot), following the
+        store's chain policy (:func:`casckpt.delta.choose_base`). Only indexed, hence durable,
+        chunks become bases (coordinator only: it reads the index)."""
+        if not self.config.delta.enabled or not candidates:
+            return {}
+        links = {d: (i.base, i.depth) for d, i in self.index.get_many(set(candidates.values())).items()}
+
+        def lookup(d: Digest):
+            if d not in links:
+                info = self.index.get(d)
+                links[d] = None if info is None else (info.base, info.depth)
+            return links[d]
+
+        out = {}
+        for new, cand in candidates.items():
+            if cand != new:
+                chosen = delta.choose_base(cand, lookup, self.config.delta.max_depth)
+                if chosen is not None and os.path.lexists(self.chunks.path(chosen[0])):
+                    out[new] = chosen
+        return out
 
     def sync_chunks(self, digests: Iterable[Digest]) -> None:
         """Make chunk files durable: fsync them (in parallel) and their fan-out folders."""
@@ -342,6 +400,7 @@ class Store:
         vouches that every other chunk the manifest references is stored (see :meth:`stored`).
         """
         path = self.manifest_path(manifest.name)
+        new = self._with_bases(new)
         try:
             if self.sync:
                 self.sync_chunks(new)
@@ -358,6 +417,20 @@ class Store:
         written = sum(i.stored_len for i in new.values())
         return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
                          len(new), written, time.perf_counter() - started if started else 0.0)
+
+    def _with_bases(self, new: Mapping[Digest, ChunkInfo]) -> dict[Digest, ChunkInfo]:
+        """``new`` plus the bases its delta chunks need that the index lacks (a delta found on
+        disk, left by a crash, whose base has lost its entry since): verified, then synced and
+        indexed with the rest, so an indexed delta always has an indexed base."""
+        out = dict(new)
+        todo = [i.base for i in new.values() if i.base is not None and i.base not in out]
+        while todo:
+            have = self.index.get_many(todo)
+            todo = [b for b in todo if b not in have and b not in out]
+            for b in todo:
+                out[b] = self.chunks.check(b)
+            todo = [out[b].base for b in todo if out[b].base is not None]
+        return out
 
     def _publish(self, path: Path, data: bytes, *, overwrite: bool) -> None:
         tmp = fsutil.temp_path(self.tmp_dir, ".manifest")
@@ -392,9 +465,43 @@ class Store:
                 items[str(key)], item_tasks = self._plan_array(str(key), arr, as_dtype)
                 tasks.extend(item_tasks)
             have = self.stored(t.digest for t in tasks)
-            new = self.write_chunks([t for t in tasks if t.digest not in have])
+            todo = self._with_delta_bases([t for t in tasks if t.digest not in have], items)
+            new = self.write_chunks(todo)
             m = Manifest(name, utc_now(), self.config.chunk_size, items, meta or {})
             return self.commit(m, new, overwrite=overwrite, started=started)
+
+    def _with_delta_bases(self, tasks: list[ChunkTask], items: Mapping[str, Item]) -> list[ChunkTask]:
+        """``tasks`` with the base each new chunk should be a delta against (see delta_bases)."""
+        if not self.config.delta.enabled or not tasks:
+            return tasks
+        try:
+            prev = self.manifest("latest")
+        except SnapshotNotFoundError:
+            return tasks
+        bases = self.delta_bases(same_place(prev.items, items))
+        return [dataclasses.replace(t, base=bases.get(t.digest)) for t in tasks]
+
+    def live(self, digests: Iterable[Digest]) -> set[Digest]:
+        """``digests`` and every base they need, transitively: the chunks that must stay for
+        snapshots referencing ``digests`` to load. Links come from the index, or from a chunk
+        file's header when the index has no entry (a missing file adds nothing)."""
+        out = set(digests)
+        index = dict(self.index.chunks())
+        todo = list(out)
+        while todo:
+            d = todo.pop()
+            info = index.get(d)
+            if info is not None:
+                base = info.base
+            else:
+                try:
+                    base = self.chunks.link(d)[0]
+                except ChunkError:
+                    continue
+            if base is not None and base not in out:
+                out.add(base)
+                todo.append(base)
+        return out
 
     def _plan_array(self, key: str, arr: np.ndarray, as_dtype: str | None = None) -> tuple[Item, list[ChunkTask]]:
         arr = np.asarray(arr)
@@ -485,6 +592,7 @@ class Store:
                 continue
             referenced |= m.digests()
             self._index.put_snapshot(name, _registry_row(m))
+        referenced = self._closure_from_headers(referenced)
         infos, bad, orphans = {}, 0, 0
         for d in self.chunks:
             if d not in referenced:
@@ -497,6 +605,41 @@ class Store:
         self._index.add_chunks(infos)
         return {"chunks": len(infos), "unreadable_chunks": bad, "orphan_chunks": orphans,
                 "snapshots": len(names)}
+
+
+    def _closure_from_headers(self, digests: set[Digest]) -> set[Digest]:
+        """``digests`` and their bases, transitively, read from chunk headers alone (reindex)."""
+        out, todo = set(digests), list(digests)
+        while todo:
+            try:
+                base = self.chunks.link(todo.pop())[0]
+            except CasckptError:
+                continue
+            if base is not None and base not in out:
+                out.add(base)
+                todo.append(base)
+        return out
+
+
+def same_place(prev: Mapping[str, Item], items: Mapping[str, Item]) -> dict[Digest, Digest]:
+    """New digest → the digest at the same item and position in ``prev`` (same dtype, shape and
+    span length): the natural delta base of every chunk of ``items``."""
+    out = {}
+    for key, item in items.items():
+        old = prev.get(key)
+        if old is None or old.dtype != item.dtype or old.shape != item.shape or len(old.chunks) != len(item.chunks):
+            continue
+        for a, b in zip(old.chunks, item.chunks):
+            if a.length == b.length and a.digest != b.digest:
+                out.setdefault(b.digest, a.digest)
+    return out
+
+
+def _delta_config(cfg: DeltaConfig, enabled: bool | None, max_depth: int | None) -> DeltaConfig:
+    if max_depth is not None and not 1 <= max_depth <= delta.MAX_DEPTH_LIMIT:
+        raise CasckptError(f"max_depth must be between 1 and {delta.MAX_DEPTH_LIMIT}, got {max_depth!r}")
+    return DeltaConfig(cfg.enabled if enabled is None else bool(enabled),
+                       cfg.max_depth if max_depth is None else max_depth)
 
 
 def _empty_or_missing(path: Path) -> bool:

@@ -476,17 +476,20 @@ class Store:
             return tasks
         try:
             prev = self.manifest("latest")
-        except SnapshotNotFoundError:
+        except CasckptError as exc:  # no snapshot yet, or a damaged newest manifest: no bases
+            if not isinstance(exc, SnapshotNotFoundError):
+                log.warning("casckpt: no delta bases for this save: %s", exc)
             return tasks
         bases = self.delta_bases(same_place(prev.items, items))
         return [dataclasses.replace(t, base=bases.get(t.digest)) for t in tasks]
 
-    def live(self, digests: Iterable[Digest]) -> set[Digest]:
+    def live(self, digests: Iterable[Digest], *, entries: Mapping[Digest, ChunkInfo] | None = None) -> set[Digest]:
         """``digests`` and every base they need, transitively: the chunks that must stay for
-        snapshots referencing ``digests`` to load. Links come from the index, or from a chunk
-        file's header when the index has no entry (a missing file adds nothing)."""
+        snapshots referencing ``digests`` to load. Links come from the index (``entries``: its
+        chunk table, if the caller has it already), or from a chunk file's header when the index
+        has no entry (a missing file adds nothing)."""
         out = set(digests)
-        index = dict(self.index.chunks())
+        index = dict(self.index.chunks()) if entries is None else entries
         todo = list(out)
         while todo:
             d = todo.pop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from .digest import Digest
 from .store import Store
 
 
@@ -94,9 +93,12 @@ class SnapshotDetail:
 def ls(store: Store) -> list[SnapshotUsage]:
     """Every snapshot, oldest first, with the stored bytes only it holds."""
     snaps = store.snapshots()
-    refs = {s.name: store.manifest(s.name).digests() for s in snaps}
+    entries = dict(store.index.chunks())
+    # NOTE: a snapshot holds the bases its delta chunks need too: deleting it frees a base only
+    # when no other snapshot's chunks are built on it.
+    refs = {s.name: store.live(store.manifest(s.name).digests(), entries=entries) for s in snaps}
     owners = Counter(d for ds in refs.values() for d in ds)
-    sizes = _stored_sizes(store)
+    sizes = {d: info.stored_len for d, info in entries.items()}
     return [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
                           sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1)) for s in snaps]
 
@@ -116,10 +118,6 @@ def show(store: Store, name: str) -> SnapshotDetail:
                             sum(sizes[d] for d in {c.digest for c in it.chunks}))
                   for k, it in m.items.items())
     return SnapshotDetail(m.name, m.created, m.logical_bytes, sum(sizes.values()), items, tuple(m.meta))
-
-
-def _stored_sizes(store: Store) -> dict[Digest, int]:
-    return {d: info.stored_len for d, info in store.index.chunks()}
 
 
 def _ratio(a: int, b: int) -> float | None:

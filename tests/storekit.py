@@ -54,8 +54,25 @@ def chunk_names(root: Path) -> set[str]:
 
 
 def referenced(store: casckpt.Store) -> set[str]:
-    """Hex digests every committed manifest references."""
-    return {d.hex for n in store.snapshot_names() for d in store.manifest(n).digests()}
+    """Hex digests every committed manifest references, with the bases their delta chunks need
+    (read straight from the chunk files' headers, bypassing the store)."""
+    out = {d.hex for n in store.snapshot_names() for d in store.manifest(n).digests()}
+    todo = list(out)
+    while todo:
+        base = base_of(store.root, todo.pop())
+        if base and base not in out:
+            out.add(base)
+            todo.append(base)
+    return out
+
+
+def base_of(root: Path, hexdigest: str) -> str | None:
+    """The base digest a delta chunk file names in its header (version 2), else None."""
+    try:
+        head = (Path(root) / "chunks" / hexdigest[:2] / hexdigest).read_bytes()[:48]
+    except FileNotFoundError:
+        return None
+    return head[16:48].hex() if len(head) == 48 and head[4] == 2 else None
 
 
 def tree(path: Path) -> dict[str, bytes]:

@@ -21,10 +21,12 @@ from .writer import CasWriter
 
 def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str, *,
          overwrite: bool = False, chunk_size: int | None = None, sync_files: bool = True,
-         process_group: dist.ProcessGroup | None = None) -> SaveStats:
+         process_group: dist.ProcessGroup | None = None, delta: bool | None = None) -> SaveStats:
     """Save ``state_dict`` as snapshot ``name`` with :class:`CasWriter` and :class:`DedupSavePlanner`.
 
     Call it on every rank (like ``dcp.save``). Returns the save's statistics on every rank.
+    ``delta=False`` stores new chunks whole rather than as deltas against the latest snapshot
+    (default: the store's setting; applies when ``store`` is a path).
     Raises casckpt's typed errors (InvalidNameError, SnapshotExistsError, CorruptChunkError...)
     rather than DCP's CheckpointException; other failures become CheckpointFailedError.
     """
@@ -32,7 +34,8 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     path = store.root if isinstance(store, Store) else os.fspath(store)
     if not overwrite and os.path.exists(os.path.join(path, "snapshots", f"{name}.json")):
         raise SnapshotExistsError(f"snapshot {name!r} already exists in store {path}")
-    writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size, sync_files=sync_files)
+    writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size, sync_files=sync_files,
+                       delta=delta)
     try:
         with _quiet():
             dcp.save(state_dict, storage_writer=writer, planner=DedupSavePlanner(), process_group=process_group)

@@ -3,7 +3,8 @@
 Run as ``python tests/child.py '<json spec>'``. Spec keys:
 
 * ``root``: the store; ``action``: ``save`` | ``save_loop`` | ``gc_loop`` | ``admin``.
-* ``save``: ``name`` and ``seed`` of one snapshot; optional ``crash``: ``[target, n, when]`` kills
+* ``save``: ``name`` and ``seed`` of one snapshot (``step``: ``nudged(seed, step)`` instead of
+  ``arrays(seed)``, so the save writes delta chunks); optional ``crash``: ``[target, n, when]`` kills
   this process with SIGKILL at the ``n``-th call of ``target`` (``when`` = ``before`` | ``after``).
   Targets sit at the I/O boundary: ``write_parts`` (every file written), ``link`` (a chunk file
   linked into place), ``fsync_dir``, ``add_chunks`` (the index commit), ``publish`` (the manifest
@@ -28,7 +29,7 @@ import casckpt
 from casckpt import chunks, fsutil
 from casckpt.index import Index
 from casckpt.store import Store
-from storekit import arrays
+from storekit import arrays, nudged
 
 TARGETS = {"write_parts": (fsutil, "write_parts"), "link": (chunks, "_link_into_place"),
            "fsync_dir": (fsutil, "fsync_dir"), "add_chunks": (Index, "add_chunks"),
@@ -57,8 +58,9 @@ def install_crash(target: str, n: int, when: str) -> None:
 def save(spec: dict) -> None:
     if spec.get("crash"):
         install_crash(*spec["crash"])
+    data = nudged(spec["seed"], spec["step"]) if "step" in spec else arrays(spec["seed"])
     with casckpt.Store.open(spec["root"], workers=2) as s:
-        s.put_arrays(spec["name"], arrays(spec["seed"]))
+        s.put_arrays(spec["name"], data)
     print(json.dumps({"saved": spec["name"]}))
 
 

@@ -26,6 +26,17 @@ def arrays(seed: int, *, n: int = 6000) -> dict[str, np.ndarray]:
             "shared": np.arange(n, dtype=np.float32)}
 
 
+def nudged(seed: int, step: int) -> dict[str, np.ndarray]:
+    """``arrays(seed)`` after ``step`` training-like steps: every weight of ``w`` moved a little,
+    one in 50 entries of ``b`` changed; new chunks of a save are deltas against the step before."""
+    out = arrays(seed)
+    rng = np.random.default_rng(1000 + seed)
+    for _ in range(step):
+        out["w"] = out["w"] + (rng.standard_normal(out["w"].size) * 1e-3).astype(np.float32)
+        out["b"][::50] += 1
+    return out
+
+
 def assert_same(expected: dict, got: dict) -> None:
     """Bit-exact equality of two state dicts (same keys, dtypes, shapes and bytes)."""
     assert sorted(expected) == sorted(got)

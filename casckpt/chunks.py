@@ -105,9 +105,8 @@ class ChunkDir:
         """``(header, codec, payload parts, (base, depth))`` of a new chunk file: a delta when a
         base is given, its length matches and the delta pays; else a full chunk."""
         if base is not None and len(base[2]) == raw.nbytes and raw.nbytes:
-            diff = delta.xor(raw, base[2])
-            if delta.pays(raw, diff, group=group, config=config):
-                kind, parts = codec.encode(diff, group=group, config=config)
+            if delta.pays(raw, base[2], group=group, config=config):
+                kind, parts = codec.encode(delta.xor(raw, base[2]), group=group, config=config)
                 depth = base[1] + 1
                 return HEADER2.pack(MAGIC, DELTA_VERSION, kind, depth, 0, raw.nbytes, base[0].raw), kind, parts, (base[0], depth)
         kind, parts = codec.encode(raw, group=group, config=config)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -59,18 +59,21 @@ def xor_into(dest: memoryview, other) -> None:
 
 
 def xor(a, b) -> memoryview:
-    """A new buffer holding ``a ^ b``."""
-    out = bytearray(a)
-    xor_into(memoryview(out), b)
-    return memoryview(out)
+    """A new buffer holding ``a ^ b`` (one pass over each)."""
+    n = memoryview(a).nbytes
+    wide = np.uint64 if n % 8 == 0 else np.uint8
+    out = np.empty(n // np.dtype(wide).itemsize, dtype=wide)
+    np.bitwise_xor(np.frombuffer(a, dtype=wide), np.frombuffer(b, dtype=wide), out=out)
+    return memoryview(out).cast("B")
 
 
-def pays(raw: memoryview, delta: memoryview, *, group: int, config: codec.CodecConfig) -> bool:
-    """Whether storing ``delta`` instead of ``raw`` is worth a base decode on every load.
+def pays(raw: memoryview, base, *, group: int, config: codec.CodecConfig) -> bool:
+    """Whether storing ``raw`` as a delta against ``base`` is worth a base decode on every load.
 
-    Decided on a few element-aligned samples compressed both ways (about 6 % of a 2 MiB chunk's
-    compression work) instead of compressing the whole chunk twice.
+    Decided on a few element-aligned samples, XORed and compressed both ways (about 6 % of a
+    2 MiB chunk's compression work), before any whole-chunk XOR or second compression.
     """
+    base = memoryview(base)
     n = raw.nbytes
     if n <= 4 * _SAMPLE:
         picks = [(0, n)]
@@ -79,7 +82,7 @@ def pays(raw: memoryview, delta: memoryview, *, group: int, config: codec.CodecC
         align = max(group, 1)
         picks = [((i * step) // align * align, _SAMPLE) for i in range(4)]
     full = sum(_encoded_len(raw[o:o + k], group, config) for o, k in picks)
-    diff = sum(_encoded_len(delta[o:o + k], group, config) for o, k in picks)
+    diff = sum(_encoded_len(xor(raw[o:o + k], base[o:o + k]), group, config) for o, k in picks)
     return diff <= full * MIN_GAIN
 
 
@@ -111,18 +114,64 @@ def choose_base(candidate: Digest, lookup: Callable[[Digest], tuple | None],
     return None
 
 
+def closure(digests: Iterable[Digest], base_of: Callable[[Digest], Digest | None]) -> set[Digest]:
+    """``digests`` and, transitively, the bases ``base_of`` names for them (None: a full chunk)."""
+    out = set(digests)
+    todo = list(out)
+    while todo:
+        base = base_of(todo.pop())
+        if base is not None and base not in out:
+            out.add(base)
+            todo.append(base)
+    return out
+
+
+def same_place(prev: Mapping, items: Mapping) -> dict[Digest, Digest]:
+    """New digest → the digest at the same item key and chunk position in ``prev`` (manifest
+    items with the same dtype, shape and chunk length): each new chunk's candidate base."""
+    out = {}
+    for key, item in items.items():
+        old = prev.get(key)
+        if old is None or old.dtype != item.dtype or old.shape != item.shape or len(old.chunks) != len(item.chunks):
+            continue
+        for a, b in zip(old.chunks, item.chunks):
+            if a.length == b.length and a.digest != b.digest:
+                out.setdefault(b.digest, a.digest)
+    return out
+
+
 class BaseCache:
     """Raw bytes of chunks this process saved last, keyed by (store id, digest), within a budget.
 
     The next save's delta bases are mostly the chunks the previous save wrote, so keeping their
     raw bytes spares decoding them back from the store. Least recently used entries go first.
+
+    It also remembers chunks stored whole because a delta did not pay (Adam's first moment is
+    new noise every step): their successors are stored whole without trying, except every
+    ``RETRY``-th time in a row, and they take no cache room from bases that do pay.
     """
+
+    RETRY = 8
+    _MAX_REFUSED = 1 << 18
 
     def __init__(self, budget: int = DEFAULT_CACHE_BYTES) -> None:
         self.budget = budget
         self._data: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
+        self._refused: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+
+    def skip(self, store_id: str, base: Digest) -> int | None:
+        """How many times in a row the chunks before ``base`` were refused as deltas (None:
+        never); the caller skips trying unless it is a multiple of ``RETRY``."""
+        with self._lock:
+            return self._refused.get((store_id, base.raw))
+
+    def refuse(self, store_id: str, digest: Digest, streak: int) -> None:
+        with self._lock:
+            self._refused[(store_id, digest.raw)] = streak
+            while len(self._refused) > self._MAX_REFUSED:
+                self._refused.popitem(last=False)
 
     def get(self, store_id: str, digest: Digest) -> bytes | None:
         with self._lock:
@@ -148,6 +197,7 @@ class BaseCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._refused.clear()
             self._held = 0
 
 

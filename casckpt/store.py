@@ -329,14 +329,14 @@ class Store:
         cfg = self.config.codec
         if unique and self.config.version < config_mod.VERSION:
             self._upgrade_format()
-        keep = self.config.delta.enabled and self.config.delta.max_depth > 0
-
         def put(t: ChunkTask) -> ChunkInfo:
             # NOTE: put() also returns the info of a good file that is already there but not
             # indexed (left by a crashed save, or a concurrent save of the same chunk).
-            info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg, base=self._base_bytes(t))
-            if keep and info.depth < self.config.delta.max_depth:
-                delta.CACHE.put(self.config.store_id, t.digest, t.data)  # a base of the next save
+            streak = None if t.base is None else delta.CACHE.skip(self.config.store_id, t.base[0])
+            tried = t.base is not None and (streak or 0) % delta.BaseCache.RETRY == 0
+            info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg,
+                                   base=self._base_bytes(t) if tried else None)
+            self._remember(t, info, streak)
             return info
 
         try:
@@ -344,6 +344,16 @@ class Store:
         except OSError as exc:
             raise fsutil.io_error(exc, f"writing chunks into store {self.root}") from exc
         return {t.digest: i for t, i in zip(unique, infos)}
+
+    def _remember(self, t: ChunkTask, info: ChunkInfo, streak: int | None) -> None:
+        """Keep a copy of a new chunk that can be a base of the next save, or note that its
+        delta did not pay (see :class:`casckpt.delta.BaseCache`)."""
+        if not self.config.delta.enabled:
+            return
+        if t.base is not None and info.base is None:
+            delta.CACHE.refuse(self.config.store_id, t.digest, (streak or 0) + 1)
+        elif info.depth < self.config.delta.max_depth:
+            delta.CACHE.put(self.config.store_id, t.digest, t.data)  # a base of the next save
 
     def _base_bytes(self, t: ChunkTask) -> tuple[Digest, int, bytes] | None:
         """The base of a delta-to-be with its raw bytes: from the process's cache of chunks saved
@@ -480,7 +490,7 @@ class Store:
             if not isinstance(exc, SnapshotNotFoundError):
                 log.warning("casckpt: no delta bases for this save: %s", exc)
             return tasks
-        bases = self.delta_bases(same_place(prev.items, items))
+        bases = self.delta_bases(delta.same_place(prev.items, items))
         return [dataclasses.replace(t, base=bases.get(t.digest)) for t in tasks]
 
     def live(self, digests: Iterable[Digest], *, entries: Mapping[Digest, ChunkInfo] | None = None) -> set[Digest]:
@@ -488,23 +498,14 @@ class Store:
         snapshots referencing ``digests`` to load. Links come from the index (``entries``: its
         chunk table, if the caller has it already), or from a chunk file's header when the index
         has no entry (a missing file adds nothing)."""
-        out = set(digests)
         index = dict(self.index.chunks()) if entries is None else entries
-        todo = list(out)
-        while todo:
-            d = todo.pop()
-            info = index.get(d)
-            if info is not None:
-                base = info.base
-            else:
-                try:
-                    base = self.chunks.link(d)[0]
-                except ChunkError:
-                    continue
-            if base is not None and base not in out:
-                out.add(base)
-                todo.append(base)
-        return out
+        return delta.closure(digests, lambda d: index[d].base if d in index else self._header_base(d))
+
+    def _header_base(self, d: Digest) -> Digest | None:
+        try:
+            return self.chunks.link(d)[0]
+        except CasckptError:
+            return None
 
     def _plan_array(self, key: str, arr: np.ndarray, as_dtype: str | None = None) -> tuple[Item, list[ChunkTask]]:
         arr = np.asarray(arr)
@@ -595,7 +596,7 @@ class Store:
                 continue
             referenced |= m.digests()
             self._index.put_snapshot(name, _registry_row(m))
-        referenced = self._closure_from_headers(referenced)
+        referenced = delta.closure(referenced, self._header_base)  # with bases, from headers
         infos, bad, orphans = {}, 0, 0
         for d in self.chunks:
             if d not in referenced:
@@ -609,33 +610,6 @@ class Store:
         return {"chunks": len(infos), "unreadable_chunks": bad, "orphan_chunks": orphans,
                 "snapshots": len(names)}
 
-
-    def _closure_from_headers(self, digests: set[Digest]) -> set[Digest]:
-        """``digests`` and their bases, transitively, read from chunk headers alone (reindex)."""
-        out, todo = set(digests), list(digests)
-        while todo:
-            try:
-                base = self.chunks.link(todo.pop())[0]
-            except CasckptError:
-                continue
-            if base is not None and base not in out:
-                out.add(base)
-                todo.append(base)
-        return out
-
-
-def same_place(prev: Mapping[str, Item], items: Mapping[str, Item]) -> dict[Digest, Digest]:
-    """New digest → the digest at the same item and position in ``prev`` (same dtype, shape and
-    span length): the natural delta base of every chunk of ``items``."""
-    out = {}
-    for key, item in items.items():
-        old = prev.get(key)
-        if old is None or old.dtype != item.dtype or old.shape != item.shape or len(old.chunks) != len(item.chunks):
-            continue
-        for a, b in zip(old.chunks, item.chunks):
-            if a.length == b.length and a.digest != b.digest:
-                out.setdefault(b.digest, a.digest)
-    return out
 
 
 def _delta_config(cfg: DeltaConfig, enabled: bool | None, max_depth: int | None) -> DeltaConfig:

@@ -237,3 +237,21 @@ def test_saves_read_bases_from_the_cache_or_the_store_alike(tmp_path):
         delta.CACHE.budget = delta.DEFAULT_CACHE_BYTES
     assert {p.name: p.read_bytes() for p in (a / "chunks").glob("*/*")} == \
         {p.name: p.read_bytes() for p in (b / "chunks").glob("*/*")}
+
+
+def test_after_a_delta_that_did_not_pay_the_next_ones_are_tried_only_every_RETRY_saves(tmp_path):
+    """Like Adam's first moment: new noise every step. Skipping the attempt saves a base read,
+    an XOR and the samples per chunk; a retry every RETRY saves notices when deltas pay again."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal(4096).astype(np.float32)
+    retry = delta.BaseCache.RETRY
+    with new_store(tmp_path / "s") as s:
+        s.put_arrays("s0", {"w": w})
+        s.put_arrays("s1", {"w": rng.standard_normal(4096).astype(np.float32)})  # refused
+        w = s.get_arrays("s1")["w"]
+        kinds = []
+        for i in range(2, retry + 2):
+            w = w + np.float32(1e-4)  # would pay from here on
+            s.put_arrays(f"s{i}", {"w": w})
+            kinds.append(s.index.get(s.manifest(f"s{i}").items["w"].chunks[0].digest).base is not None)
+        assert kinds == [False] * (retry - 1) + [True]

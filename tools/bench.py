@@ -204,7 +204,9 @@ def scenario_states(kind: str, rng: np.random.Generator):
 
 # -- the dense scenario: an AdamW fine-tune of real trained weights --------------------------------
 LR = 1e-4  # a typical fine-tuning learning rate for a BERT-sized model
-WARMUP = 20  # optimizer steps before the first checkpoint, so Adam's moments are past their start
+# NOTE: optimizer steps before the first checkpoint. exp_avg_sq (β2 = 0.999) remembers ~1000
+# steps: 20 steps in it still grows ~5 % per step, which no checkpoint of a real fine-tune sees.
+WARMUP = 100
 
 
 def minilm_run(steps: int = 10, seed: int = 0):
@@ -225,7 +227,7 @@ def minilm_run(steps: int = 10, seed: int = 0):
     anchor = {k: p.detach().clone() for k, p in params.items()}
     scale = {k: 0.01 * float(p.detach().std()) if p.numel() > 1 else 1e-4 for k, p in params.items()}
     pull = {k: anchor[k] + torch.randn(p.shape, generator=gen) * scale[k] for k, p in params.items()}
-    opt = torch.optim.AdamW(params.values(), lr=LR)
+    opt = torch.optim.AdamW(params.values(), lr=LR, fused=True)  # fused: the same update, ~10x faster on CPU
     for step in range(WARMUP + steps):
         for k, p in params.items():
             p.grad = p.detach() - pull[k] + torch.randn(p.shape, generator=gen) * scale[k]

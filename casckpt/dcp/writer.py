@@ -21,7 +21,8 @@ from ..digest import Digest
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
 from ..lock import SHARED
 from ..manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, utc_now
-from ..store import ChunkTask, SaveStats, Store, same_place
+from ..delta import same_place
+from ..store import ChunkTask, SaveStats, Store
 from .host import Layout, host_batches, layout, write_key
 from .meta import metadata_to_json
 from .planner import CasStorageMeta, ItemDigests, LocalDigests, RankPlan

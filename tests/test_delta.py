@@ -255,3 +255,19 @@ def test_after_a_delta_that_did_not_pay_the_next_ones_are_tried_only_every_RETRY
             s.put_arrays(f"s{i}", {"w": w})
             kinds.append(s.index.get(s.manifest(f"s{i}").items["w"].chunks[0].digest).base is not None)
         assert kinds == [False] * (retry - 1) + [True]
+
+
+def test_diff_values_and_export_read_delta_chunks_as_raw_bytes(tmp_path):
+    from casckpt import safetensors_file
+    from casckpt.diff import diff
+    from casckpt.transfer import export_snapshot
+    states = steps(2)
+    with saved(tmp_path / "s", states) as s:
+        assert deltas(s)
+        change = diff(s, "s0", "s1", values=True).changes["w"]
+        a, b = states[0]["w"].astype(np.float64), states[1]["w"].astype(np.float64)
+        assert change.max_abs_diff == pytest.approx(np.abs(b - a).max())
+        assert change.rel_l2 == pytest.approx(np.linalg.norm(b - a) / np.linalg.norm(a))
+        export_snapshot(s, "s1", tmp_path / "s1.safetensors", format="safetensors")
+    arrays, _ = safetensors_file.read(tmp_path / "s1.safetensors")
+    assert_same(states[1], {k: np.asarray(v) for k, (_, v) in arrays.items()})

@@ -198,6 +198,8 @@ def _unpack(raw) -> ChunkInfo:
     if len(raw) == _DELTA_ENTRY.size:
         raw_len, stored_len, kind, depth, base = _DELTA_ENTRY.unpack(raw)
         return ChunkInfo(raw_len, stored_len, kind, Digest(base), depth)
+    if len(raw) != _ENTRY.size:
+        raise IndexDamagedError(f"index has a chunk entry of {len(raw)} bytes; run `casckpt reindex`")
     return ChunkInfo(*_ENTRY.unpack(raw))
 
 

@@ -11,7 +11,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from ..errors import CasckptError, CheckpointFailedError, SnapshotExistsError
+from .. import checkpoint_id as ids
+from ..config import CONFIG
+from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, SnapshotExistsError
 from ..manifest import check_name
 from ..store import SaveStats, Store
 from .planner import DedupSavePlanner, SafeLoadPlanner
@@ -19,15 +21,21 @@ from .reader import CasReader
 from .writer import CasWriter
 
 
-def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str, *,
+def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str | None = None, *,
          overwrite: bool = False, chunk_size: int | None = None, sync_files: bool = True,
          process_group: dist.ProcessGroup | None = None) -> SaveStats:
     """Save ``state_dict`` as snapshot ``name`` with :class:`CasWriter` and :class:`DedupSavePlanner`.
 
-    Call it on every rank (like ``dcp.save``). Returns the save's statistics on every rank.
-    Raises casckpt's typed errors (InvalidNameError, SnapshotExistsError, CorruptChunkError...)
-    rather than DCP's CheckpointException; other failures become CheckpointFailedError.
+    Call it on every rank (like ``dcp.save``). Without ``name``, ``store`` is a checkpoint path
+    as frameworks pass it: ``save(sd, "/ckpt/run/step-100")`` saves snapshot ``step-100`` into
+    the store ``/ckpt/run``. Returns the save's statistics on every rank. Raises casckpt's typed
+    errors (InvalidNameError, SnapshotExistsError, CorruptChunkError...) rather than DCP's
+    CheckpointException; other failures become CheckpointFailedError.
     """
+    if name is None:
+        if isinstance(store, Store):
+            raise InvalidNameError("casckpt.save needs a snapshot name with an open Store")
+        store, name = ids.split(store)
     check_name(name)
     path = store.root if isinstance(store, Store) else os.fspath(store)
     if not overwrite and os.path.exists(os.path.join(path, "snapshots", f"{name}.json")):
@@ -51,8 +59,12 @@ def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
 
     Byte items (non-tensor state) load with ``torch.load(weights_only=True)``; pass
     ``allow_pickle=True`` only for stores you trust. Returns the snapshot name loaded. Checks
-    that the snapshot exists before DCP starts and raises casckpt's typed errors.
+    that the snapshot exists before DCP starts and raises casckpt's typed errors. ``store`` may
+    also be a checkpoint path (``/ckpt/run/step-100``, a folder that is not itself a store, in
+    a store ``/ckpt/run``): that snapshot is loaded.
     """
+    if not isinstance(store, Store) and name == "latest":
+        store, name = _store_and_name(os.fspath(store))
     st = store if isinstance(store, Store) else Store.open(store)
     try:
         resolved = st.resolve(name)
@@ -69,6 +81,16 @@ def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     finally:
         if st is not store:
             st.close()
+
+
+def _store_and_name(path: str) -> tuple[str, str]:
+    """A store path as it is, or a checkpoint path ``STORE/NAME`` whose parent is a store."""
+    if os.path.exists(os.path.join(path, CONFIG)) or not ids.is_path(path):
+        return path, "latest"
+    parent, name = ids.split(path, allow_latest=True)
+    if not os.path.exists(os.path.join(parent, CONFIG)):
+        return path, "latest"  # neither is a store: Store.open names the path given
+    return parent, name
 
 
 def _distributed() -> bool:

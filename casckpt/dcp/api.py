@@ -10,6 +10,8 @@ from typing import Any
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from .. import checkpoint_id as ids
 from ..config import CONFIG
@@ -81,6 +83,59 @@ def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     finally:
         if st is not store:
             st.close()
+
+
+def read_state(store: Store | str | os.PathLike, name: str = "latest", *,
+               allow_pickle: bool = False) -> dict[str, Any]:
+    """The whole state dict of a snapshot, nested as it was saved, without a template to load into.
+
+    For one process (it holds the whole state in memory): exporters, and framework plugins whose
+    load API returns a dict (Lightning's ``CheckpointIO.load_checkpoint``). ``store`` may be a
+    checkpoint path, as for :func:`load`. Byte items load with ``torch.load(weights_only=True)``
+    unless ``allow_pickle=True`` (trusted stores only).
+    """
+    if not isinstance(store, Store) and name == "latest":
+        store, name = _store_and_name(os.fspath(store))
+    st = store if isinstance(store, Store) else Store.open(store)
+    try:
+        reader = CasReader(st, snapshot=st.resolve(name))
+        sd: dict[str, Any] = {}
+        try:
+            with _quiet():
+                # NOTE: dcp.load copies the caller's dict before planning, so the rebuilt state
+                # would not reach it; torch's own dcp_to_torch_save calls _load_state_dict too.
+                _load_state_dict(sd, storage_reader=reader, planner=_RebuildPlanner(allow_pickle=allow_pickle),
+                                 no_dist=True)
+        except CheckpointException as exc:
+            _reraise(exc, reader.metadata_error)
+        return _optimizer_keys(sd)
+    finally:
+        if st is not store:
+            st.close()
+
+
+def _optimizer_keys(obj: Any) -> Any:
+    """Give torch.optim state dicts their integer parameter ids back.
+
+    DCP turns every dict key into a string when it flattens a state dict, so an optimizer's
+    ``{"state": {0: ...}, "param_groups": [...]}`` comes back with ``"0"``, which
+    ``Optimizer.load_state_dict`` silently ignores. A mapping holding both ``state`` and
+    ``param_groups`` is taken for an optimizer's, and its all-decimal state keys become ints.
+    """
+    if isinstance(obj, list):
+        return [_optimizer_keys(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: _optimizer_keys(v) for k, v in obj.items()}
+    state = out.get("state")
+    if "param_groups" in out and isinstance(state, dict) and all(
+            isinstance(k, str) and k.isdecimal() for k in state):
+        out["state"] = {int(k): v for k, v in state.items()}
+    return out
+
+
+class _RebuildPlanner(SafeLoadPlanner, _EmptyStateDictLoadPlanner):
+    """Rebuilds the nested state dict from the snapshot's DCP metadata; byte items load safely."""
 
 
 def _store_and_name(path: str) -> tuple[str, str]:

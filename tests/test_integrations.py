@@ -4,6 +4,7 @@ Fabric through CasckptCheckpointIO, a save, a resume, and bit-exact state."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -144,3 +145,95 @@ def test_accelerate_save_state_and_load_state_through_casckpt(tmp_path):
     again = save_state(acc, tmp_path / "run" / "step-2b")  # the same state: nothing new to write
     assert again.new_chunks == 0
     assert torch.equal(torch.rand(3), saved["rand"])  # the RNG state came back too
+
+
+# -- a torchtitan-style loop: FSDP2 on gloo, async save every step, resume on another world size --
+def _titan_model(world: int):
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 96), torch.nn.ReLU(), torch.nn.Linear(96, 8))
+    if world > 1:
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+def _full(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in _full(v).items()})
+        elif isinstance(v, torch.Tensor):
+            out[k] = (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        else:
+            out[k] = v
+    return out
+
+
+def _titan_job(rank: int, world: int, port: int, root: str, out: str, phase: str) -> None:
+    import json
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    warnings.filterwarnings("ignore")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model, opt = _titan_model(world)
+        if phase == "train":
+            ckpt_group = dist.new_group(backend="gloo")  # as torchtitan: async saves off the training group
+            g = torch.Generator().manual_seed(rank)
+            pending = None
+            for step in (1, 2, 3):
+                x = torch.randn(4, 16, generator=g)
+                model(x).square().mean().backward()
+                opt.step()
+                opt.zero_grad()
+                if pending is not None:
+                    pending.result()
+                msd, osd = get_state_dict(model, opt)
+                pending = dcp.async_save({"model": msd, "optim": osd}, checkpoint_id=f"{root}/step-{step}",
+                                         storage_writer=casckpt.CasWriter(), planner=casckpt.DedupSavePlanner(),
+                                         process_group=ckpt_group)
+            pending.result()
+        else:
+            msd, osd = get_state_dict(model, opt)  # initialises optimizer state to load into
+            dcp.load({"model": msd, "optim": osd}, checkpoint_id=f"{root}/step-3",
+                     storage_reader=casckpt.CasReader())
+            set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
+        msd, osd = get_state_dict(model, opt)
+        full = {k: v.tolist() if isinstance(v, torch.Tensor) else v
+                for k, v in _full({"model": msd, "optim": osd}).items()}
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(full, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(world: int, *args) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_titan_job, args=(world, port, *args), nprocs=world, join=True)
+
+
+def test_torchtitan_style_loop_resumes_on_another_world_size(tmp_path):
+    import json
+
+    root = tmp_path / "checkpoint"
+    _spawn(2, str(root), str(tmp_path / "trained.json"), "train")
+    assert sorted(casckpt.Store.open(root).snapshot_names()) == ["step-1", "step-2", "step-3"]
+    trained = json.loads((tmp_path / "trained.json").read_text())
+    assert any("exp_avg" in k for k in trained)
+    for world in (1, 3):
+        _spawn(world, str(root), str(tmp_path / f"resumed{world}.json"), "resume")
+        assert json.loads((tmp_path / f"resumed{world}.json").read_text()) == trained, world

@@ -119,17 +119,17 @@ def _optimizer_keys(obj: Any) -> Any:
 
     DCP turns every dict key into a string when it flattens a state dict, so an optimizer's
     ``{"state": {0: ...}, "param_groups": [...]}`` comes back with ``"0"``, which
-    ``Optimizer.load_state_dict`` silently ignores. A mapping holding both ``state`` and
-    ``param_groups`` is taken for an optimizer's, and its all-decimal state keys become ints.
+    ``Optimizer.load_state_dict`` silently ignores, and it saves no empty dict at all (a fresh
+    optimizer's ``state``). A mapping holding ``param_groups`` is taken for an optimizer's: its
+    ``state`` is restored if missing, and its all-decimal state keys become ints.
     """
     if isinstance(obj, list):
         return [_optimizer_keys(v) for v in obj]
     if not isinstance(obj, dict):
         return obj
     out = {k: _optimizer_keys(v) for k, v in obj.items()}
-    state = out.get("state")
-    if "param_groups" in out and isinstance(state, dict) and all(
-            isinstance(k, str) and k.isdecimal() for k in state):
+    state = out.setdefault("state", {}) if "param_groups" in out else None  # DCP drops empty dicts
+    if isinstance(state, dict) and all(isinstance(k, str) and k.isdecimal() for k in state):
         out["state"] = {int(k): v for k, v in state.items()}
     return out
 

@@ -75,7 +75,7 @@ class ChunkDir:
         """Store one chunk unless a good copy is already there. Returns its info either way.
 
         ``base`` is ``(digest, depth, raw bytes)`` of a durable chunk of the same length: the
-        chunk is then stored as a delta against it if that pays (:func:`casckpt.delta.pays`).
+        chunk is then stored as a delta against it (whether that pays is the caller's choice).
 
         The file is not fsynced here; the caller makes a batch durable with :meth:`sync` before it
         commits anything that references the batch. A file already present that the index does
@@ -103,12 +103,11 @@ class ChunkDir:
     @staticmethod
     def _encode(raw: memoryview, group: int, config: codec.CodecConfig, base) -> tuple:
         """``(header, codec, payload parts, (base, depth))`` of a new chunk file: a delta when a
-        base is given, its length matches and the delta pays; else a full chunk."""
+        base of the same length is given, else a full chunk."""
         if base is not None and len(base[2]) == raw.nbytes and raw.nbytes:
-            if delta.pays(raw, base[2], group=group, config=config):
-                kind, parts = codec.encode(delta.xor(raw, base[2]), group=group, config=config)
-                depth = base[1] + 1
-                return HEADER2.pack(MAGIC, DELTA_VERSION, kind, depth, 0, raw.nbytes, base[0].raw), kind, parts, (base[0], depth)
+            kind, parts = codec.encode(delta.xor(raw, base[2]), group=group, config=config)
+            depth = base[1] + 1
+            return HEADER2.pack(MAGIC, DELTA_VERSION, kind, depth, 0, raw.nbytes, base[0].raw), kind, parts, (base[0], depth)
         kind, parts = codec.encode(raw, group=group, config=config)
         return HEADER.pack(MAGIC, VERSION, kind, 0, raw.nbytes), kind, parts, (None, 0)
 

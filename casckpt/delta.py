@@ -29,6 +29,10 @@ MAX_DEPTH_LIMIT = 64  # a reader refuses longer chains: a hostile cycle of bases
 # A delta is kept only if its sample compresses to at most this fraction of the full chunk's
 # sample: below ~10 % gain the extra base decode on every load costs more than it saves.
 MIN_GAIN = 0.90
+# A delta this close to the full chunk's size is hopeless (new noise each step, like Adam's first
+# moment): the chunks after it are stored whole without trying (see BaseCache). Between the two,
+# the next save tries again: such chunks (Adam's second moment) often pay one step later.
+HOPELESS = 0.97
 _SAMPLE = 16 * 1024
 DEFAULT_CACHE_BYTES = 256 << 20
 
@@ -67,12 +71,11 @@ def xor(a, b) -> memoryview:
     return memoryview(out).cast("B")
 
 
-def pays(raw: memoryview, base, *, group: int, config: codec.CodecConfig) -> bool:
-    """Whether storing ``raw`` as a delta against ``base`` is worth a base decode on every load.
-
-    Decided on a few element-aligned samples, XORed and compressed both ways (about 6 % of a
-    2 MiB chunk's compression work), before any whole-chunk XOR or second compression.
-    """
+def sample_ratio(raw: memoryview, base, *, group: int, config: codec.CodecConfig) -> float:
+    """Compressed size of ``raw XOR base`` over that of ``raw``, estimated on a few element-aligned
+    samples (about 6 % of a 2 MiB chunk's compression work): whether a delta is worth a base
+    decode on every load (``<= MIN_GAIN``) is decided before any whole-chunk XOR or second
+    compression."""
     base = memoryview(base)
     n = raw.nbytes
     if n <= 4 * _SAMPLE:
@@ -83,7 +86,7 @@ def pays(raw: memoryview, base, *, group: int, config: codec.CodecConfig) -> boo
         picks = [((i * step) // align * align, _SAMPLE) for i in range(4)]
     full = sum(_encoded_len(raw[o:o + k], group, config) for o, k in picks)
     diff = sum(_encoded_len(xor(raw[o:o + k], base[o:o + k]), group, config) for o, k in picks)
-    return diff <= full * MIN_GAIN
+    return diff / max(full, 1)
 
 
 def _encoded_len(view: memoryview, group: int, config: codec.CodecConfig) -> int:

@@ -332,11 +332,9 @@ class Store:
         def put(t: ChunkTask) -> ChunkInfo:
             # NOTE: put() also returns the info of a good file that is already there but not
             # indexed (left by a crashed save, or a concurrent save of the same chunk).
-            streak = None if t.base is None else delta.CACHE.skip(self.config.store_id, t.base[0])
-            tried = t.base is not None and (streak or 0) % delta.BaseCache.RETRY == 0
-            info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg,
-                                   base=self._base_bytes(t) if tried else None)
-            self._remember(t, info, streak)
+            base, hopeless = self._delta_base(t, cfg)
+            info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg, base=base)
+            self._remember(t, info, hopeless)
             return info
 
         try:
@@ -345,13 +343,30 @@ class Store:
             raise fsutil.io_error(exc, f"writing chunks into store {self.root}") from exc
         return {t.digest: i for t, i in zip(unique, infos)}
 
+    def _delta_base(self, t: ChunkTask, cfg: CodecConfig) -> tuple[tuple | None, int | None]:
+        """``(base, streak)``: the base (digest, depth, raw bytes) to store ``t`` as a delta
+        against, if it pays; and, when no delta was made because none has paid for a while or
+        this one was hopeless, the length of that streak (see :class:`casckpt.delta.BaseCache`)."""
+        if t.base is None or not self.config.delta.enabled:
+            return None, None
+        streak = delta.CACHE.skip(self.config.store_id, t.base[0])
+        if streak and streak % delta.BaseCache.RETRY:
+            return None, streak + 1
+        base = self._base_bytes(t)
+        if base is None:
+            return None, None
+        ratio = delta.sample_ratio(t.data, base[2], group=t.group, config=cfg)
+        if ratio <= delta.MIN_GAIN:
+            return base, None
+        return None, (streak or 0) + 1 if ratio >= delta.HOPELESS else None
+
     def _remember(self, t: ChunkTask, info: ChunkInfo, streak: int | None) -> None:
-        """Keep a copy of a new chunk that can be a base of the next save, or note that its
-        delta did not pay (see :class:`casckpt.delta.BaseCache`)."""
+        """Keep a copy of a new chunk that can be a base of the next save, or note the streak of
+        hopeless deltas it continues (see :class:`casckpt.delta.BaseCache`)."""
         if not self.config.delta.enabled:
             return
-        if t.base is not None and info.base is None:
-            delta.CACHE.refuse(self.config.store_id, t.digest, (streak or 0) + 1)
+        if streak is not None and info.base is None:
+            delta.CACHE.refuse(self.config.store_id, t.digest, streak)
         elif info.depth < self.config.delta.max_depth:
             delta.CACHE.put(self.config.store_id, t.digest, t.data)  # a base of the next save
 
@@ -359,8 +374,6 @@ class Store:
         """The base of a delta-to-be with its raw bytes: from the process's cache of chunks saved
         last, else read back from the store (verified). A base that cannot be read is no base:
         the chunk is stored whole and the save goes on."""
-        if t.base is None or not self.config.delta.enabled:
-            return None
         d, depth = t.base
         raw = delta.CACHE.get(self.config.store_id, d)
         if raw is None:

@@ -144,10 +144,13 @@ def same_place(prev: Mapping, items: Mapping) -> dict[Digest, Digest]:
 
 
 class BaseCache:
-    """Raw bytes of chunks this process saved last, keyed by (store id, digest), within a budget.
+    """Raw bytes of delta bases, keyed by (store id, digest), within a budget; least recently
+    used entries go first.
 
-    The next save's delta bases are mostly the chunks the previous save wrote, so keeping their
-    raw bytes spares decoding them back from the store. Least recently used entries go first.
+    With ``max_depth`` 1 every delta's base is a full key chunk that many saves share, so a base
+    read back from the store once is kept for the saves after it. With longer chains the next
+    save's bases are the chunks this save writes, so those are kept (a copy: the caller's tensor
+    memory changes after the save). Either way decoding bases back from the store is spared.
 
     It also remembers chunks stored whole because a delta did not pay (Adam's first moment is
     new noise every step): their successors are stored whole without trying, except every
@@ -183,19 +186,21 @@ class BaseCache:
                 self._data.move_to_end((store_id, digest.raw))
             return data
 
-    def put(self, store_id: str, digest: Digest, raw) -> None:
-        if self.budget <= 0 or memoryview(raw).nbytes > self.budget:
+    def put(self, store_id: str, digest: Digest, raw, *, copy: bool = True) -> None:
+        """Keep ``raw`` (``copy=False``: a buffer nobody else will change) under the budget."""
+        n = memoryview(raw).nbytes
+        if self.budget <= 0 or n > self.budget:
             return
-        data = bytes(raw)  # a copy: the caller's tensor memory changes after the save
+        data = bytes(raw) if copy else raw
         with self._lock:
             key = (store_id, digest.raw)
             if key in self._data:
                 return
             self._data[key] = data
-            self._held += len(data)
+            self._held += n
             while self._held > self.budget:
                 _, old = self._data.popitem(last=False)
-                self._held -= len(old)
+                self._held -= memoryview(old).nbytes
 
     def clear(self) -> None:
         with self._lock:

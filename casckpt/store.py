@@ -367,8 +367,10 @@ class Store:
             return
         if streak is not None and info.base is None:
             delta.CACHE.refuse(self.config.store_id, t.digest, streak)
-        elif info.depth < self.config.delta.max_depth:
-            delta.CACHE.put(self.config.store_id, t.digest, t.data)  # a base of the next save
+        elif self.config.delta.max_depth > 1 and info.depth < self.config.delta.max_depth:
+            # a chain: this chunk is the next save's base (with max_depth 1, bases are keys,
+            # cached when first read back, so a cold save copies nothing)
+            delta.CACHE.put(self.config.store_id, t.digest, t.data)
 
     def _base_bytes(self, t: ChunkTask) -> tuple[Digest, int, bytes] | None:
         """The base of a delta-to-be with its raw bytes: from the process's cache of chunks saved
@@ -382,6 +384,7 @@ class Store:
             except ChunkError as exc:
                 log.warning("casckpt: delta base unreadable, storing chunk %s whole: %s", t.digest, exc)
                 return None
+            delta.CACHE.put(self.config.store_id, d, raw, copy=False)  # a fresh buffer of our own
         return d, depth, raw
 
     def _upgrade_format(self) -> None:

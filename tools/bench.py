@@ -134,11 +134,15 @@ def speed(work: Path, mib: int, repeat: int) -> dict:
 # -- e) peak RSS, each in a fresh process ------------------------------------------------------
 def rss_child(mode: str, path: str, mib: int) -> None:
     sd = model_state(mib)
+    if mode == "cas_delta_save":  # one dense step on top of snapshot "rss": every chunk a delta
+        for t in sd.values():
+            t.add_(1e-4 * torch.sign(torch.randn(t.shape, generator=torch.Generator().manual_seed(1))))
     base = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current RSS: measure the operation alone
     {"dcp_save": lambda: dcp_save(sd, Path(path)),
      "cas_save": lambda: cas_save(sd, Path(path), "rss"),
+     "cas_delta_save": lambda: cas_save(sd, Path(path), "rss-delta"),
      "dcp_load": lambda: dcp_load(sd, Path(path)),
      "cas_load": lambda: cas_load(sd, Path(path), "rss")}[mode]()
     print(json.dumps({"base": base, "peak": _status("VmHWM"), "cache": delta.CACHE._held}))
@@ -156,6 +160,7 @@ def peak_rss(work: Path, mib: int) -> dict:
     dcp_save(model_state(mib), work / "rss-dcp")
     cas_save(model_state(mib), work / "rss-cas", "rss")
     for mode, path in (("dcp_save", work / "rss-dcp-new"), ("cas_save", work / "rss-cas-new"),
+                       ("cas_delta_save", work / "rss-cas"),
                        ("dcp_load", work / "rss-dcp"), ("cas_load", work / "rss-cas")):
         res = subprocess.run([sys.executable, __file__, "--rss-child", mode, str(path), str(mib)],
                              capture_output=True, text=True)
@@ -165,6 +170,7 @@ def peak_rss(work: Path, mib: int) -> dict:
         out[mode] = {"peak_mib": doc["peak"] / MiB, "extra_mib": (doc["peak"] - doc["base"]) / MiB,
                      "base_cache_mib": doc["cache"] / MiB}
     out["save_extra_vs_dcp_mib"] = out["cas_save"]["peak_mib"] - out["dcp_save"]["peak_mib"]
+    out["delta_save_extra_vs_dcp_mib"] = out["cas_delta_save"]["peak_mib"] - out["dcp_save"]["peak_mib"]
     out["load_extra_vs_dcp_mib"] = out["cas_load"]["peak_mib"] - out["dcp_load"]["peak_mib"]
     return out
 
@@ -418,10 +424,12 @@ def report(res: dict) -> None:
     if "rss" in res:
         r = res["rss"]
         print("\n== peak RSS (fresh process each; state dict included) ==")
-        for mode in ("dcp_save", "cas_save", "dcp_load", "cas_load"):
-            print(f"{mode:10s} peak {r[mode]['peak_mib']:8.1f} MiB   above the state: {r[mode]['extra_mib']:7.1f} MiB")
-        print(f"casckpt save peak − DCP save peak: {r['save_extra_vs_dcp_mib']:+.1f} MiB (target ≤ +256), of which "
-              f"the delta base cache holds {r['cas_save']['base_cache_mib']:.1f} MiB (bounded on its own: 256 MiB)")
+        for mode in ("dcp_save", "cas_save", "cas_delta_save", "dcp_load", "cas_load"):
+            print(f"{mode:14s} peak {r[mode]['peak_mib']:8.1f} MiB   above the state: {r[mode]['extra_mib']:7.1f} MiB"
+                  f"   base cache {r[mode]['base_cache_mib']:5.1f} MiB")
+        print(f"casckpt save peak − DCP save peak: {r['save_extra_vs_dcp_mib']:+.1f} MiB (target ≤ +256); "
+              f"a delta save's: {r['delta_save_extra_vs_dcp_mib']:+.1f} MiB, of which the base cache holds "
+              f"{r['cas_delta_save']['base_cache_mib']:.1f} MiB (bounded on its own: 256 MiB)")
     print("\n== storage after 10 checkpoints ==")
     for kind, r in res["storage"].items():
         print(f"{kind:28s} casckpt {r['casckpt_bytes'][-1] / MiB:8.1f} MiB   DCP {r['dcp_bytes'][-1] / MiB:8.1f} MiB"

@@ -15,7 +15,7 @@ from casckpt.digest import digest_of
 from casckpt.gc import gc
 from casckpt.usage import ls
 from casckpt.verify import verify
-from storekit import CHUNK, assert_same, base_of, chunk_names, new_store, open_store, referenced
+from storekit import assert_same, base_of, chunk_names, new_store, open_store, referenced
 
 
 def steps(n: int, *, lr: float = 1e-4, size: int = 8 * 1024) -> list[dict[str, np.ndarray]]:

@@ -177,7 +177,7 @@ def main() -> None:
     for data, coders_ in report.items():
         for coder, v in coders_.items():
             if isinstance(v, dict):
-                print(f"{data:14s} {coder:15s} {v["stored_over_raw"]:10.5f} {v['compress_mb_s']:9.0f} MB/s "
+                print(f"{data:14s} {coder:15s} {v['stored_over_raw']:10.5f} {v['compress_mb_s']:9.0f} MB/s "
                       f"{v['decompress_mb_s']:9.0f} MB/s")
 
 

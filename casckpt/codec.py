@@ -12,12 +12,13 @@ Codecs (recorded in every chunk file's header and in the index):
   without spending zstd time on them (a 16 KiB probe decides). Layout: ``k`` (u8), then per plane
   ``flag`` (u8: 0 raw, 1 zstd) and ``length`` (u32 LE), then the plane payloads in order.
   Written by stores whose config predates codec 3; always readable.
-* ``BGX``  (3) byte-grouped with whole-byte exponents: as ``BG``, but first, in every ``w``-byte
-  word of an element, the sign bit moves below the 8 bits that follow it, so the top byte of the
-  word holds exactly the exponent of a float32 / bfloat16 (the top 8 exponent bits of a float64)
-  and the random sign joins a mantissa plane. The exponent planes are coded with zstd tuned to
-  emit Huffman-coded literals (see ``_HUFF``); the other planes as in ``BG``. Layout: ``k`` (u8),
-  ``w`` (u8), then planes as in ``BG``. docs/FORMAT.md has it byte for byte.
+* ``BGX``  (3) byte-grouped with whole-byte exponents: in every ``w``-byte word of an element the
+  sign bit moves below the 8 bits that follow it, so the word's top byte holds exactly the
+  exponent of a float32 / bfloat16 and the random sign joins a mantissa plane; then the bytes are
+  grouped into planes as in ``BG``, and every plane is coded by zstd tuned to emit almost only
+  Huffman-coded literals (``_HUFF``) or stored raw. Layout: ``k`` (u8), ``w`` (u8; 0: no bits
+  move, as for 8-byte floats), then the plane table and planes as in ``BG``. The default for
+  floating chunks; docs/FORMAT.md has it byte for byte.
 """
 
 from __future__ import annotations
@@ -36,15 +37,13 @@ GROUPED = frozenset({BG, BGX})  # decoded plane by plane straight into the calle
 # NOTE: a chunk is stored raw unless compression saves at least this fraction; below that the
 # decompression cost on every load buys almost nothing.
 MIN_SAVING = 0.03
-# NOTE: a BGX plane keeps a saving from 1 %: float32 mantissa planes of trained weights save
-# 2-3 % and that is the difference between ZipNN's stored/raw and ours (they decode at GB/s).
-MIN_PLANE_SAVING = 0.01
 _PROBE = 16 * 1024
 _PLANE = struct.Struct("<BI")
-# NOTE: zstd parameters that make an exponent plane almost only Huffman-coded literals (zstd's
-# huff0, GB/s): the longest minimum match and a 64-entry hash table leave few matches, and short
-# matches on low-entropy bytes cost more than the literals they replace (level 1 gives 0.364 of
-# the plane on MiniLM, these 0.331, at 2-3x the speed). 128 KiB blocks, each with its own table.
+# NOTE: zstd parameters that code a plane almost only as Huffman literals (zstd's huff0): the
+# longest minimum match and a 64-entry hash table leave few matches, and short matches on
+# low-entropy bytes cost more than the literals they replace. On MiniLM's float32 exponent plane
+# level 1 keeps 0.367 at 0.28 GB/s, these 0.330 at 0.78 GB/s; on every other plane measured
+# (mantissas, XORed steps) they tie or win too. 128 KiB blocks, each with its own table.
 _HUFF = zstandard.ZstdCompressionParameters(window_log=17, hash_log=6, chain_log=6, search_log=1, min_match=7,
                                             target_length=0, strategy=zstandard.STRATEGY_FAST)
 # NOTE: element size -> word whose top byte becomes the exponent. 0: no bits move, for 8-byte
@@ -56,9 +55,10 @@ _local = threading.local()
 
 @dataclass(frozen=True, slots=True)
 class CodecConfig:
-    """How new chunks are compressed: ``level`` 0 stores everything raw. ``exponent`` writes
-    floating chunks as codec 3 (``BGX``); a store config that predates it reads as ``False``,
-    so an older casckpt never meets a codec it does not know in such a store."""
+    """How new chunks are compressed: ``level`` 0 stores everything raw; other levels apply to
+    non-floating chunks and to codec 2. ``exponent`` writes floating chunks as codec 3 (``BGX``,
+    one zstd setting, as higher levels code float planes worse); a store config that predates it
+    reads as ``False``, so an older casckpt never meets a codec it does not know in such a store."""
 
     level: int = 1
     byte_grouping: bool = True
@@ -74,20 +74,14 @@ class CodecConfig:
                    exponent=bool(obj.get("exponent", False)))
 
 
-def _compressor(level: int | None, min_match: int = 0) -> zstandard.ZstdCompressor:
-    """A thread's compressor for ``level`` (and ``min_match`` if not 0); ``None`` is ``_HUFF``."""
+def _compressor(level: int | None) -> zstandard.ZstdCompressor:
+    """A thread's compressor for ``level``; ``None`` is the Huffman-literal setting ``_HUFF``."""
     # NOTE: zstandard (de)compressor objects are not safe to share between threads.
     cache = _local.__dict__.setdefault("c", {})
-    key = (level, min_match)
-    if key not in cache:
-        if level is None:
-            cache[key] = zstandard.ZstdCompressor(compression_params=_HUFF)
-        elif min_match:
-            params = zstandard.ZstdCompressionParameters.from_level(level, min_match=min_match)
-            cache[key] = zstandard.ZstdCompressor(compression_params=params)
-        else:
-            cache[key] = zstandard.ZstdCompressor(level=level)
-    return cache[key]
+    if level not in cache:
+        cache[level] = (zstandard.ZstdCompressor(compression_params=_HUFF) if level is None
+                        else zstandard.ZstdCompressor(level=level))
+    return cache[level]
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
@@ -96,8 +90,8 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.d
 
 
-def _worth_it(compressed_len: int, raw_len: int, saving: float = MIN_SAVING) -> bool:
-    return compressed_len <= raw_len * (1.0 - saving)
+def _worth_it(compressed_len: int, raw_len: int) -> bool:
+    return compressed_len <= raw_len * (1.0 - MIN_SAVING)
 
 
 def _nbytes(parts: list) -> int:
@@ -115,7 +109,7 @@ def encode(raw: memoryview, *, group: int, config: CodecConfig) -> tuple[int, li
         return RAW, [raw]
     if config.byte_grouping and group > 1 and n % group == 0:
         if config.exponent and group in _WORDS:
-            return _encode_exponent(raw, group, _WORDS[group], config.level)
+            return _encode_exponent(raw, group, _WORDS[group])
         return _encode_grouped(raw, group, config.level)
     comp = _compressor(config.level)
     if n > 4 * _PROBE and not _worth_it(len(comp.compress(raw[:_PROBE])), _PROBE):
@@ -129,7 +123,7 @@ def _encode_grouped(raw: memoryview, k: int, level: int) -> tuple[int, list]:
     comp = _compressor(level)
     header, parts = [struct.pack("<B", k)], []
     for plane in planes:
-        flag, data = _pack_plane(comp, plane, MIN_SAVING, _head(plane))
+        flag, data = _pack_plane(comp, plane, _head(plane))
         header.append(_PLANE.pack(flag, len(data)))
         parts.append(data)
     if _nbytes(parts) >= raw.nbytes * (1 - MIN_SAVING):
@@ -137,14 +131,13 @@ def _encode_grouped(raw: memoryview, k: int, level: int) -> tuple[int, list]:
     return BG, [b"".join(header), *parts]
 
 
-def _pack_plane(comp: zstandard.ZstdCompressor, plane: np.ndarray, saving: float,
-                probe: np.ndarray | None) -> tuple[int, object]:
-    """``(flag, data)`` of one plane: zstd (flag 1) if it saves ``saving``, else raw (flag 0).
+def _pack_plane(comp: zstandard.ZstdCompressor, plane: np.ndarray, probe: np.ndarray | None) -> tuple[int, object]:
+    """``(flag, data)`` of one plane: zstd (flag 1) if it saves ``MIN_SAVING``, else raw (flag 0).
     A ``probe`` (a sample of the plane) is tried first so near-random mantissa bytes cost no
     zstd time on the whole plane."""
-    if probe is None or _worth_it(len(comp.compress(probe.data)), probe.nbytes, saving):
+    if probe is None or _worth_it(len(comp.compress(probe.data)), probe.nbytes):
         out = comp.compress(plane.data)
-        if _worth_it(len(out), plane.nbytes, saving):
+        if _worth_it(len(out), plane.nbytes):
             return 1, out
     return 0, plane.data
 
@@ -191,15 +184,13 @@ def _swap_sign(lo: np.ndarray, hi: np.ndarray) -> None:
     lo ^= tmp
 
 
-def _encode_exponent(raw: memoryview, k: int, w: int, level: int) -> tuple[int, list]:
-    # NOTE: _HUFF beats level 1 (and 3) on every plane measured, weights and XORed steps alike:
-    # short LZ matches hurt whenever bytes are low-entropy. Exponent planes are not probed:
-    # they nearly always pay.
+def _encode_exponent(raw: memoryview, k: int, w: int) -> tuple[int, list]:
+    # NOTE: the top plane of each word (the exponent) is not probed: it nearly always pays.
     comp, span = _compressor(None), w or min(k, 8)
     header, parts = [struct.pack("<BB", k, w)], []
     for i, plane in enumerate(_exponent_planes(raw, k, w)):
         probe = None if i % span == span - 1 else _spread(plane)
-        flag, data = _pack_plane(comp, plane, MIN_PLANE_SAVING, probe)
+        flag, data = _pack_plane(comp, plane, probe)
         header.append(_PLANE.pack(flag, len(data)))
         parts.append(data)
     if _nbytes(parts) >= raw.nbytes * (1 - MIN_SAVING):

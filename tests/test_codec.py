@@ -231,7 +231,7 @@ def test_every_word_size_the_format_allows_round_trips(k, w):
     words = arr.view("<u4")
     words[::101] = np.resize(np.array(SPECIALS[4], dtype="<u4"), words[::101].size)
     raw = arr.tobytes()
-    kind, parts = codec._encode_exponent(memoryview(raw), k, w, 1)
+    kind, parts = codec._encode_exponent(memoryview(raw), k, w)
     payload = memoryview(b"".join(bytes(p) for p in parts))
     assert kind == codec.BGX and payload[:2].tobytes() == bytes([k, w])
     assert bytes(codec.decode(kind, payload, len(raw))) == raw

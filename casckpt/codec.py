@@ -297,20 +297,35 @@ def _decode_exponent(payload: memoryview, dest: memoryview) -> None:
 
 
 def _join_words(planes: list[np.ndarray], x: np.ndarray, *, moved: bool) -> None:
-    """Assemble whole words from codec-3 planes, moving the sign back to the top if ``moved``."""
-    # NOTE: contiguous word arithmetic is 1.2x (4-byte) to 5x (2-byte) faster than strided
-    # column writes.
-    k, word = len(planes), x.dtype
-    if moved:
-        exp, low = planes[k - 1], planes[k - 2]
-        np.left_shift(exp, 8 * k - 9, out=x, dtype=word)
-        bits = low & 0x7F
-        x |= np.left_shift(bits, 8 * k - 16, dtype=word)
-        np.bitwise_and(low, 0x80, out=bits)
-        x |= np.left_shift(bits, 8 * k - 8, dtype=word)
-        rest = k - 2
-    else:
-        np.left_shift(planes[k - 1], 8 * k - 8, out=x, dtype=word)
-        rest = k - 1
-    for i in range(rest):
-        x |= np.left_shift(planes[i], 8 * i, dtype=word)
+    """Assemble whole words from codec-3 planes into ``x``, moving the sign back to the top if
+    ``moved``: byte pairs into 16-bit halves, then halves into wider words."""
+    # NOTE: contiguous arithmetic, widening by pairs, is 1.5x (4-byte) to 5x (2-byte) faster
+    # than writing strided byte columns.
+    k = len(planes)
+    parts = [_pair(planes[i], planes[i + 1], moved and i == k - 2, x if k == 2 else None)
+             for i in range(0, k, 2)]
+    while len(parts) > 1:
+        parts = [_widen(parts[i], parts[i + 1], x if len(parts) == 2 else None) for i in range(0, len(parts), 2)]
+
+
+def _pair(lo: np.ndarray, hi: np.ndarray, moved: bool, out: np.ndarray | None) -> np.ndarray:
+    """16-bit values from a low and a high byte plane; ``moved``: ``hi`` is an exponent plane and
+    ``lo`` holds the sign in its top bit."""
+    half = np.dtype("<u2") if out is None else out.dtype
+    if not moved:
+        word = np.left_shift(hi, 8, out=out, dtype=half)
+        word |= lo
+        return word
+    word = np.left_shift(hi, 7, out=out, dtype=half)
+    bits = lo & 0x7F
+    word |= bits
+    np.bitwise_and(lo, 0x80, out=bits)
+    word |= np.left_shift(bits, 8, dtype=half)
+    return word
+
+
+def _widen(lo: np.ndarray, hi: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    wide = np.dtype(f"<u{2 * lo.itemsize}") if out is None else out.dtype
+    word = np.left_shift(hi, 8 * lo.itemsize, out=out, dtype=wide)
+    word |= lo
+    return word

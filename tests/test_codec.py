@@ -223,7 +223,7 @@ def test_store_written_before_codec_3_keeps_codec_2(tmp_path):
         assert store.get_arrays("a")["w"].tobytes() == w.tobytes()
 
 
-@pytest.mark.parametrize("k,w", [(2, 0), (4, 2), (4, 4), (8, 4), (8, 8), (16, 8), (16, 0), (16, 4)])
+@pytest.mark.parametrize("k,w", [(2, 0), (2, 2), (4, 0), (4, 2), (4, 4), (8, 0), (8, 4), (8, 8), (16, 8), (16, 0), (16, 4)])
 def test_every_word_size_the_format_allows_round_trips(k, w):
     """The encoder picks ``w`` from the element size; the decoder takes any the format allows
     (complex64 as two float32 words: k=8, w=4)."""

@@ -53,11 +53,12 @@ def datasets() -> dict[str, tuple[list[np.ndarray], str]]:
 
 
 def chunks_of(arrays: list[np.ndarray]) -> list[memoryview]:
-    """Each tensor's bytes cut at casckpt's default chunk size, as the store cuts items."""
+    """Each tensor's bytes cut into chunks where the store cuts them (default chunk size)."""
     out = []
     for a in arrays:
         raw = memoryview(np.ascontiguousarray(a)).cast("B")
-        out += [raw[o:o + chunking.DEFAULT_CHUNK_SIZE] for o in range(0, raw.nbytes, chunking.DEFAULT_CHUNK_SIZE)]
+        spans = chunking.spans(a.shape, a.itemsize, chunking.DEFAULT_CHUNK_SIZE)
+        out += [raw[o:o + n] for o, n in spans]
     return out
 
 

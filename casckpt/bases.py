@@ -61,9 +61,9 @@ class DeltaWrites:
             delta.CACHE.put(self.config.store_id, t.digest, t.data)
 
     def _base_bytes(self, t: ChunkTask) -> tuple[Digest, int, bytes] | None:
-        """The base of a delta-to-be with its raw bytes: from the process's cache of chunks saved
-        last, else read back from the store (verified). A base that cannot be read is no base:
-        the chunk is stored whole and the save goes on."""
+        """The base of a delta-to-be with its raw bytes: from the process's base cache, else read
+        back from the store (verified) and cached. A base that cannot be read is no base: the
+        chunk is stored whole and the save goes on."""
         d, depth = t.base
         raw = delta.CACHE.get(self.config.store_id, d)
         if raw is None:

@@ -13,7 +13,7 @@ import casckpt
 from casckpt import config, delta
 from casckpt.digest import digest_of
 from casckpt.gc import gc
-from casckpt.usage import ls
+from casckpt.usage import du, ls
 from casckpt.verify import verify
 from storekit import assert_same, base_of, chunk_names, new_store, open_store, referenced
 
@@ -119,6 +119,14 @@ def test_ls_counts_bases_as_shared(tmp_path):
         assert rows["s0"].unique_bytes == 0
         d = deltas(s)
         assert rows["s1"].unique_bytes == sum(i.stored_len for i in d.values())
+        files = [p for p in (s.root / "chunks").glob("*/*")]
+        assert du(s).stored_bytes == sum(p.stat().st_size for p in files) and du(s).chunks == len(files)
+
+
+def test_max_depth_out_of_range_is_refused(tmp_path):
+    for bad in (0, delta.MAX_DEPTH_LIMIT + 1):
+        with pytest.raises(casckpt.CasckptError):
+            new_store(tmp_path / "s", max_depth=bad)
 
 
 def test_reindex_rebuilds_base_links_from_headers(tmp_path):

@@ -94,5 +94,6 @@ def read_file(path: Path) -> bytes:
 def io_error(exc: OSError, what: str) -> StoreIOError:
     """Wrap an OSError (disk full, permission denied, ...) in the typed error, keeping errno."""
     err = StoreIOError(exc.errno, f"{what}: {exc.strerror or exc}")
-    err.filename = exc.filename
+    if exc.filename is not None:  # NOTE: a filename of None would print as a stray ": None"
+        err.filename = exc.filename
     return err

@@ -100,15 +100,18 @@ def _reraise(exc: CheckpointException, extra: BaseException | None = None) -> No
 
 
 def _cause(exc: CheckpointException, extra: BaseException | None = None) -> BaseException:
-    """The error to raise instead of DCP's CheckpointException (a BaseException): our typed
-    cause from the lowest failing rank if there is one, else CheckpointFailedError."""
+    """The error to raise instead of DCP's CheckpointException (a BaseException): a
+    KeyboardInterrupt, SystemExit or other non-Exception from the lowest failing rank unchanged
+    (``except KeyboardInterrupt`` must still work), else our typed cause from the lowest failing
+    rank if there is one, else CheckpointFailedError."""
     causes = [e for _, (e, _tb) in sorted(exc.failures.items())]
     if extra is not None:
         causes.append(extra)
     for e in causes:
+        if not isinstance(e, Exception):
+            return e
+    for e in causes:
         if isinstance(e, CasckptError):
             return e
-    if all(isinstance(e, Exception) for e in causes):
-        first = causes[0] if causes else exc
-        return CheckpointFailedError(f"DCP checkpoint failed: {type(first).__name__}: {first}")
-    return exc
+    first = causes[0] if causes else exc
+    return CheckpointFailedError(f"DCP checkpoint failed: {type(first).__name__}: {first}")

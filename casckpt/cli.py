@@ -103,6 +103,9 @@ def cmd_ls(args) -> int:
         return _json([r.to_json() for r in rows])
     _table(["NAME", "CREATED", "LOGICAL", "CHUNKS", "ONLY HERE"],
            [[r.name, r.created[:19], _size(r.logical_bytes), r.chunks, _size(r.unique_bytes)] for r in rows])
+    for r in rows:
+        if r.damaged:
+            print(f"DAMAGED {r.name}: {r.damaged}")
     print(f"{len(rows)} snapshots; store total {_size(total.stored_bytes)} stored in {total.chunks} chunks")
     return OK
 
@@ -142,11 +145,7 @@ def cmd_diff(args) -> int:
 
 def cmd_rm(args) -> int:
     with _open(args, no_wait=args.no_wait) as store:
-        names = [store.resolve(n) for n in args.snapshots]
-        for n in names:
-            store.manifest(n)  # NOTE: all must exist before any goes
-        for n in names:
-            store.delete(n)
+        names = store.delete_all(args.snapshots)  # NOTE: all must exist, else none goes
     if args.json:
         return _json({"removed": names})
     print(f"removed {len(names)} snapshots: {', '.join(names)} (run gc to free their chunks)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Iterable
@@ -37,8 +38,18 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+# NOTE: gc deletes only files in tmp/ whose names match this: a folder adopted by mistake, or a
+# file a user put there, is never deleted.
+_TEMP_NAME = re.compile(r"[0-9a-f]{16}\.[0-9]+\.(chunk|manifest|tmp)")
+
+
 def temp_path(tmp_dir: Path, suffix: str) -> Path:
     return tmp_dir / f"{secrets.token_hex(8)}.{os.getpid()}{suffix}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one :func:`temp_path` makes (suffix ``.chunk``, ``.manifest`` or ``.tmp``)."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def write_parts(path: Path, parts: Iterable, *, sync: bool) -> int:

@@ -23,7 +23,6 @@ runs while a save is in progress and never deletes a chunk that save will refere
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, replace
 from typing import Iterable
 
@@ -31,6 +30,7 @@ from . import fsutil
 from .digest import Digest
 from .errors import CasckptError, SnapshotNotFoundError
 from .lock import EXCLUSIVE
+from .manifest import Manifest
 from .store import Store
 
 
@@ -52,6 +52,7 @@ class GcPlan:
     tmp_files: tuple[str, ...] = ()
     tmp_bytes: int = 0
     executed: bool = False
+    damaged: tuple[str, ...] = ()  # unreadable manifests: kept, and no chunk is deleted (see plan_gc)
 
     @property
     def bytes_freed(self) -> int:
@@ -62,7 +63,7 @@ class GcPlan:
                 "orphans": self.orphans, "chunk_bytes": self.chunk_bytes,
                 "index_only": len(self.index_only), "tmp_files": len(self.tmp_files),
                 "tmp_bytes": self.tmp_bytes, "bytes_freed": self.bytes_freed,
-                "executed": self.executed}
+                "executed": self.executed, "damaged": list(self.damaged)}
 
 
 def retained(names: list[str], *, keep_last: int | None = None, keep_every: int | None = None,
@@ -91,23 +92,45 @@ def retained(names: list[str], *, keep_last: int | None = None, keep_every: int 
 def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
             keep: Iterable[str] = ()) -> GcPlan:
     """Plan a gc without deleting anything or taking the lock (a preview while saves may run:
-    chunks of a save in progress show up as orphans here; :func:`gc` re-plans under the lock)."""
-    names = [s.name for s in store.snapshots()]
+    chunks of a save in progress show up as orphans here; :func:`gc` re-plans under the lock).
+
+    A snapshot whose manifest cannot be read (truncated, not JSON, a newer format) is neither kept
+    nor dropped by the policy: it is listed in ``damaged`` and left alone. Since it may reference
+    any chunk, no chunk file and no index entry is deleted while one exists (manifests the
+    policy drops and temp files still go); ``casckpt rm`` of the damaged snapshot, or restoring
+    its manifest, lets the next gc reclaim chunks again.
+    """
+    manifests, damaged = read_manifests(store)
+    names = [s.name for s in store.snapshots() if s.name in manifests]
     kept = retained(names, keep_last=keep_last, keep_every=keep_every, keep=keep)
     live: set[Digest] = set()
     for name in names:
         if name in kept:
-            live |= store.manifest(name).digests()
-    doomed = [d for d in store.chunks if d not in live]
-    referenced = _referenced(store, [n for n in names if n not in kept])
-    indexed = {d for d, _ in store.index.chunks()}
+            live |= manifests[name].digests()
+    doomed = [] if damaged else [d for d in store.chunks if d not in live]
+    referenced = _referenced(manifests, [n for n in names if n not in kept])
+    indexed = set() if damaged else {d for d, _ in store.index.chunks()}
     present = set(doomed)
     index_only = tuple(d for d in indexed if d not in live and d not in present)
     tmp = _tmp_files(store)
     return GcPlan(keep=tuple(n for n in names if n in kept), drop=tuple(n for n in names if n not in kept),
                   chunks=tuple(doomed), orphans=sum(1 for d in doomed if d not in referenced),
                   chunk_bytes=sum(_size(store.chunks.path(d)) for d in doomed), index_only=index_only,
-                  tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp))
+                  tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp),
+                  damaged=tuple(sorted(damaged)))
+
+
+def read_manifests(store: Store) -> tuple[dict[str, Manifest], dict[str, str]]:
+    """Every committed manifest that parses, and ``{name: why}`` for those that do not."""
+    good, bad = {}, {}
+    for name in store.snapshot_names():
+        try:
+            good[name] = store.manifest(name)
+        except SnapshotNotFoundError:
+            continue  # deleted meanwhile (a dry run holds no lock)
+        except CasckptError as exc:
+            bad[name] = str(exc)
+    return good, bad
 
 
 def gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
@@ -148,16 +171,17 @@ def execute(store: Store, plan: GcPlan) -> None:
         _remove(store.tmp_dir / f)
 
 
-def _referenced(store: Store, names: list[str]) -> set[Digest]:
+def _referenced(manifests: dict[str, Manifest], names: list[str]) -> set[Digest]:
     out: set[Digest] = set()
     for name in names:
-        out |= store.manifest(name).digests()
+        out |= manifests[name].digests()
     return out
 
 
 def _tmp_files(store: Store) -> list[str]:
+    """Temp files casckpt made (by name); anything else in ``tmp/`` is not ours to delete."""
     try:
-        return sorted(os.listdir(store.tmp_dir))
+        return sorted(f for f in os.listdir(store.tmp_dir) if fsutil.is_temp_name(f))
     except FileNotFoundError:
         return []
 
@@ -170,7 +194,7 @@ def _size(path) -> int:
 
 
 def _remove(path) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+    try:
         fsutil.unlink_quiet(path)
+    except IsADirectoryError:  # a folder with a temp file's name: not made by casckpt, left alone
+        pass

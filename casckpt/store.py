@@ -35,11 +35,11 @@ from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
 from .digest import Digest, digest_of
 from .config import CONFIG, StoreConfig, check_chunk_size, check_layout, create_layout
-from .errors import (CasckptError, ChunkError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
-                     StoreNotFoundError)
+from .errors import (CasckptError, ChunkError, IndexDamagedError, ManifestError, SnapshotExistsError,
+                     SnapshotNotFoundError, StoreIOError, StoreNotFoundError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
-from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
+from .manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, utc_now
 from .pipeline import DEFAULT_INFLIGHT, Pipeline
 
 log = logging.getLogger("casckpt")
@@ -217,6 +217,9 @@ class Store:
                 created = self.manifest(name).created
             except SnapshotNotFoundError:
                 continue
+            except CasckptError as exc:  # NOTE: one damaged manifest must not block every resume
+                log.warning("casckpt: 'latest' skips snapshot %s, whose manifest is unreadable: %s", name, exc)
+                continue
             best = max(best or (created, name), (created, name))
         if best is None:
             raise SnapshotNotFoundError(f"store {self.root} has no snapshots (asked for 'latest')")
@@ -273,17 +276,39 @@ class Store:
         return names
 
     def snapshots(self) -> list[SnapshotInfo]:
-        """Every committed snapshot, oldest first (registry totals; manifests fill any gap)."""
+        """Every committed snapshot, oldest first (registry totals; manifests fill any gap).
+
+        A snapshot without a registry row whose manifest cannot be read is left out with a
+        warning (``casckpt.usage.ls`` lists it as damaged). Needs no write: on a full disk or a
+        read-only store the missing rows are computed and not saved."""
         table = self.index.snapshot_table()
         out = []
         for name in self.snapshot_names():
             row = table.get(name)
             if row is None:  # committed, but the process died before it updated the registry
-                m = self.manifest(name)
-                row = _registry_row(m)
-                self.index.put_snapshot(name, row)
+                try:
+                    row = _registry_row(self.manifest(name))
+                except SnapshotNotFoundError:
+                    continue  # deleted meanwhile
+                except CasckptError as exc:
+                    log.warning("casckpt: snapshot %s has an unreadable manifest: %s", name, exc)
+                    continue
+                self._put_row(name, row)
             out.append(SnapshotInfo(name, row["created"], row["logical_bytes"], row["chunks"]))
         return sorted(out, key=lambda s: (s.created, s.name))
+
+    def _put_row(self, name: str, row: dict) -> None:
+        """Save a registry row; it is a cache, so a full disk or read-only index only costs a re-read."""
+        try:
+            self.index.put_snapshot(name, row)
+        except (StoreIOError, IndexDamagedError):
+            pass
+
+    def stray_files(self) -> list[str]:
+        """Names in ``snapshots/`` that are not manifests casckpt could have written (reported by
+        verify, never read, never deleted)."""
+        return sorted(f for f in os.listdir(self.snap_dir)
+                      if not (f.endswith(".json") and is_valid_name(f[:-5])))
 
     # -- writing --------------------------------------------------------------------------------
     def hash_spans(self, data: memoryview, spans: list[tuple[int, int]]) -> list[Digest]:
@@ -445,15 +470,25 @@ class Store:
     # -- removing and rebuilding ----------------------------------------------------------------
     def delete(self, name: str) -> None:
         """Forget snapshot ``name`` (its manifest); its chunks stay until ``gc``."""
-        path = self.manifest_path(name)
+        self.delete_all([name])
+
+    def delete_all(self, names: Iterable[str]) -> list[str]:
+        """Forget every snapshot in ``names`` (``"latest"`` allowed), all or none: under one hold
+        of the exclusive lock, each must exist before any goes. A damaged manifest can be deleted.
+        Returns the names removed."""
         with self.lock(EXCLUSIVE):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
+            names = list(dict.fromkeys(self.resolve(n) for n in names))
+            missing = [n for n in names if not os.path.lexists(self.manifest_path(n))]
+            if missing:
+                raise SnapshotNotFoundError(f"no snapshot {', '.join(map(repr, missing))} in store "
+                                            f"{self.root}; nothing removed")
+            for n in names:
+                fsutil.unlink_quiet(self.manifest_path(n))
             if self.sync:
                 fsutil.fsync_dir(self.snap_dir)
-            self.index.remove_snapshot(name)
+            for n in names:
+                self.index.remove_snapshot(n)
+        return names
 
     def reindex(self) -> dict:
         """Rebuild the LMDB index from chunk files and manifests. Returns counts."""

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from .digest import Digest
+from .errors import CasckptError, SnapshotNotFoundError
 from .store import Store
 
 
@@ -23,6 +24,7 @@ class SnapshotUsage:
     logical_bytes: int
     chunks: int
     unique_bytes: int
+    damaged: str | None = None  # why the manifest cannot be read (sizes then from the registry, or 0)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -92,13 +94,27 @@ class SnapshotDetail:
 
 
 def ls(store: Store) -> list[SnapshotUsage]:
-    """Every snapshot, oldest first, with the stored bytes only it holds."""
-    snaps = store.snapshots()
-    refs = {s.name: store.manifest(s.name).digests() for s in snaps}
+    """Every snapshot, oldest first, with the stored bytes only it holds. A snapshot whose manifest
+    cannot be read is listed with ``damaged`` set (and 0 unique bytes: its chunks are unknown)."""
+    snaps = {s.name: s for s in store.snapshots()}
+    refs, damaged = {}, {}
+    for name in store.snapshot_names():
+        try:
+            refs[name] = store.manifest(name).digests()
+        except SnapshotNotFoundError:
+            continue  # deleted meanwhile
+        except CasckptError as exc:
+            damaged[name] = str(exc)
     owners = Counter(d for ds in refs.values() for d in ds)
     sizes = _stored_sizes(store)
-    return [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
-                          sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1)) for s in snaps]
+    rows = [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
+                          sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1))
+            for s in snaps.values() if s.name in refs]
+    for name, why in damaged.items():
+        s = snaps.get(name)
+        rows.append(SnapshotUsage(name, s.created if s else "", s.logical_bytes if s else 0,
+                                  s.chunks if s else 0, 0, why))
+    return sorted(rows, key=lambda r: (r.created, r.name))
 
 
 def du(store: Store) -> Usage:

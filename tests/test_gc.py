@@ -10,7 +10,7 @@ import time
 import pytest
 
 import casckpt
-from casckpt import chunks as chunks_mod
+from casckpt import chunks as chunks_mod, fsutil
 from casckpt.gc import gc, plan_gc, retained
 from casckpt.lock import SHARED
 from clikit import REPO, cli, cli_json, disk_bytes, state
@@ -49,7 +49,7 @@ def test_dry_run_changes_nothing(tmp_path):
         fill(store, 5)
         store.chunks.put(casckpt.digest.digest_of(b"orphan"), memoryview(b"orphan"), group=0,
                          config=store.config.codec)
-    (root / "tmp" / "junk.chunk").write_bytes(b"x" * 100)
+    fsutil.temp_path(root / "tmp", ".chunk").write_bytes(b"x" * 100)  # left by a killed save
     before = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
                     if p.is_file() and p.parent.name != "index")
     plan = cli_json("gc", root, "--keep-last", "1", "--dry-run")
@@ -95,7 +95,7 @@ def test_gc_reclaims_orphans_and_temp_files_and_keeps_all_snapshots(tmp_path):
         saved = fill(store, 3)
         orphan = casckpt.digest.digest_of(b"left by a crashed save")
         store.chunks.put(orphan, memoryview(b"left by a crashed save"), group=0, config=store.config.codec)
-        (root / "tmp" / "dead.chunk").write_bytes(b"x" * 1000)
+        fsutil.temp_path(root / "tmp", ".chunk").write_bytes(b"x" * 1000)
         plan = gc(store)
         assert plan.executed and plan.drop == () and plan.orphans == 1 and list(plan.chunks) == [orphan]
         assert plan.tmp_bytes == 1000 and os.listdir(root / "tmp") == []

@@ -2,7 +2,7 @@
 
 from .errors import (CasckptError, CheckpointFailedError, CorruptChunkError, IndexDamagedError,
                      InvalidNameError, LockTimeoutError, ManifestError, MissingChunkError,
-                     SnapshotExistsError, SnapshotNotFoundError, StoreIOError, StoreNotFoundError,
+                     SnapshotExistsError, SnapshotNotFoundError, StoreIOError, StoreNotEmptyError, StoreNotFoundError,
                      UnsafePathError, UnsupportedFormatError)
 from .store import SaveStats, SnapshotInfo, Store
 
@@ -12,7 +12,7 @@ __all__ = [
     "Store", "SaveStats", "SnapshotInfo",
     "CasckptError", "CheckpointFailedError", "CorruptChunkError", "IndexDamagedError",
     "InvalidNameError", "LockTimeoutError", "ManifestError", "MissingChunkError",
-    "SnapshotExistsError", "SnapshotNotFoundError", "StoreIOError", "StoreNotFoundError",
+    "SnapshotExistsError", "SnapshotNotFoundError", "StoreIOError", "StoreNotEmptyError", "StoreNotFoundError",
     "UnsafePathError", "UnsupportedFormatError",
 ]
 

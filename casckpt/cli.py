@@ -179,6 +179,8 @@ def cmd_verify(args) -> int:
             print(f"    breaks {snap}: {item}")
     for snap, why in r.bad_manifests.items():
         print(f"bad manifest {snap}: {why}")
+    for f in r.stray_files:
+        print(f"stray file in snapshots/ (not a manifest; left alone): {f}")
     what = "exist" if r.quick else "exist and hash to their names"
     orphans = "" if r.orphans is None else f"; {r.orphans} unreferenced chunks (gc reclaims them)"
     if r.ok:
@@ -202,9 +204,10 @@ def cmd_du(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from .transfer import import_snapshot
-    with _open(args, create=True) as store:
-        s = import_snapshot(store, args.snapshot, args.src, format=args.format)
+    from .transfer import import_snapshot, read_source
+    source = read_source(args.src, format=args.format)  # NOTE: before the store is made: a bad
+    with _open(args, create=True) as store:             # source leaves no empty store behind
+        s = import_snapshot(store, args.snapshot, source)
     if args.json:
         return _json(s.to_json())
     print(f"imported {s.snapshot}: {_size(s.logical_bytes)} in {s.chunks} chunks, "

@@ -9,6 +9,7 @@ output), so extra memory during a save is capped by the budget, not by the state
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Sequence, TypeVar
 
@@ -77,3 +78,20 @@ class Pipeline:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+class Ticker:
+    """Counts finished tasks and calls ``progress(done, total)`` once per task, from any worker
+    thread, one call at a time (``done`` strictly increasing): a progress bar need not be
+    thread-safe. ``progress=None`` makes :meth:`tick` a no-op."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        if self.progress is None:
+            return
+        with self._lock:
+            self.done += 1
+            self.progress(self.done, self.total)

@@ -145,7 +145,7 @@ def cmd_diff(args) -> int:
 
 def cmd_rm(args) -> int:
     with _open(args, no_wait=args.no_wait) as store:
-        names = store.delete_all(args.snapshots)  # NOTE: all must exist, else none goes
+        names = store.delete_all([store.resolve(n) for n in args.snapshots])  # all exist, or none goes
     if args.json:
         return _json({"removed": names})
     print(f"removed {len(names)} snapshots: {', '.join(names)} (run gc to free their chunks)")

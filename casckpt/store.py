@@ -479,11 +479,10 @@ class Store:
         self.delete_all([name])
 
     def delete_all(self, names: Iterable[str]) -> list[str]:
-        """Forget every snapshot in ``names`` (``"latest"`` allowed), all or none: under one hold
-        of the exclusive lock, each must exist before any goes. A damaged manifest can be deleted.
-        Returns the names removed."""
+        """Forget every snapshot in ``names``, all or none: under one hold of the exclusive lock,
+        each must exist before any goes. A damaged manifest can be deleted. Returns the names."""
+        names = list(dict.fromkeys(check_name(n) for n in names))
         with self.lock(EXCLUSIVE):
-            names = list(dict.fromkeys(self.resolve(n) for n in names))
             missing = [n for n in names if not os.path.lexists(self.manifest_path(n))]
             if missing:
                 raise SnapshotNotFoundError(f"no snapshot {', '.join(map(repr, missing))} in store "

@@ -8,6 +8,7 @@ known without reading a byte. With ``values=True`` only the chunks whose digests
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import dtypes
 from .manifest import Item, Manifest, key_fqn
+from .pipeline import Ticker
 from .store import Store
 
 Progress = Callable[[int, int], None]
@@ -69,7 +71,13 @@ class DiffResult:
 
 def diff(store: Store, a: str, b: str, *, values: bool = False, progress: Progress | None = None) -> DiffResult:
     """Compare snapshots ``a`` and ``b`` (either may be ``"latest"``). ``progress(done, total)`` is
-    called as differing chunks are read (``values`` only)."""
+    called as differing chunks are read (``values`` only), from one thread at a time. With
+    ``values`` the store's shared lock is held, so gc cannot delete chunks being read."""
+    with store.reading() if values else contextlib.nullcontext():
+        return _diff(store, a, b, values, progress)
+
+
+def _diff(store: Store, a: str, b: str, values: bool, progress: Progress | None) -> DiffResult:
     ma, mb = store.manifest(a), store.manifest(b)
     ga, gb = groups(ma), groups(mb)
     changes = {}
@@ -128,7 +136,7 @@ def _measure(store: Store, ma: Manifest, mb: Manifest, ga: dict[str, list[str]],
             for ca, cb in zip(ma.items[key].chunks, mb.items[key].chunks):
                 if ca.digest != cb.digest:
                     tasks.append((f, ch.dtype, ca.digest, cb.digest))
-    done = [0]
+    ticker = Ticker(progress, len(tasks))
 
     def one(t):
         f, name, da, db = t
@@ -137,9 +145,7 @@ def _measure(store: Store, ma: Manifest, mb: Manifest, ga: dict[str, list[str]],
             same = (xa == xb) | (np.isnan(xa) & np.isnan(xb))
             d = np.where(same, 0.0, xb - xa)
             out = float(np.max(np.abs(d))) if d.size else 0.0, float(np.sum(d * d)), float(np.sum(xa * xa))
-        done[0] += 1  # NOTE: a lost update under threads only makes the progress bar lag
-        if progress:
-            progress(done[0], len(tasks))
+        ticker.tick()
         return (f, *out)
 
     acc: dict[str, list[float]] = {}

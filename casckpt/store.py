@@ -459,8 +459,9 @@ class Store:
 
         Types numpy lacks (bfloat16, float8) come back as unsigned integers of the same width.
         """
-        m = self.manifest(name)
-        return {key: self.read_array(m, key) for key in m.items}
+        with self.reading():  # gc waits until every chunk is read
+            m = self.manifest(name)
+            return {key: self.read_array(m, key) for key in m.items}
 
     def read_array(self, m: Manifest, key: str) -> np.ndarray:
         """Item ``key`` of manifest ``m`` as a numpy array (as :meth:`get_arrays`), verified."""

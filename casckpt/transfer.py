@@ -95,12 +95,13 @@ def export_snapshot(store: Store, name: str, dst: str | os.PathLike, *, format: 
     dst = Path(dst)
     if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())):
         raise CasckptError(f"{dst} already exists; export writes a new file or directory")
-    m = store.manifest(name)
-    if format == "safetensors":
-        total = safetensors.write(store, m, dst, progress=progress)
-    else:
-        tensors = _assemble(store, m, progress)
-        total = _write_dcp(tensors, dst) if format == "dcp" else _write_torch(tensors, dst)
+    with store.reading():  # the shared lock: gc cannot delete chunks while they are read
+        m = store.manifest(name)
+        if format == "safetensors":
+            total = safetensors.write(store, m, dst, progress=progress)
+        else:
+            tensors = _assemble(store, m, progress)
+            total = _write_dcp(tensors, dst) if format == "dcp" else _write_torch(tensors, dst)
     return ExportStats(m.name, format, str(dst.absolute()), len(groups(m)), total)
 
 

@@ -55,16 +55,19 @@ def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     """
     st = store if isinstance(store, Store) else Store.open(store)
     try:
-        resolved = st.resolve(name)
-        resolved = _from_coordinator(resolved, process_group)
-        st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
-        reader = CasReader(st, snapshot=resolved)
-        planner = SafeLoadPlanner(allow_pickle=allow_pickle, allow_partial_load=allow_partial_load)
-        try:
-            with _quiet():
-                dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
-        except CheckpointException as exc:
-            _reraise(exc, reader.metadata_error)
+        with st.reading():  # NOTE: from resolving "latest" to the last chunk read, gc waits
+            resolved = st.resolve(name)
+            resolved = _from_coordinator(resolved, process_group)
+            st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
+            reader = CasReader(st, snapshot=resolved)
+            planner = SafeLoadPlanner(allow_pickle=allow_pickle, allow_partial_load=allow_partial_load)
+            try:
+                with _quiet():
+                    dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
+            except CheckpointException as exc:
+                _reraise(exc, reader.metadata_error)
+            finally:
+                reader.close()
         return resolved
     finally:
         if st is not store:

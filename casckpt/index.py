@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import struct
 import threading
 from pathlib import Path
@@ -118,7 +119,8 @@ class Index:
         if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError,
                             lmdb.VersionMismatchError)):
             return IndexDamagedError(f"index {self.path} is damaged ({exc}); run `casckpt reindex`")
-        return StoreIOError(errno.EIO, f"index {self.path}: {exc}")
+        code = _errno(exc, self.path)
+        return StoreIOError(code, f"index {self.path}: {os.strerror(code)} ({exc})")
 
     # -- chunks ---------------------------------------------------------------------------------
     def has_many(self, digests: Iterable[Digest]) -> set[Digest]:
@@ -172,6 +174,23 @@ class Index:
             raise IndexDamagedError(f"index {self.path} has a damaged snapshot registry; "
                                     "run `casckpt reindex`") from None
 
+
+def _errno(exc: lmdb.Error, path: Path) -> int:
+    """The errno behind an LMDB failure. LMDB turns a short write (how a full disk often shows)
+    into EIO; with next to no space left on the index's file system, ENOSPC is the truth."""
+    code = getattr(exc, "code", None)
+    code = code if isinstance(code, int) and 0 < code < 4096 else errno.EIO
+    if code == errno.EIO:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return code
+        if st.f_bavail * st.f_frsize < _FULL:
+            return errno.ENOSPC
+    return code
+
+
+_FULL = 1 << 20  # bytes free below which an EIO from LMDB is taken for a full disk
 
 # NOTE: LMDB allows one open environment per database per process ("already open in this
 # process"), so every Index on the same database shares one, counted by references. The key is

@@ -41,6 +41,7 @@ from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
 from .manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, utc_now
 from .pipeline import DEFAULT_INFLIGHT, Pipeline
+from .reclaim import reclaim
 
 log = logging.getLogger("casckpt")
 
@@ -385,7 +386,8 @@ class Store:
         try:
             self.index.put_snapshot(manifest.name, _registry_row(manifest))
         except CasckptError as exc:  # committed already; the row is rebuilt from the manifest
-            log.warning("casckpt: snapshot %s committed, its registry row not written: %s", manifest.name, exc)
+            log.warning("casckpt: snapshot %s is committed and whole; its registry row (sizes cached for "
+                        "ls/du) was not written (%s), so ls/du read its manifest instead", manifest.name, exc)
         written = sum(i.stored_len for i in new.values())
         return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
                          len(new), written, time.perf_counter() - started if started else 0.0)
@@ -411,7 +413,19 @@ class Store:
         """Save numpy arrays as snapshot ``name``. Only chunks the store lacks are written.
 
         ``dtype_names`` gives the store dtype of items whose array only holds the bytes of a type
-        numpy lacks (``{"w": "bfloat16"}`` with a uint16 array; ``"bytes"`` with uint8)."""
+        numpy lacks (``{"w": "bfloat16"}`` with a uint16 array; ``"bytes"`` with uint8).
+
+        If the save fails, the chunk files it wrote are deleted at once when no other save runs
+        (:mod:`casckpt.reclaim`), so a failure on a full disk does not keep the disk full."""
+        attempted: set[Digest] = set()
+        try:
+            return self._put_arrays(name, arrays, meta, overwrite, dtype_names, attempted)
+        except Exception:
+            reclaim(self, attempted)
+            raise
+
+    def _put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], meta: dict | None, overwrite: bool,
+                    dtype_names: Mapping[str, str] | None, attempted: set[Digest]) -> SaveStats:
         started = time.perf_counter()
         check_name(name)
         with self.lock(SHARED):
@@ -423,6 +437,7 @@ class Store:
                 items[str(key)], item_tasks = self._plan_array(str(key), arr, as_dtype)
                 tasks.extend(item_tasks)
             have = self.stored(t.digest for t in tasks)
+            attempted.update(t.digest for t in tasks if t.digest not in have)
             new = self.write_chunks([t for t in tasks if t.digest not in have])
             m = Manifest(name, utc_now(), self.config.chunk_size, items, meta or {})
             return self.commit(m, new, overwrite=overwrite, started=started)

@@ -44,16 +44,18 @@ class Index:
         if not create and not (path / "data.mdb").exists():
             raise IndexDamagedError(f"index {path} is missing; run `casckpt reindex` to rebuild it")
         self.env: lmdb.Environment | None = None
+        self.readonly = False  # opened read-only: the store may not be written by this process
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self.env = _open_env(path, map_size)
+            self.env = self._open(path, map_size, create)
             _check_size(self.env, path)
             self._ident = _file_id(path)
-            self._meta = self.env.open_db(b"meta")
-            self._chunks = self.env.open_db(b"chunks")
-            self._snaps = self.env.open_db(b"snapshots")
+            self._meta, self._chunks, self._snaps = (self.env.open_db(name, create=not self.readonly)
+                                                     for name in (b"meta", b"chunks", b"snapshots"))
             version = self._read(lambda txn: txn.get(b"version", db=self._meta))
-            if version is None:
+            if version is None and self.readonly:
+                pass  # a new, empty index that this process may not write: nothing to stamp
+            elif version is None:
                 self._write(lambda txn: txn.put(b"version", VERSION, db=self._meta))
             elif version != VERSION:
                 raise IndexDamagedError(f"index {path} has version {version!r}; run `casckpt reindex`")
@@ -68,11 +70,25 @@ class Index:
             self.close()
             raise
 
+    def _open(self, path: Path, map_size: int, create: bool) -> lmdb.Environment:
+        """The environment, read-write; or read-only (no reader lock table, since ``lock.mdb``
+        cannot be written either) when the index may not be written: a read-only mount, a
+        store owned by someone else. Read-only, a write raises StoreIOError (EROFS)."""
+        try:
+            return _open_env(path, map_size)
+        except lmdb.Error as exc:
+            if create or getattr(exc, "code", None) not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+        self.readonly = True
+        return _open_env(path, map_size, readonly=True)
+
     def _check_owner(self, owner: bytes) -> None:
         """An index vouches for one store's chunk files: refuse one that another store wrote."""
         if not owner:
             return
         found = self._read(lambda txn: txn.get(b"store", db=self._meta))
+        if found is None and self.readonly:
+            return
         if found is None:
             self._write(lambda txn: txn.put(b"store", owner, db=self._meta))
         elif bytes(found) != owner:
@@ -102,6 +118,9 @@ class Index:
         raise IndexDamagedError(f"index {self.path} keeps changing size")
 
     def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        if self.readonly:
+            raise StoreIOError(errno.EROFS, f"index {self.path} is open read-only (no write access "
+                                            "to the store here); this needs write access")
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -120,7 +139,9 @@ class Index:
                             lmdb.VersionMismatchError)):
             return IndexDamagedError(f"index {self.path} is damaged ({exc}); run `casckpt reindex`")
         code = _errno(exc, self.path)
-        return StoreIOError(code, f"index {self.path}: {os.strerror(code)} ({exc})")
+        what = getattr(exc, "what", "")
+        where = f" (in {what})" if what and what != str(self.path) else ""
+        return StoreIOError(code, f"index {self.path}: {os.strerror(code)}{where}")
 
     # -- chunks ---------------------------------------------------------------------------------
     def has_many(self, digests: Iterable[Digest]) -> set[Digest]:
@@ -195,17 +216,18 @@ _FULL = 1 << 20  # bytes free below which an EIO from LMDB is taken for a full d
 # NOTE: LMDB allows one open environment per database per process ("already open in this
 # process"), so every Index on the same database shares one, counted by references. The key is
 # the data file's identity, so a database removed and made anew (reindex) gets a fresh one.
-_ENVS: dict[tuple[int, int], list] = {}
+_ENVS: dict[tuple, list] = {}
 _ENVS_LOCK = threading.Lock()
 
 
-def _open_env(path: Path, map_size: int) -> lmdb.Environment:
+def _open_env(path: Path, map_size: int, *, readonly: bool = False) -> lmdb.Environment:
     with _ENVS_LOCK:
-        key = _file_id(path)
-        entry = _ENVS.get(key) if key is not None else None
+        key = (_file_id(path), readonly)
+        entry = _ENVS.get(key) if key[0] is not None else None
         if entry is None:
-            env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True)
-            entry = _ENVS[_file_id(path)] = [env, 0]
+            env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True,
+                            readonly=readonly, lock=not readonly)
+            entry = _ENVS[(_file_id(path), readonly)] = [env, 0]
         entry[1] += 1
         return entry[0]
 

@@ -87,3 +87,7 @@ class StoreIOError(CasckptError, OSError):
 
 class CheckpointFailedError(CasckptError, RuntimeError):
     """A DCP save or load failed for a reason that is not one of casckpt's typed errors."""
+
+
+class LoadWarning(UserWarning):
+    """``casckpt.load`` left saved items out (the template had no place for them) or cast tensors."""

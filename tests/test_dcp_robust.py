@@ -68,3 +68,45 @@ def test_ordinary_failures_stay_typed(tmp_path, monkeypatch):
     with pytest.raises(casckpt.StoreIOError) as info:
         casckpt.save({"w": torch.randn(64, 64)}, root, "b")
     assert info.value.errno == errno.ENOSPC and not str(info.value).endswith("None")
+
+
+def trained():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_load_into_a_fresh_optimizer_says_what_it_did_not_load(tmp_path):
+    model, opt = trained()
+    casckpt.save({"model": model.state_dict(), "optim": opt.state_dict()}, tmp_path / "s", "step-1")
+    fresh = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    target = {"model": fresh.state_dict(), "optim": torch.optim.Adam(fresh.parameters()).state_dict()}
+    with pytest.warns(casckpt.LoadWarning, match="were not loaded") as rec:
+        got = casckpt.load(target, tmp_path / "s")
+    assert got == "step-1" and isinstance(got, str)
+    moments = {f"optim.state.{p}.{k}" for p in range(4) for k in ("exp_avg", "exp_avg_sq", "step")}
+    assert set(got.not_loaded) == moments and got.cast == {}
+    assert "optim.state.0.exp_avg" in str(rec[0].message)
+
+
+def test_load_says_when_it_casts(tmp_path):
+    model, _ = trained()
+    casckpt.save({"model": model.state_dict()}, tmp_path / "s", "a")
+    target = {"model": {k: v.double() for k, v in model.state_dict().items()}}
+    with pytest.warns(casckpt.LoadWarning, match="cast"):
+        got = casckpt.load(target, tmp_path / "s")
+    assert got.cast == {f"model.{k}": ("float32", "float64") for k in model.state_dict()}
+    assert got.not_loaded == ()
+    assert torch.equal(target["model"]["0.weight"], model.state_dict()["0.weight"].double())
+
+
+def test_a_matching_template_loads_without_warnings(tmp_path, recwarn):
+    model, opt = trained()
+    sd = {"model": model.state_dict(), "optim": opt.state_dict()}
+    casckpt.save(sd, tmp_path / "s", "a")
+    got = casckpt.load(sd, tmp_path / "s")
+    assert got.not_loaded == () and got.cast == {}
+    assert not [w for w in recwarn if issubclass(w.category, casckpt.LoadWarning)]

@@ -108,3 +108,16 @@ def io_error(exc: OSError, what: str) -> StoreIOError:
     if exc.filename is not None:  # NOTE: a filename of None would print as a stray ": None"
         err.filename = exc.filename
     return err
+
+
+# NOTE: a module attribute, so a test can stand in a file for the kernel's (a "reboot").
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> bytes | None:
+    """This boot's id (changes at every boot, so after a power loss), or None where unknown."""
+    try:
+        with open(BOOT_ID_PATH, "rb") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None

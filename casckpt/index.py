@@ -7,6 +7,10 @@ Sub-databases:
 * ``chunks``: 32-byte digest → ``<QQB`` (raw_len, stored_len, codec). An entry is only ever added
   after its chunk file is durable, so an entry means "this chunk is safely stored".
 * ``snapshots``: UTF-8 name → JSON totals (created, logical_bytes, chunks).
+* ``unsynced``: 32-byte digest → boot id, for chunks a ``sync=False`` save committed without
+  fsync. Such an entry vouches for its chunk only during the boot that wrote it (a power loss
+  may have torn the file since) and never to a save that syncs: those verify the file, fsync it
+  and clear the mark.
 
 It is rebuildable from chunk files and manifests (:meth:`casckpt.Store.reindex`); manifests are the
 source of truth. The map grows by doubling whenever a write hits its limit, so callers never see
@@ -25,6 +29,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import lmdb
 
+from . import fsutil
 from .chunks import ChunkInfo
 from .digest import Digest
 from .errors import IndexDamagedError, StoreIOError
@@ -52,6 +57,7 @@ class Index:
             self._ident = _file_id(path)
             self._meta, self._chunks, self._snaps = (self.env.open_db(name, create=not self.readonly)
                                                      for name in (b"meta", b"chunks", b"snapshots"))
+            self._unsynced = self._open_unsynced()
             version = self._read(lambda txn: txn.get(b"version", db=self._meta))
             if version is None and self.readonly:
                 pass  # a new, empty index that this process may not write: nothing to stamp
@@ -81,6 +87,12 @@ class Index:
                 raise
         self.readonly = True
         return _open_env(path, map_size, readonly=True)
+
+    def _open_unsynced(self):
+        try:
+            return self.env.open_db(b"unsynced", create=not self.readonly)
+        except lmdb.NotFoundError:  # an index from before the mark existed, opened read-only
+            return None
 
     def _check_owner(self, owner: bytes) -> None:
         """An index vouches for one store's chunk files: refuse one that another store wrote."""
@@ -144,26 +156,46 @@ class Index:
         return StoreIOError(code, f"index {self.path}: {os.strerror(code)}{where}")
 
     # -- chunks ---------------------------------------------------------------------------------
-    def has_many(self, digests: Iterable[Digest]) -> set[Digest]:
-        """The subset of ``digests`` that the index records as stored."""
+    def has_many(self, digests: Iterable[Digest], *, synced_only: bool = False) -> set[Digest]:
+        """The subset of ``digests`` that the index records as stored: durably, or written without
+        fsync during this boot (unless ``synced_only``)."""
+        boot = fsutil.boot_id()
+
         def probe(txn):
             cur = txn.cursor(db=self._chunks)
-            return {d for d in digests if cur.set_key(d.raw)}
+            have = {d for d in digests if cur.set_key(d.raw)}
+            if self._unsynced is None or not txn.stat(self._unsynced)["entries"]:
+                return have
+            marks = txn.cursor(db=self._unsynced)
+            return {d for d in have if not marks.set_key(d.raw)
+                    or not synced_only and boot is not None and marks.value() == boot}
         return self._read(probe)
 
     def get(self, digest: Digest) -> ChunkInfo | None:
         raw = self._read(lambda txn: txn.get(digest.raw, db=self._chunks))
         return None if raw is None else ChunkInfo(*_ENTRY.unpack(raw))
 
-    def add_chunks(self, infos: dict[Digest, ChunkInfo]) -> None:
+    def add_chunks(self, infos: dict[Digest, ChunkInfo], *, synced: bool = True) -> None:
+        """Record chunks as stored; ``synced=False``: their files were not fsynced (see ``unsynced``)."""
+        mark = None if synced else (fsutil.boot_id() or b"?")
+
         def put(txn):
             for d, i in infos.items():
                 txn.put(d.raw, _ENTRY.pack(i.raw_len, i.stored_len, i.codec), db=self._chunks)
+                if mark is not None:
+                    txn.put(d.raw, mark, db=self._unsynced)
+                else:
+                    txn.delete(d.raw, db=self._unsynced)
         self._write(put)
 
     def remove_chunks(self, digests: Iterable[Digest]) -> None:
         digests = list(digests)
-        self._write(lambda txn: [txn.delete(d.raw, db=self._chunks) for d in digests])
+
+        def drop(txn):
+            for d in digests:
+                txn.delete(d.raw, db=self._chunks)
+                txn.delete(d.raw, db=self._unsynced)
+        self._write(drop)
 
     def chunks(self) -> Iterator[tuple[Digest, ChunkInfo]]:
         def scan(txn):
@@ -225,7 +257,7 @@ def _open_env(path: Path, map_size: int, *, readonly: bool = False) -> lmdb.Envi
         key = (_file_id(path), readonly)
         entry = _ENVS.get(key) if key[0] is not None else None
         if entry is None:
-            env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True,
+            env = lmdb.open(str(path), map_size=map_size, max_dbs=8, subdir=True,
                             readonly=readonly, lock=not readonly)
             entry = _ENVS[(_file_id(path), readonly)] = [env, 0]
         entry[1] += 1

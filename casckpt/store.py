@@ -334,7 +334,7 @@ class Store:
             # still claim chunks that a gc has deleted since, and the save would skip them.
             self._index.close()
             self._index = None
-        have = self.index.has_many(digests)
+        have = self.index.has_many(digests, synced_only=self.sync)  # see Index: ``unsynced``
         lost = {d for d in have if not os.path.lexists(self.chunks.path(d))}
         if lost:
             log.warning("casckpt: %d indexed chunks are missing from %s; writing them again",
@@ -377,7 +377,7 @@ class Store:
         try:
             if self.sync:
                 self.sync_chunks(new)
-            self.index.add_chunks(dict(new))
+            self.index.add_chunks(dict(new), synced=self.sync)
             self._publish(path, manifest.to_bytes(), overwrite=overwrite)
         except OSError as exc:
             if isinstance(exc, CasckptError):  # SnapshotExistsError, StoreIOError, ...

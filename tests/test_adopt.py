@@ -3,7 +3,6 @@ a stray file in snapshots/ is reported, not fatal; an import that fails leaves n
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import pytest
 import casckpt
 from casckpt import fsutil
 from casckpt.gc import gc
-from casckpt.verify import verify
 from clikit import cli, cli_json
 from storekit import arrays, assert_same, new_store, tree
 

@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-import casckpt
 from casckpt import fsutil
 from storekit import arrays, assert_same, chunk_names, new_store, open_store
 

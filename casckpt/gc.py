@@ -14,7 +14,11 @@ snapshots are whole, and the next ``gc`` finishes the job:
 2. remove their registry rows and the doomed chunks' index entries (an index entry must never
    outlive its file: it means "safely stored", and a save would skip writing the chunk);
 3. unlink the chunk files, fsync their fan-out directories;
-4. clear ``tmp/``: with the exclusive lock held no save is running, so everything there is garbage.
+4. delete casckpt's temp files in ``tmp/`` (by name; nothing else there is ours): with the
+   exclusive lock held no save is running, so every one is garbage.
+
+A manifest that cannot be read may reference any chunk: while one exists no chunk is deleted
+(see :func:`plan_gc`).
 
 A save holds the shared lock from its first chunk write to its manifest, so gc (exclusive) never
 runs while a save is in progress and never deletes a chunk that save will reference.

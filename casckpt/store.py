@@ -34,9 +34,9 @@ from . import chunking, dtypes, fsutil
 from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
 from .digest import Digest, digest_of
-from .config import CONFIG, StoreConfig, check_chunk_size, check_layout, create_layout
+from .config import CONFIG, StoreConfig, check_chunk_size, check_empty, check_layout, create_layout
 from .errors import (CasckptError, ChunkError, IndexDamagedError, ManifestError, SnapshotExistsError,
-                     SnapshotNotFoundError, StoreIOError, StoreNotEmptyError, StoreNotFoundError)
+                     SnapshotNotFoundError, StoreIOError, StoreNotFoundError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
 from .manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, utc_now
@@ -128,7 +128,7 @@ class Store:
         if not cfg_path.exists():
             if not create:
                 raise StoreNotFoundError(f"{root} is not a casckpt store (no {CONFIG})")
-            _check_empty(root)
+            check_empty(root)
             config = StoreConfig(check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
                                  CodecConfig(level=1 if level is None else level,
                                              byte_grouping=True if byte_grouping is None else byte_grouping),
@@ -553,35 +553,6 @@ class Store:
         self._index.add_chunks(infos)
         return {"chunks": len(infos), "unreadable_chunks": bad, "orphan_chunks": orphans,
                 "snapshots": len(names)}
-
-
-def _check_empty(root: Path) -> None:
-    """Refuse to create a store in a folder that holds anything but a half-made store's layout."""
-    try:
-        entries = set(os.listdir(root))
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        raise StoreNotEmptyError(f"{root} is a file; casckpt creates a store only in a missing or "
-                                 "empty folder") from None
-    if entries and not _half_made(root, entries):
-        shown = ", ".join(sorted(entries)[:5]) + (", …" if len(entries) > 5 else "")
-        raise StoreNotEmptyError(f"{root} is not empty ({shown}) and is not a casckpt store (no {CONFIG}); "
-                                 "casckpt creates a store only in a missing or empty folder")
-
-
-def _half_made(root: Path, entries: set[str]) -> bool:
-    """What a store creation that died before writing its config leaves (a retry finishes it):
-    the lock file and empty folders, ``tmp/`` holding only casckpt's temp files."""
-    if not entries <= {"tmp", "snapshots", "chunks", "lock"}:
-        return False
-    for d in entries - {"lock"}:
-        p = root / d
-        if p.is_symlink() or not p.is_dir():
-            return False
-        if any(not (d == "tmp" and fsutil.is_temp_name(f)) for f in os.listdir(p)):
-            return False
-    return True
 
 
 def _empty_or_missing(path: Path) -> bool:

@@ -225,3 +225,46 @@ def test_disk_full_for_real_then_a_save_that_fits_succeeds(tmp_path):
             (disk / "filler").unlink()
             s.put_arrays("after", {"w": noise(1, 4)})
             assert_same({"w": noise(1, 1)}, s.get_arrays("s1"))
+
+
+class RegistryFullEnv(FailingEnv):
+    """Only the registry's write fails, as when a full disk has room for the manifest but not for
+    LMDB's pages: chunk entries (none, for a save that deduplicated entirely) commit as nothing."""
+
+    def __init__(self, env, registry):
+        super().__init__(env)
+        self._registry = registry
+
+    def begin(self, *, write=False, **kw):
+        txn = self._env.begin(write=write, **kw)
+        if not write:
+            return txn
+        registry = self._registry
+
+        class Txn:
+            def __enter__(self):
+                txn.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return txn.__exit__(*exc)
+
+            def put(self, key, value, *, db=None, **k):
+                if db is registry:
+                    raise lmdb.DiskError("mdb_page_new: No space left on device")
+                return txn.put(key, value, db=db, **k)
+
+            def __getattr__(self, name):
+                return getattr(txn, name)
+        return Txn()
+
+
+def test_a_fully_deduplicated_save_on_a_full_disk_commits_and_says_what_the_warning_means(store, monkeypatch, caplog):
+    monkeypatch.setattr(store.index, "env", RegistryFullEnv(store.index.env, store.index._snaps))
+    with caplog.at_level("WARNING", "casckpt"):
+        stats = store.put_arrays("again", arrays(1))
+    assert stats.new_chunks == 0 and store.exists("again")
+    assert "committed and whole" in caplog.text and "ls/du read its manifest" in caplog.text
+    assert [x.name for x in store.snapshots()] == ["s1", "again"]  # the row is not needed, nor written
+    monkeypatch.undo()
+    assert_same(arrays(1), store.get_arrays("again"))

@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 # NOTE: the DCP layer imports torch, so it loads on first use: `import casckpt` stays torch-free.
-_DCP_NAMES = {"CasWriter", "CasReader", "DedupSavePlanner", "SafeLoadPlanner", "save", "load"}
+_DCP_NAMES = {"CasWriter", "CasReader", "DedupSavePlanner", "SafeLoadPlanner", "save", "load", "read_state"}
 
 
 def __getattr__(name: str):

@@ -121,13 +121,13 @@ class ChunkDir:
             # NOTE: raw and zstd chunks are checked before they touch ``out``; a byte-grouped
             # chunk is decoded into ``out`` column by column and checked there (a failed load
             # leaves its target partly written, as a failed load always may).
-            raw = (codec.decode(kind, payload, raw_len, out) if kind == codec.BG
+            raw = (codec.decode(kind, payload, raw_len, out) if kind in codec.GROUPED
                    else codec.decode_flat(kind, payload, raw_len))
         except ValueError as exc:
             raise self._corrupt(digest, item, str(exc)) from None
         if digest_of(raw) != digest:
             raise self._corrupt(digest, item, "content does not hash to its name")
-        if out is not None and kind != codec.BG:
+        if out is not None and kind not in codec.GROUPED:
             out[:] = raw
             raw = out
         return raw, ChunkInfo(raw_len, payload.nbytes + HEADER.size, kind)

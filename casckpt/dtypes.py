@@ -35,6 +35,7 @@ _TABLE = [
     DType("float8_e4m3fn", 1, False, "|u1"), DType("float8_e4m3fnuz", 1, False, "|u1"),
     DType("float8_e5m2", 1, False, "|u1"), DType("float8_e5m2fnuz", 1, False, "|u1"),
     DType("float8_e8m0fnu", 1, False, "|u1"),
+    DType("float4_e2m1fn_x2", 1, False, "|u1"),  # two packed fp4 values per byte
     DType("bytes", 1, False, "|u1"),  # opaque byte strings (DCP BYTE_IO items)
 ]
 DTYPES = {d.name: d for d in _TABLE}

@@ -20,9 +20,30 @@ DEFAULT_INFLIGHT = 128 << 20
 
 
 def default_workers() -> int:
-    # NOTE: two threads more than cores: a worker blocked in write() or fsync (the kernel throttles
-    # writers when the disk lags) leaves a core to the others. Measured with tools/bench.
-    return min(16, (os.cpu_count() or 2) + 2)
+    """Threads per process: ``CASCKPT_THREADS`` if set, else this process's share of the cores.
+
+    Ranks on one node (``LOCAL_WORLD_SIZE``, set by torchrun) split the cores between them, so
+    8 ranks never run 8 × cores hashing threads. A process alone gets two threads more than
+    cores: a worker blocked in write() or fsync (the kernel throttles writers when the disk lags)
+    leaves a core to the others (measured with tools/bench).
+    """
+    override = os.environ.get("CASCKPT_THREADS", "")
+    if override:
+        try:
+            n = int(override)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"CASCKPT_THREADS must be a positive integer, got {override!r}")
+        return n
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    try:
+        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_ranks = 1
+    if local_ranks == 1:
+        return min(16, cores + 2)
+    return max(1, cores // local_ranks)
 
 
 class Pipeline:

@@ -23,7 +23,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -142,8 +142,8 @@ class Store:
             if chunk_size is not None and chunk_size != config.chunk_size:
                 raise CasckptError(f"store {root} has chunk size {config.chunk_size}; "
                                    f"chunk_size={chunk_size} applies only when creating a store")
-            codec = CodecConfig(level=config.codec.level if level is None else level,
-                                byte_grouping=config.codec.byte_grouping if byte_grouping is None else byte_grouping)
+            codec = replace(config.codec, level=config.codec.level if level is None else level,
+                            byte_grouping=config.codec.byte_grouping if byte_grouping is None else byte_grouping)
             config = StoreConfig(config.chunk_size, codec, config.store_id)
         return cls(root, config, index_path=Path(index_path).absolute() if index_path else None,
                    sync=sync, workers=workers, inflight_bytes=inflight_bytes, lock_timeout=lock_timeout,

@@ -29,7 +29,7 @@ def test_random_bytes_are_stored_raw():
 
 def test_float_weights_are_byte_grouped_and_smaller():
     w = (np.random.default_rng(0).standard_normal(1 << 18) * 0.02).astype(np.float32)
-    kind, parts = codec.encode(memoryview(w).cast("B"), group=4, config=CFG)
+    kind, parts = codec.encode(memoryview(w).cast("B"), group=4, config=codec.CodecConfig(exponent=False))
     assert kind == codec.BG
     assert sum(len(bytes(p)) for p in parts) < 0.9 * w.nbytes
     assert roundtrip(w.tobytes(), 4)[1] == w.tobytes()
@@ -39,7 +39,199 @@ def test_zeros_compress_with_plain_zstd():
     assert roundtrip(bytes(1 << 16), 0)[0] == codec.ZSTD
 
 
-@pytest.mark.parametrize("kind", [codec.RAW, codec.ZSTD, codec.BG, 9])
+@pytest.mark.parametrize("kind", [codec.RAW, codec.ZSTD, codec.BG, codec.BGX, 9])
 def test_garbage_payloads_raise_value_error(kind):
     with pytest.raises(ValueError):
         codec.decode(kind, memoryview(b"\x04garbage-payload"), 1024)
+
+
+# -- codec 3: whole-byte exponents ----------------------------------------------------------------
+FLOATS = {"float16": "<f2", "bfloat16": "<u2", "float32": "<f4", "float64": "<f8",
+          "complex64": "<c8", "complex128": "<c16"}
+# special bit patterns per word size: ±0, ±inf, NaNs (quiet, signalling, with payloads), the
+# smallest and largest denormals, the largest finite, one
+SPECIALS = {
+    2: [0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0xFFC1, 0x7F81, 0x0001, 0x807F, 0x7F7F, 0x3F80,
+        0x7C00, 0xFC00, 0x7E00, 0x03FF, 0x7BFF],
+    4: [0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00001, 0x7F800001,
+        0x00000001, 0x807FFFFF, 0x7F7FFFFF, 0x3F800000],
+    8: [0, 1 << 63, 0x7FF0000000000000, 0xFFF0000000000000, 0x7FF8000000000000, 0x7FF0000000000001,
+        0xFFF8DEADBEEF0001, 1, 0x800FFFFFFFFFFFFF, 0x7FEFFFFFFFFFFFFF, 0x3FF0000000000000],
+}
+
+
+def trained_like(dtype: str, n: int, seed: int = 0) -> np.ndarray:
+    """N(0, 0.02) values of ``dtype`` (bfloat16: its bits in uint16, rounded to nearest even)."""
+    w = (np.random.default_rng(seed).standard_normal(n) * 0.02).astype(np.float32)
+    if dtype == "bfloat16":
+        u = w.view(np.uint32)
+        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    if dtype.startswith("complex"):
+        return (w[: n // 2 * 2].view(np.complex64)).astype(FLOATS[dtype])
+    return w.astype(FLOATS[dtype])
+
+
+def encoded(raw: bytes, group: int, cfg=CFG) -> tuple[int, memoryview]:
+    kind, parts = codec.encode(memoryview(raw), group=group, config=cfg)
+    return kind, memoryview(b"".join(bytes(p) for p in parts))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(dtype=st.sampled_from(sorted(FLOATS)), n=st.integers(0, 3000),
+       patches=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 2 ** 64 - 1)), max_size=40),
+       specials=st.booleans(), data=st.data())
+def test_floats_with_any_bit_patterns_round_trip(dtype, n, patches, specials, data):
+    arr = trained_like(dtype, n)
+    k = arr.itemsize
+    words = arr.view(f"<u{min(k, 8)}")  # complex128: each half is a float64 word
+    for pos, bits in patches:  # arbitrary bit patterns, NaN payloads and all
+        if words.size:
+            words[pos % words.size] = bits & (2 ** (8 * words.itemsize) - 1)
+    if specials and words.size:
+        pool = SPECIALS[words.itemsize] if words.itemsize in SPECIALS else SPECIALS[4]
+        idx = data.draw(st.lists(st.integers(0, words.size - 1), max_size=60))
+        for i, j in enumerate(idx):
+            words[j] = pool[i % len(pool)]
+    raw = arr.tobytes()
+    kind, payload = encoded(raw, k)
+    assert kind in (codec.RAW, codec.BGX)
+    assert bytes(codec.decode(kind, payload, len(raw))) == raw
+    assert bytes(codec.decode_flat(kind, payload, len(raw))) == raw
+    out = memoryview(bytearray(len(raw)))
+    assert codec.decode(kind, payload, len(raw), out) is out and bytes(out) == raw
+
+
+@pytest.mark.parametrize("dtype", sorted(FLOATS))
+def test_trained_like_floats_use_codec_3_and_beat_codec_2(dtype):
+    raw = trained_like(dtype, 1 << 17).tobytes()
+    k = np.dtype(FLOATS[dtype]).itemsize
+    kind3, p3 = encoded(raw, k)
+    kind2, p2 = encoded(raw, k, codec.CodecConfig(exponent=False))
+    assert (kind3, kind2) == (codec.BGX, codec.BG)
+    # 8-byte words keep their bits in place (an 11-bit exponent fits no byte): a tie there
+    assert p3.nbytes < (p2.nbytes if k <= 4 else 1.01 * p2.nbytes)
+    assert bytes(codec.decode(kind3, p3, len(raw))) == raw
+
+
+def test_exponent_byte_is_whole():
+    """float32 1.5 and -1.5: the exponent plane holds 127 for both, the sign sits in plane 2."""
+    raw = np.array([1.5, -1.5] * 4096, dtype="<f4").tobytes()
+    kind, payload = encoded(raw, 4)
+    planes = codec._exponent_planes(memoryview(raw), 4, 4)
+    assert kind == codec.BGX and set(planes[3].tolist()) == {127}
+    assert set(planes[2].tolist()) == {0x40, 0xC0}
+
+
+def test_xor_of_two_steps_compresses():
+    """The bytes a delta chunk holds (mostly-zero high bytes) go through codec 3 too."""
+    a = trained_like("float32", 1 << 16)
+    b = (a - np.float32(1e-4) * np.random.default_rng(1).standard_normal(a.size).astype(np.float32))
+    raw = (a.view("<u4") ^ b.view("<u4")).tobytes()
+    kind, payload = encoded(raw, 4)
+    assert kind == codec.BGX and payload.nbytes < 0.7 * len(raw)
+    assert bytes(codec.decode(kind, payload, len(raw))) == raw
+
+
+def test_codec_3_is_the_default_but_not_for_old_store_configs():
+    assert codec.CodecConfig().exponent is True
+    old = codec.CodecConfig.from_json({"name": "zstd", "level": 1, "byte_grouping": True})
+    assert old.exponent is False
+    assert codec.CodecConfig.from_json(codec.CodecConfig().to_json()) == codec.CodecConfig()
+    raw = trained_like("float32", 1 << 14).tobytes()
+    assert encoded(raw, 4, old)[0] == codec.BG
+
+
+@pytest.fixture(scope="module")
+def bgx_payload():
+    raw = trained_like("bfloat16", 1 << 14).tobytes()
+    kind, payload = encoded(raw, 2)
+    assert kind == codec.BGX
+    return raw, bytes(payload)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(cut=st.integers(0, 10 ** 6))
+def test_truncated_codec_3_payloads_raise_value_error(bgx_payload, cut):
+    raw, payload = bgx_payload
+    with pytest.raises(ValueError):
+        codec.decode(codec.BGX, memoryview(payload[:cut % len(payload)]), len(raw))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(edits=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=4),
+       tail=st.binary(max_size=3))
+def test_garbled_codec_3_payloads_never_crash(bgx_payload, edits, tail):
+    """A garbled payload raises ValueError or decodes to bytes of the right length (wrong bytes
+    are then caught by the chunk's digest, see test_garbled_chunk_is_corrupt_on_load)."""
+    raw, payload = bgx_payload
+    bad = bytearray(payload)
+    for pos, value in edits:
+        bad[pos % len(bad)] = value
+    bad += tail
+    try:
+        got = codec.decode(codec.BGX, memoryview(bytes(bad)), len(raw))
+    except ValueError:
+        return
+    assert len(got) == len(raw)
+
+
+@pytest.mark.parametrize("header", [b"", b"\x04", b"\x00\x00", b"\x04\x03", b"\x06\x04", b"\x02\x04",
+                                    b"\x04\x04", b"\x02\x02\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+                                    b"\x02\x02\x00\xff\xff\xff\xff\x00\x00\x00\x00\x00"])
+def test_bad_codec_3_headers_raise_value_error(header):
+    with pytest.raises(ValueError):
+        codec.decode(codec.BGX, memoryview(header), 1024)
+
+
+def test_garbled_chunk_is_corrupt_on_load(tmp_path):
+    """A codec-3 chunk whose raw mantissa plane was flipped decodes, but never reaches the caller."""
+    import casckpt
+
+    w = trained_like("float32", 1 << 15)
+    with casckpt.Store.open(tmp_path / "s", create=True) as store:
+        store.put_arrays("a", {"w": w})
+        (digest, info), = store.index.chunks()
+        assert info.codec == codec.BGX
+        path = store.chunks.path(digest)
+        data = bytearray(path.read_bytes())
+        assert data[16 + 2] == 0  # plane 0, a float32 mantissa plane, is stored raw
+        data[16 + 2 + 4 * 5 + 100] ^= 0x01
+        path.write_bytes(bytes(data))
+        decoded = codec.decode(codec.BGX, memoryview(bytes(data[16:])), w.nbytes)
+        assert bytes(decoded) != w.tobytes()  # the codec cannot tell ...
+        with pytest.raises(casckpt.CorruptChunkError):  # ... the digest does
+            store.get_arrays("a")
+
+
+def test_store_written_before_codec_3_keeps_codec_2(tmp_path):
+    """A store config without the "exponent" key (written by an older casckpt) gets no codec-3
+    chunks, so that casckpt can still read everything in it."""
+    import json
+
+    import casckpt
+
+    root = tmp_path / "s"
+    casckpt.Store.open(root, create=True).close()
+    cfg = json.loads((root / "casckpt.json").read_text())
+    del cfg["codec"]["exponent"]
+    (root / "casckpt.json").write_text(json.dumps(cfg))
+    w = trained_like("float32", 1 << 15)
+    with casckpt.Store.open(root, level=1) as store:
+        assert store.config.codec.exponent is False
+        store.put_arrays("a", {"w": w})
+        assert {info.codec for _, info in store.index.chunks()} == {codec.BG}
+        assert store.get_arrays("a")["w"].tobytes() == w.tobytes()
+
+
+@pytest.mark.parametrize("k,w", [(2, 0), (2, 2), (4, 0), (4, 2), (4, 4), (8, 0), (8, 4), (8, 8), (16, 8), (16, 0), (16, 4)])
+def test_every_word_size_the_format_allows_round_trips(k, w):
+    """The encoder picks ``w`` from the element size; the decoder takes any the format allows
+    (complex64 as two float32 words: k=8, w=4)."""
+    arr = trained_like("float32", 1 << 14)
+    words = arr.view("<u4")
+    words[::101] = np.resize(np.array(SPECIALS[4], dtype="<u4"), words[::101].size)
+    raw = arr.tobytes()
+    kind, parts = codec._encode_exponent(memoryview(raw), k, w)
+    payload = memoryview(b"".join(bytes(p) for p in parts))
+    assert kind == codec.BGX and payload[:2].tobytes() == bytes([k, w])
+    assert bytes(codec.decode(kind, payload, len(raw))) == raw

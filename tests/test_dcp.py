@@ -121,7 +121,7 @@ def test_every_dtype_round_trips_bit_exactly(root):
     g = torch.Generator().manual_seed(3)
     names = ["float32", "float16", "float64", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
              "float8_e5m2fnuz", "float8_e8m0fnu", "int8", "int16", "int32", "int64", "uint8", "uint16",
-             "uint32", "uint64", "bool", "complex64", "complex128", "complex32"]
+             "uint32", "uint64", "bool", "complex64", "complex128", "complex32", "float4_e2m1fn_x2"]
     sd = {}
     for n in names:
         dt = getattr(torch, n)
@@ -138,6 +138,14 @@ def test_every_dtype_round_trips_bit_exactly(root):
         assert same_bits(sd[n], got[n]), n
     items = casckpt.Store.open(root).manifest("dtypes").items
     assert {n: items[n].dtype for n in names} == {n: n for n in names}
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+def test_quantized_tensors_are_refused_naming_the_dtype(root):
+    q = torch.quantize_per_tensor(torch.randn(16, 4), scale=0.1, zero_point=3, dtype=torch.quint8)
+    with pytest.raises(casckpt.CasckptError, match=r"quantized tensors \(torch.quint8\)"):
+        casckpt.save({"q": q}, root, "q", chunk_size=CHUNK)
+    assert casckpt.Store.open(root).snapshot_names() == []
 
 
 def test_views_and_odd_shapes(root):

@@ -267,6 +267,8 @@ def compression() -> dict:
             out[f"{dt}_{'grouped' if grouped else 'plain'}"] = {
                 "stored_over_raw": size / raw.size, "compress_mb_s": raw.size / enc_s / 1e6,
                 "decompress_mb_s": raw.size / dec_s / 1e6}
+    import bench_codec  # real MiniLM weights: casckpt's codecs side by side with ZipNN
+    out.update(bench_codec.flat(bench_codec.compression_report()))
     return out
 
 

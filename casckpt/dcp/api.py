@@ -10,8 +10,12 @@ from typing import Any
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from ..errors import CasckptError, CheckpointFailedError, LoadWarning, SnapshotExistsError
+from .. import checkpoint_id as ids
+from ..config import CONFIG
+from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, LoadWarning, SnapshotExistsError
 from ..manifest import check_name
 from ..store import SaveStats, Store
 from .planner import DedupSavePlanner, SafeLoadPlanner
@@ -19,15 +23,21 @@ from .reader import CasReader
 from .writer import CasWriter
 
 
-def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str, *,
+def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str | None = None, *,
          overwrite: bool = False, chunk_size: int | None = None, sync_files: bool = True,
          process_group: dist.ProcessGroup | None = None) -> SaveStats:
     """Save ``state_dict`` as snapshot ``name`` with :class:`CasWriter` and :class:`DedupSavePlanner`.
 
-    Call it on every rank (like ``dcp.save``). Returns the save's statistics on every rank.
-    Raises casckpt's typed errors (InvalidNameError, SnapshotExistsError, CorruptChunkError...)
-    rather than DCP's CheckpointException; other failures become CheckpointFailedError.
+    Call it on every rank (like ``dcp.save``). Without ``name``, ``store`` is a checkpoint path
+    as frameworks pass it: ``save(sd, "/ckpt/run/step-100")`` saves snapshot ``step-100`` into
+    the store ``/ckpt/run``. Returns the save's statistics on every rank. Raises casckpt's typed
+    errors (InvalidNameError, SnapshotExistsError, CorruptChunkError...) rather than DCP's
+    CheckpointException; other failures become CheckpointFailedError.
     """
+    if name is None:
+        if isinstance(store, Store):
+            raise InvalidNameError("casckpt.save needs a snapshot name with an open Store")
+        store, name = ids.split(store)
     check_name(name)
     path = store.root if isinstance(store, Store) else os.fspath(store)
     if not overwrite and os.path.exists(os.path.join(path, "snapshots", f"{name}.json")):
@@ -52,13 +62,16 @@ def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     Byte items (non-tensor state) load with ``torch.load(weights_only=True)``; pass
     ``allow_pickle=True`` only for stores you trust. Returns the snapshot name loaded (a
     :class:`LoadResult`, a ``str``). Checks that the snapshot exists before DCP starts and raises
-    casckpt's typed errors.
+    casckpt's typed errors. ``store`` may also be a checkpoint path (``/ckpt/run/step-100``, a
+    folder that is not itself a store, in a store ``/ckpt/run``): that snapshot is loaded.
 
     DCP loads only what ``state_dict`` has a place for and casts to its dtypes, silently; this
     says so. Saved items the template lacks (a fresh optimizer's ``state_dict()`` has an empty
     ``state``) are listed in ``LoadResult.not_loaded`` and tensors loaded into another dtype in
     ``LoadResult.cast``, each with a :class:`casckpt.errors.LoadWarning`.
     """
+    if not isinstance(store, Store) and name == "latest":
+        store, name = _store_and_name(os.fspath(store))
     st = store if isinstance(store, Store) else Store.open(store)
     try:
         with st.reading():  # NOTE: from resolving "latest" to the last chunk read, gc waits
@@ -108,6 +121,69 @@ def _report(name: str, planner: SafeLoadPlanner) -> LoadResult:
         warnings.warn(f"casckpt.load: {len(out.cast)} tensors of snapshot {name!r} were cast to the "
                       f"template's dtype: {shown}", LoadWarning, stacklevel=3)
     return out
+
+
+def read_state(store: Store | str | os.PathLike, name: str = "latest", *,
+               allow_pickle: bool = False) -> dict[str, Any]:
+    """The whole state dict of a snapshot, nested as it was saved, without a template to load into.
+
+    For one process (it holds the whole state in memory): exporters, and framework plugins whose
+    load API returns a dict (Lightning's ``CheckpointIO.load_checkpoint``). ``store`` may be a
+    checkpoint path, as for :func:`load`. Byte items load with ``torch.load(weights_only=True)``
+    unless ``allow_pickle=True`` (trusted stores only).
+    """
+    if not isinstance(store, Store) and name == "latest":
+        store, name = _store_and_name(os.fspath(store))
+    st = store if isinstance(store, Store) else Store.open(store)
+    try:
+        reader = CasReader(st, snapshot=st.resolve(name))
+        sd: dict[str, Any] = {}
+        try:
+            with _quiet():
+                # NOTE: dcp.load copies the caller's dict before planning, so the rebuilt state
+                # would not reach it; torch's own dcp_to_torch_save calls _load_state_dict too.
+                _load_state_dict(sd, storage_reader=reader, planner=_RebuildPlanner(allow_pickle=allow_pickle),
+                                 no_dist=True)
+        except CheckpointException as exc:
+            _reraise(exc, reader.metadata_error)
+        return _optimizer_keys(sd)
+    finally:
+        if st is not store:
+            st.close()
+
+
+def _optimizer_keys(obj: Any) -> Any:
+    """Give torch.optim state dicts their integer parameter ids back.
+
+    DCP turns every dict key into a string when it flattens a state dict, so an optimizer's
+    ``{"state": {0: ...}, "param_groups": [...]}`` comes back with ``"0"``, which
+    ``Optimizer.load_state_dict`` silently ignores, and it saves no empty dict at all (a fresh
+    optimizer's ``state``). A mapping holding ``param_groups`` is taken for an optimizer's: its
+    ``state`` is restored if missing, and its all-decimal state keys become ints.
+    """
+    if isinstance(obj, list):
+        return [_optimizer_keys(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: _optimizer_keys(v) for k, v in obj.items()}
+    state = out.setdefault("state", {}) if "param_groups" in out else None  # DCP drops empty dicts
+    if isinstance(state, dict) and all(isinstance(k, str) and k.isdecimal() for k in state):
+        out["state"] = {int(k): v for k, v in state.items()}
+    return out
+
+
+class _RebuildPlanner(SafeLoadPlanner, _EmptyStateDictLoadPlanner):
+    """Rebuilds the nested state dict from the snapshot's DCP metadata; byte items load safely."""
+
+
+def _store_and_name(path: str) -> tuple[str, str]:
+    """A store path as it is, or a checkpoint path ``STORE/NAME`` whose parent is a store."""
+    if os.path.exists(os.path.join(path, CONFIG)) or not ids.is_path(path):
+        return path, "latest"
+    parent, name = ids.split(path, allow_latest=True)
+    if not os.path.exists(os.path.join(parent, CONFIG)):
+        return path, "latest"  # neither is a store: Store.open names the path given
+    return parent, name
 
 
 def _distributed() -> bool:

@@ -71,7 +71,11 @@ def host_bytes(data: torch.Tensor | io.BytesIO, item: WriteItem) -> memoryview:
     tensor. CUDA tensors should go through :func:`host_batches` so copies stay bounded."""
     if isinstance(data, io.BytesIO):
         return data.getbuffer().toreadonly()
-    if not isinstance(data, torch.Tensor) or data.layout != torch.strided or data.is_quantized:
+    if isinstance(data, torch.Tensor) and data.is_quantized:
+        raise CasckptError(f"casckpt cannot store {item.index.fqn!r}: quantized tensors ({data.dtype}) are "
+                           "not supported; save t.int_repr() with t.q_scale() and t.q_zero_point(), "
+                           "or t.dequantize()")
+    if not isinstance(data, torch.Tensor) or data.layout != torch.strided:
         raise CasckptError(f"casckpt cannot store {item.index.fqn!r}: a {type(data).__name__} "
                            f"({getattr(data, 'layout', '')}) is not a dense tensor")
     expect = tuple(item.tensor_data.chunk.sizes)

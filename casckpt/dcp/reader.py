@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
-from .. import dtypes
+from .. import checkpoint_id as ids, dtypes
 from ..errors import CasckptError, ManifestError
 from ..lock import SHARED
-from ..manifest import Item, Manifest, is_valid_name
+from ..manifest import Item, Manifest
 from ..store import Store
 from .meta import metadata_from_items, metadata_from_json, storage_key, torch_dtype
 
@@ -29,7 +30,8 @@ class CasReader(StorageReader):
 
     ``store`` is a path or an open :class:`casckpt.Store`. The snapshot name comes from
     ``checkpoint_id`` when DCP passes one, else from ``snapshot=``; ``"latest"`` is the newest
-    committed snapshot. Snapshots saved without DCP (``Store.put_arrays``) load too, each item as
+    committed snapshot. Either may be a path as frameworks pass it (``/ckpt/run/step-100``:
+    snapshot ``step-100`` of the store ``/ckpt/run``; ``store`` may then be omitted). Snapshots saved without DCP (``Store.put_arrays``) load too, each item as
     a whole tensor under its key.
 
     DCP's call order, and which ranks make each call:
@@ -53,12 +55,16 @@ class CasReader(StorageReader):
     :class:`SafeLoadPlanner` or ``casckpt.load`` to keep those from unpickling arbitrary objects).
     """
 
-    def __init__(self, store: Store | str | os.PathLike, *, snapshot: str = "latest") -> None:
+    def __init__(self, store: Store | str | os.PathLike | None = None, *, snapshot: str = "latest") -> None:
         super().__init__()
         self._own = not isinstance(store, Store)
-        self._path = None if isinstance(store, Store) else os.fspath(store)
+        self._given = None if store is None else store.root if isinstance(store, Store) else os.fspath(store)
+        self._path = None if isinstance(store, Store) else self._given
         self._store: Store | None = None if self._own else store
         self.snapshot = snapshot
+        if ids.is_path(snapshot):
+            self._path, self.snapshot = ids.split(snapshot, self._given, allow_latest=True)
+        self.load_id: str | None = None
         self.resolved: str | None = None
         self.metadata_error: BaseException | None = None
         self._manifest: Manifest | None = None
@@ -68,12 +74,16 @@ class CasReader(StorageReader):
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
         self.release()
         if checkpoint_id is not None:
-            self.snapshot = os.fspath(checkpoint_id)
+            path, self.snapshot = ids.split(checkpoint_id, self._given, allow_latest=True)
+            if self._own and path != self._path:
+                self.close()
+                self._path = path
+        self.load_id = uuid.uuid4().hex
         self.resolved = self._manifest = self._metadata = None
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
-        return isinstance(checkpoint_id, str) and (checkpoint_id == "latest" or is_valid_name(checkpoint_id))
+        return ids.is_valid(checkpoint_id, allow_latest=True)
 
     @property
     def checkpoint_id(self) -> str:
@@ -88,6 +98,8 @@ class CasReader(StorageReader):
             m = store.manifest(self.resolved)
             source = f"snapshot {m.name!r} in {store.root}"
             md = metadata_from_json(m.meta["dcp"], source) if "dcp" in m.meta else metadata_from_items(m.items)
+            md.storage_meta = md.storage_meta or StorageMeta(checkpoint_id=m.name)
+            md.storage_meta.load_id = self.load_id or uuid.uuid4().hex
         except BaseException as exc:
             self.metadata_error = exc  # DCP turns this into a plain AssertionError; casckpt.load re-raises it
             self.release()
@@ -137,6 +149,9 @@ class CasReader(StorageReader):
     @property
     def store(self) -> Store:
         if self._store is None:
+            if self._path is None:
+                raise CasckptError(f"no store for snapshot {self.snapshot!r}: pass a store to CasReader "
+                                   "or a path checkpoint_id such as '/ckpt/run/step-100'")
             self._store = Store.open(self._path)
         return self._store
 

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import time
+import uuid
 import weakref
 from typing import Any
 
@@ -15,12 +16,12 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteIte
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from .. import chunking
+from .. import checkpoint_id as ids, chunking
 from ..chunks import ChunkInfo
 from ..digest import Digest
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
 from ..lock import SHARED
-from ..manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, utc_now
+from ..manifest import ChunkRef, Item, Manifest, check_name, utc_now
 from ..reclaim import reclaim
 from ..store import ChunkTask, SaveStats, Store
 from .host import Layout, host_batches, layout, write_key
@@ -35,7 +36,13 @@ class CasWriter(StorageWriter):
 
     ``store`` is a path (created on first save; ``chunk_size`` applies then) or an open
     :class:`casckpt.Store`. The snapshot name comes from ``checkpoint_id`` when DCP passes one,
-    else from ``snapshot=``. ``overwrite=True`` replaces an existing snapshot of that name.
+    else from ``snapshot=``. Either may be a path as frameworks pass it: ``/ckpt/run/step-100``
+    is snapshot ``step-100`` of the store ``/ckpt/run`` (then ``store`` may be omitted; if given,
+    the path must lie in it; see :mod:`casckpt.checkpoint_id`). Snapshots are immutable: a writer
+    reused without a new ``checkpoint_id`` raises SnapshotExistsError, unlike DCP's
+    FileSystemWriter, which overwrites; ``overwrite=True`` replaces an existing snapshot of that
+    name. Without DCP's collectives (``use_collectives=False``) every rank saves a snapshot of its
+    own, so each rank needs its own ``checkpoint_id``.
     ``sync_files=False`` (as DCP's FileSystemWriter) skips fsync: faster, but a power loss may
     lose the newest snapshots. ``index_path`` keeps the LMDB index elsewhere (a local disk when
     the store is on a network file system); these two apply only when ``store`` is a path.
@@ -69,15 +76,19 @@ class CasWriter(StorageWriter):
     ``chunks_written`` counts the chunk files this rank wrote in its last ``write_data``.
     """
 
-    def __init__(self, store: Store | str | os.PathLike, *, snapshot: str | None = None,
+    def __init__(self, store: Store | str | os.PathLike | None = None, *, snapshot: str | None = None,
                  chunk_size: int | None = None, overwrite: bool = False, sync_files: bool = True,
                  index_path: str | os.PathLike | None = None) -> None:
         super().__init__()
         self.sync_files, self.index_path = sync_files, index_path
         self._own = not isinstance(store, Store)
-        self._path = None if isinstance(store, Store) else os.fspath(store)
+        self._given = None if store is None else store.root if isinstance(store, Store) else os.fspath(store)
+        self._path = None if isinstance(store, Store) else self._given
         self._store: Store | None = None if self._own else store
         self.snapshot = snapshot
+        if snapshot is not None and ids.is_path(snapshot):
+            self._path, self.snapshot = ids.split(snapshot, self._given)
+        self.save_id: str | None = None
         self.chunk_size = chunk_size
         self.overwrite = overwrite
         self.is_coordinator = False
@@ -90,36 +101,47 @@ class CasWriter(StorageWriter):
     # -- DCP interface --------------------------------------------------------------------------
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
         self.close()
+        self.save_id = uuid.uuid4().hex
         if checkpoint_id is not None:
-            self.snapshot = os.fspath(checkpoint_id)
+            path, self.snapshot = ids.split(checkpoint_id, self._given)
+            if self._own:
+                self._path = path
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
-        return is_valid_name(os.fspath(checkpoint_id))
+        return ids.is_valid(checkpoint_id)
 
     @property
     def checkpoint_id(self) -> str | None:
         return self.snapshot
 
     def storage_meta(self) -> StorageMeta | None:
-        return CasStorageMeta(checkpoint_id=self.snapshot, casckpt_chunk_size=self._chunk_size())
+        if self.save_id is None:  # dcp.save without checkpoint_id never calls reset()
+            self.save_id = uuid.uuid4().hex
+        return CasStorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id,
+                              casckpt_chunk_size=self._chunk_size())
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, rank: int = 0,
                               use_collectives: bool = True, **kwargs: Any) -> None:
         # NOTE: **kwargs makes DCP pass rank= and use_collectives=; nothing else is accepted.
-        if not use_collectives:
-            raise CasckptError("CasWriter needs DCP's collectives (use_collectives=True): one "
-                               "coordinator commits the snapshot for all ranks")
+        # Without collectives DCP runs every step on every rank for that rank alone, so each rank
+        # saves (and commits) a snapshot of its own: give each rank its own checkpoint_id.
         if self.snapshot is None:
             raise CasckptError("no snapshot name: pass checkpoint_id= to dcp.save or snapshot= to CasWriter")
+        if self._path is None and self._store is None:
+            raise CasckptError(f"no store for snapshot {self.snapshot!r}: pass a store to CasWriter "
+                               "or a path checkpoint_id such as '/ckpt/run/step-100'")
         check_name(self.snapshot)
+        is_coordinator = is_coordinator or not use_collectives
         self.is_coordinator, self.stats, self._started = is_coordinator, None, time.perf_counter()
         if not is_coordinator:
             return
         store = self._open(create=True)
         self.release()
         if not self.overwrite and store.exists(self.snapshot):
-            raise SnapshotExistsError(f"snapshot {self.snapshot!r} already exists in store {store.root}")
+            raise SnapshotExistsError(f"snapshot {self.snapshot!r} already exists in store {store.root} "
+                                      "(snapshots are immutable: pass a new checkpoint_id to dcp.save, "
+                                      "or CasWriter(overwrite=True) to replace it)")
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         return plan
@@ -167,11 +189,15 @@ class CasWriter(StorageWriter):
         try:
             store = self._open(create=True)
             items, new = _collect(results)
+            # NOTE: a rank without the index (DCP's default planner) reports a chunk it found
+            # already on disk as handled; the index knows which of those the store had before.
+            for d in store.index.has_many(new):
+                del new[d]
             refs = {c.digest for it in items.values() for c in it.chunks}
             unknown = refs - new.keys()
             for d in unknown - store.stored(unknown):
                 new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
-            sm = StorageMeta(checkpoint_id=self.snapshot)
+            sm = StorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id)
             md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
             meta = {"dcp": metadata_to_json(md)}
             m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
@@ -220,7 +246,7 @@ class CasWriter(StorageWriter):
     def _chunk_size(self) -> int:
         if self._store is not None:
             return self._store.config.chunk_size
-        if os.path.exists(os.path.join(self._path, "casckpt.json")):
+        if self._path is not None and os.path.exists(os.path.join(self._path, "casckpt.json")):
             return self._open(create=False).config.chunk_size
         return self.chunk_size or chunking.DEFAULT_CHUNK_SIZE
 

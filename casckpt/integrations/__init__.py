@@ -1,0 +1,1 @@
+"""casckpt inside training frameworks: each module imports its framework (install it yourself)."""

@@ -25,13 +25,15 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Callable, Iterable
 
 from . import fsutil
 from .digest import Digest
 from .errors import CasckptError, SnapshotNotFoundError
 from .lock import EXCLUSIVE
 from .store import Store
+
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -111,23 +113,27 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
 
 
 def gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
-       keep: Iterable[str] = (), dry_run: bool = False, wait: bool = True) -> GcPlan:
+       keep: Iterable[str] = (), dry_run: bool = False, wait: bool = True,
+       on_plan: Callable[[GcPlan], None] | None = None, progress: Progress | None = None) -> GcPlan:
     """Apply the retention policy and delete unreferenced chunks and temp files.
 
     Takes the exclusive store lock (waits for saves to finish; ``wait=False`` raises
     LockTimeoutError at once instead). ``dry_run`` plans only, without the lock. Returns the plan,
-    with ``executed=True`` when it was carried out.
+    with ``executed=True`` when it was carried out. ``on_plan(plan)`` is called once the plan is
+    made, before anything is deleted; ``progress(done, total)`` as chunk files are deleted.
     """
     keep = tuple(keep)
     if dry_run:
         return plan_gc(store, keep_last=keep_last, keep_every=keep_every, keep=keep)
     with store.lock(EXCLUSIVE, timeout=... if wait else 0):
         plan = plan_gc(store, keep_last=keep_last, keep_every=keep_every, keep=keep)
-        execute(store, plan)
+        if on_plan:
+            on_plan(plan)
+        execute(store, plan, progress=progress)
     return replace(plan, executed=True)
 
 
-def execute(store: Store, plan: GcPlan) -> None:
+def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> None:
     """Carry out ``plan`` in crash-safe order. The caller holds the exclusive lock."""
     for name in plan.drop:
         fsutil.unlink_quiet(store.manifest_path(name))
@@ -137,10 +143,12 @@ def execute(store: Store, plan: GcPlan) -> None:
         store.index.remove_snapshot(name)
     store.index.remove_chunks([*plan.chunks, *plan.index_only])
     dirs = set()
-    for d in plan.chunks:
+    for i, d in enumerate(plan.chunks, 1):
         path = store.chunks.path(d)
         fsutil.unlink_quiet(path)
         dirs.add(path.parent)
+        if progress:
+            progress(i, len(plan.chunks))
     if store.sync:
         for p in dirs:
             fsutil.fsync_dir(p)

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from .errors import (CasckptError, ChunkError, ManifestError, SnapshotExistsErro
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
 from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
-from .pipeline import DEFAULT_INFLIGHT, Pipeline
+from .pipeline import DEFAULT_INFLIGHT, Pipeline, Tally
 
 log = logging.getLogger("casckpt")
 
@@ -310,7 +310,7 @@ class Store:
             self.index.remove_chunks(lost)
         return have - lost
 
-    def write_chunks(self, tasks: list[ChunkTask]) -> dict[Digest, ChunkInfo]:
+    def write_chunks(self, tasks: list[ChunkTask], *, tally: Tally | None = None) -> dict[Digest, ChunkInfo]:
         """Compress and write chunks the index does not hold, in parallel, memory bounded.
 
         Returns the info of every chunk handled (written now or found intact on disk); these
@@ -318,11 +318,15 @@ class Store:
         """
         unique = list({t.digest: t for t in tasks}.values())
         cfg = self.config.codec
+        tally = tally or Tally(None)
+        tally.grow(sum(t.data.nbytes for t in unique))
 
         def put(t: ChunkTask) -> ChunkInfo:
             # NOTE: put() also returns the info of a good file that is already there but not
             # indexed (left by a crashed save, or a concurrent save of the same chunk).
-            return self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
+            info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
+            tally.add(t.data.nbytes)
+            return info
 
         try:
             infos = self.pipeline.map(put, unique, cost=lambda t: 2 * t.data.nbytes)
@@ -376,23 +380,27 @@ class Store:
             fsutil.fsync_dir(path.parent)
 
     def put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], *, meta: dict | None = None,
-                   overwrite: bool = False, dtype_names: Mapping[str, str] | None = None) -> SaveStats:
+                   overwrite: bool = False, dtype_names: Mapping[str, str] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> SaveStats:
         """Save numpy arrays as snapshot ``name``. Only chunks the store lacks are written.
 
         ``dtype_names`` gives the store dtype of items whose array only holds the bytes of a type
-        numpy lacks (``{"w": "bfloat16"}`` with a uint16 array; ``"bytes"`` with uint8)."""
+        numpy lacks (``{"w": "bfloat16"}`` with a uint16 array; ``"bytes"`` with uint8).
+        ``progress(done, total)`` counts bytes hashed, then bytes of new chunks written."""
         started = time.perf_counter()
         check_name(name)
         with self.lock(SHARED):
             if not overwrite and self.exists(name):
                 raise SnapshotExistsError(f"snapshot {name!r} already exists in store {self.root}")
             items, tasks = {}, []
+            tally = Tally(progress, sum(np.asarray(a).nbytes for a in arrays.values()))
             for key, arr in arrays.items():
                 as_dtype = (dtype_names or {}).get(key)
                 items[str(key)], item_tasks = self._plan_array(str(key), arr, as_dtype)
                 tasks.extend(item_tasks)
+                tally.add(items[str(key)].nbytes)
             have = self.stored(t.digest for t in tasks)
-            new = self.write_chunks([t for t in tasks if t.digest not in have])
+            new = self.write_chunks([t for t in tasks if t.digest not in have], tally=tally)
             m = Manifest(name, utc_now(), self.config.chunk_size, items, meta or {})
             return self.commit(m, new, overwrite=overwrite, started=started)
 
@@ -455,8 +463,9 @@ class Store:
                 fsutil.fsync_dir(self.snap_dir)
             self.index.remove_snapshot(name)
 
-    def reindex(self) -> dict:
-        """Rebuild the LMDB index from chunk files and manifests. Returns counts."""
+    def reindex(self, *, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Rebuild the LMDB index from chunk files and manifests. Returns counts.
+        ``progress(done, total)`` counts chunk files checked."""
         with self.lock(EXCLUSIVE):
             if self._index is not None:
                 self._index.close()
@@ -465,9 +474,9 @@ class Store:
             for f in ("data.mdb", "lock.mdb"):
                 fsutil.unlink_quiet(self.index_path / f)
             self._index = Index(self.index_path, create=True, owner=self.config.store_id)
-            return self._rebuild_index()
+            return self._rebuild_index(progress)
 
-    def _rebuild_index(self) -> dict:
+    def _rebuild_index(self, progress: Callable[[int, int], None] | None = None) -> dict:
         """Index the chunks that committed manifests reference, each read and verified first.
 
         A chunk that fails (bit rot, a torn file) stays out, so the next save of its data writes
@@ -486,7 +495,10 @@ class Store:
             referenced |= m.digests()
             self._index.put_snapshot(name, _registry_row(m))
         infos, bad, orphans = {}, 0, 0
-        for d in self.chunks:
+        files = list(self.chunks)
+        for i, d in enumerate(files, 1):
+            if progress:
+                progress(i, len(files))
             if d not in referenced:
                 orphans += 1
                 continue

@@ -14,10 +14,12 @@ exported byte for byte. ``torch.save`` files are loaded with ``weights_only=True
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -60,15 +62,16 @@ def detect_format(src: str | os.PathLike) -> str:
 
 
 def import_snapshot(store: Store, name: str, src: str | os.PathLike, *, format: str | None = None,
-                    overwrite: bool = False) -> SaveStats:
-    """Store the checkpoint at ``src`` as snapshot ``name``; only chunks the store lacks are written."""
+                    overwrite: bool = False, progress: Progress | None = None) -> SaveStats:
+    """Store the checkpoint at ``src`` as snapshot ``name``; only chunks the store lacks are written.
+    ``progress(done, total)`` follows the save (bytes hashed, then new bytes written)."""
     fmt = format or detect_format(src)
     read = {"dcp": _read_dcp, "safetensors": _read_safetensors, "torch": _read_torch}.get(fmt)
     if read is None:
         raise CasckptError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     arrays, names, meta = read(Path(src))
     meta = {"import": {"format": fmt, "source": str(Path(src).absolute()), **meta}}
-    return store.put_arrays(name, arrays, meta=meta, overwrite=overwrite, dtype_names=names)
+    return store.put_arrays(name, arrays, meta=meta, overwrite=overwrite, dtype_names=names, progress=progress)
 
 
 def export_snapshot(store: Store, name: str, dst: str | os.PathLike, *, format: str,
@@ -154,7 +157,8 @@ def _read_dcp(src: Path):
              for fqn, t in md.state_dict_metadata.items()}
     planner = _planners()[1]()
     try:
-        dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+        with _quiet():
+            dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
     except CheckpointException as exc:  # a BaseException: the command's handler would miss it
         first = next(iter(exc.failures.values()), (exc, None))[0]
         raise CasckptError(f"cannot read the DCP checkpoint {src}: {type(first).__name__}: {first}") from None
@@ -199,7 +203,8 @@ def _join(fqn: str, keys: list[str], arrays: dict[str, np.ndarray]) -> np.ndarra
 def _write_dcp(tensors: dict, dst: Path) -> int:
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(dst)), planner=_planners()[0](), no_dist=True)
+    with _quiet():
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(dst)), planner=_planners()[0](), no_dist=True)
     return sum(f.stat().st_size for f in dst.iterdir())
 
 
@@ -215,6 +220,14 @@ def _write_torch(tensors: dict, dst: Path) -> int:
     finally:
         fsutil.unlink_quiet(tmp)
     return dst.stat().st_size
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence DCP's warning that it runs in one process: that is what import/export asks for."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+        yield
 
 
 # -- torch <-> numpy, without copies where possible -------------------------------------------------

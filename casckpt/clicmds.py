@@ -19,6 +19,10 @@ def add_commands(cmd: Callable) -> None:
     s.add_argument("a", metavar="A", help="the older snapshot (a name or 'latest')")
     s.add_argument("b", metavar="B", help="the newer snapshot (a name or 'latest')")
     s.add_argument("--values", action="store_true", help="read differing chunks: max |a-b|, relative L2")
+    s.add_argument("--stat", action="store_true", help="a summary per module: items added, removed and "
+                   "changed, bytes that differ, relative L2 (reads differing chunks, as --values)")
+    s.add_argument("--depth", type=int, metavar="N", help="with --stat: a module is the first N dotted "
+                   "parts of a name (default: all but the last)")
     s = cmd("rm", cmd_rm, "forget snapshots (their chunks go at the next gc)")
     s.add_argument("snapshots", metavar="SNAP", nargs="+", help=SNAP_HELP)
     s.add_argument("--no-wait", action="store_true", help="exit 3 if the store is busy")
@@ -59,25 +63,48 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from .diff import natural_key
     from .usage import show
+    from .values import small_values
     with open_store(args) as store:
         d = show(store, args.snapshot)
+        values = small_values(store, store.manifest(d.name))
     if args.json:
-        return emit_json(d.to_json())
+        return emit_json({**d.to_json(), "values": values})
     print(f"{d.name}  created {fmt.when(d.created, utc=args.utc)}  logical {fmt.size(d.logical_bytes)}  "
           f"stored {fmt.size(d.stored_bytes)}")
-    fmt.table(["ITEM", "DTYPE", "SHAPE", "CHUNKS", "LOGICAL", "STORED"],
+    items = sorted(d.items, key=lambda i: natural_key(i.name))
+    fmt.table(["ITEM", "DTYPE", "SHAPE", "CHUNKS", "LOGICAL", "STORED", "VALUE"],
               [[i.name, i.dtype, "x".join(map(str, i.shape)) or "()", i.chunks, fmt.size(i.logical_bytes),
-                fmt.size(i.stored_bytes)] for i in d.items])
+                fmt.size(i.stored_bytes), values.get(i.name, "")] for i in items])
     return OK
 
 
 def cmd_diff(args) -> int:
-    from .diff import diff
+    from .diff import diff, stat
     with open_store(args) as store, bar("diff", "chunk") as b:
-        r = diff(store, args.a, args.b, values=args.values, progress=b)
+        r = diff(store, args.a, args.b, values=args.values or args.stat, progress=b)
     if args.json:
-        return emit_json(r.to_json())
+        return emit_json({**r.to_json(), **({"stat": [m.to_json() for m in stat(r, depth=args.depth)]}
+                                            if args.stat else {})})
+    if args.stat:
+        fmt.table(["MODULE", "+", "-", "~", "BYTES DIFFER", "REL L2"],
+                  [[m.module, m.added, m.removed, m.changed, fmt.size(m.bytes_differ), fmt.num(m.rel_l2)]
+                   for m in stat(r, depth=args.depth)])
+    else:
+        _print_diff(r)
+    print(f"{len(r.added)} added, {len(r.removed)} removed, {len(r.renamed)} renamed, {len(r.changed)} changed, "
+          f"{len(r.unchanged)} unchanged")
+    return OK
+
+
+def _print_diff(r) -> None:
+    rule = fmt.rename_rule(r.renamed)
+    if rule:
+        print(f"R {rule[0]}* -> {rule[1]}*  ({fmt.plural(len(r.renamed), 'item')} renamed)")
+    else:
+        for old, new in r.renamed:
+            print(f"R {old} -> {new}")
     for name in r.added:
         print(f"+ {name}")
     for name in r.removed:
@@ -87,9 +114,8 @@ def cmd_diff(args) -> int:
             f"{c.chunks_differ}/{c.chunks} chunks, {fmt.size(c.bytes_differ)} differ"
         if c.max_abs_diff is not None or c.rel_l2 is not None:
             extra += f", max|a-b| {fmt.num(c.max_abs_diff)}, rel L2 {fmt.num(c.rel_l2)}"
-        print(f"~ {name}  ({extra})")
-    print(f"{len(r.added)} added, {len(r.removed)} removed, {len(r.changed)} changed, {len(r.unchanged)} unchanged")
-    return OK
+        value = f"  {c.value_a} -> {c.value_b}" if c.value_a is not None else ""
+        print(f"~ {name}  ({extra}){value}")
 
 
 def cmd_verify(args) -> int:

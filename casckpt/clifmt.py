@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import textwrap
 from datetime import datetime, timezone
@@ -51,6 +50,21 @@ def names(items: list[str], *, indent: str = "  ") -> str:
                          break_long_words=False, break_on_hyphens=False)
 
 
-def natural_key(name: str) -> tuple:
-    """Sort key that orders digit runs by value: ``state.2`` before ``state.10``."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
+def rename_rule(renamed) -> tuple[str, str] | None:
+    """When two or more renames all swap one prefix for another (``x.`` -> ``model.x.``), that
+    pair of prefixes; else ``None``."""
+    rules = set()
+    for old, new in renamed:
+        n = 0
+        while n < min(len(old), len(new)) and old[-1 - n] == new[-1 - n]:
+            n += 1
+        # NOTE: the shared suffix must start at a dot: "a.w1"/"b.w1" is ("a.", "b."), not ("a.w", "b.w")
+        while n and not (_after_dot(old, n) and _after_dot(new, n)):
+            i = old[len(old) - n:].find(".")
+            n = n - i - 1 if i >= 0 else 0
+        rules.add((old[:len(old) - n], new[:len(new) - n]))
+    return rules.pop() if len(renamed) >= 2 and len(rules) == 1 else None
+
+
+def _after_dot(s: str, n: int) -> bool:
+    return n == len(s) or s[len(s) - n - 1] == "."

@@ -11,7 +11,8 @@ import sys
 import threading
 import time
 
-from casckpt.clifmt import natural_key, when
+from casckpt.clifmt import when
+from casckpt.diff import natural_key
 from casckpt.progress import Bar
 from clikit import REPO, cli, cli_json, state
 from storekit import new_store

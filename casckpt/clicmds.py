@@ -28,8 +28,18 @@ def add_commands(cmd: Callable) -> None:
     s.add_argument("--no-wait", action="store_true", help="exit 3 if the store is busy")
     s = cmd("gc", cmd_gc, "apply a retention policy and delete unreferenced chunks")
     s.add_argument("--keep-last", type=int, metavar="N", help="keep the newest N snapshots")
-    s.add_argument("--keep-every", type=int, metavar="K", help="keep every K-th snapshot, oldest first")
+    s.add_argument("--keep-every", type=int, metavar="K", help="keep snapshots whose save number is a "
+                   "multiple of K (stable: a second gc keeps the same ones)")
+    for unit in ("hourly", "daily", "weekly", "monthly"):
+        s.add_argument(f"--keep-{unit}", type=int, metavar="N", help=f"keep the newest snapshot of each of "
+                       f"the newest N {unit.replace('ily', 'y').removesuffix('ly')}s that have one")
+    s.add_argument("--keep-within", metavar="DURATION", help="keep every snapshot created within DURATION "
+                   "(e.g. 2d, 12h, 1w) before the newest one")
     s.add_argument("--keep", nargs="+", default=[], metavar="NAME", help="keep these snapshots")
+    s.add_argument("--thin-older-than", type=int, metavar="N", help="in kept snapshots but the newest N, "
+                   "drop the items matching --drop-items (rewrites their manifests)")
+    s.add_argument("--drop-items", nargs="+", default=[], metavar="PATTERN", help="item names to drop "
+                   "when thinning, as shell patterns (e.g. 'optim.*')")
     s.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
     s.add_argument("--no-wait", action="store_true", help="exit 3 if a save holds the store")
     s = cmd("verify", cmd_verify, "check that snapshots' chunks exist and hash to their names")
@@ -187,8 +197,9 @@ def cmd_gc(args) -> int:
     with open_store(args) as store:
         say("gc: reading manifests and listing chunks to plan what goes…")
         with bar("gc: deleting chunks", "chunk") as b:
-            plan = gc(store, keep_last=args.keep_last, keep_every=args.keep_every, keep=args.keep,
-                      dry_run=args.dry_run, wait=not args.no_wait, on_plan=on_plan, progress=b)
+            plan = gc(store, policy=_policy(args), thin_older_than=args.thin_older_than,
+                      drop_items=args.drop_items, dry_run=args.dry_run, wait=not args.no_wait,
+                      on_plan=on_plan, progress=b)
     if args.json:
         return emit_json({**plan.to_json(), "dry_run": args.dry_run})
     if not printed:
@@ -197,10 +208,27 @@ def cmd_gc(args) -> int:
     return OK
 
 
+def _policy(args):
+    from .errors import CasckptError
+    from .retention import Policy, parse_duration
+    if (args.thin_older_than is None) != (not args.drop_items):
+        raise CasckptError("--thin-older-than and --drop-items go together")
+    return Policy(last=args.keep_last, every=args.keep_every, hourly=args.keep_hourly, daily=args.keep_daily,
+                  weekly=args.keep_weekly, monthly=args.keep_monthly, keep=tuple(args.keep),
+                  within=None if args.keep_within is None else parse_duration(args.keep_within))
+
+
 def _print_plan(plan, *, dry_run: bool) -> None:
     print(f"keep {fmt.plural(len(plan.keep), 'snapshot')}, drop {len(plan.drop)}" + (":" if plan.drop else ""))
+    if dry_run and plan.reasons:
+        for name in plan.keep:
+            print(f"  keep {name}  ({', '.join(plan.reasons.get(name, []))})")
     if plan.drop:
         print(fmt.names(list(plan.drop)))
+    if plan.thinned:
+        print(f"thin {fmt.plural(len(plan.thinned), 'snapshot')} (their manifests are rewritten without "
+              f"the matching items):")
+        print(fmt.names(sorted(plan.thinned)))
     print(f"chunks to delete: {len(plan.chunks)} ({plan.orphans} orphans), {fmt.size(plan.chunk_bytes)}; "
           f"temp files: {len(plan.tmp_files)}, {fmt.size(plan.tmp_bytes)}")
 

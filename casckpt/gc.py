@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
-from . import fsutil
+from . import fsutil, retention, thin
 from .digest import Digest
 from .errors import CasckptError, SnapshotNotFoundError
 from .lock import EXCLUSIVE
@@ -54,6 +54,8 @@ class GcPlan:
     tmp_files: tuple[str, ...] = ()
     tmp_bytes: int = 0
     executed: bool = False
+    thinned: dict = field(default_factory=dict)  # name -> its manifest without the dropped items
+    reasons: dict = field(default_factory=dict)  # kept name -> why the policy keeps it
 
     @property
     def bytes_freed(self) -> int:
@@ -64,44 +66,40 @@ class GcPlan:
                 "orphans": self.orphans, "chunk_bytes": self.chunk_bytes,
                 "index_only": len(self.index_only), "tmp_files": len(self.tmp_files),
                 "tmp_bytes": self.tmp_bytes, "bytes_freed": self.bytes_freed,
-                "executed": self.executed}
+                "executed": self.executed, "thinned": sorted(self.thinned),
+                "reasons": {k: list(v) for k, v in self.reasons.items()}}
 
 
 def retained(names: list[str], *, keep_last: int | None = None, keep_every: int | None = None,
              keep: Iterable[str] = ()) -> set[str]:
-    """Which of ``names`` (oldest first) the policy keeps; no policy at all keeps every one.
-
-    ``keep_last=N``: the newest N. ``keep_every=K``: positions 0, K, 2K, ... counted from the
-    oldest snapshot present. ``keep``: these names (each must exist).
-    """
-    keep = list(keep)
-    missing = [k for k in keep if k not in names]
-    if missing:
-        raise SnapshotNotFoundError(f"--keep names snapshots that do not exist: {', '.join(missing)}")
-    if keep_last is not None and keep_last < 0 or keep_every is not None and keep_every < 1:
-        raise CasckptError("keep_last must be >= 0 and keep_every >= 1")
-    if keep_last is None and keep_every is None and not keep:
-        return set(names)
-    out = set(keep)
-    if keep_last:
-        out.update(names[-keep_last:])
-    if keep_every:
-        out.update(names[::keep_every])
-    return out
+    """Which of ``names`` (oldest first, numbered by position) the policy keeps; no policy at all
+    keeps every one. See :mod:`casckpt.retention` for the rules on real snapshots."""
+    policy = retention.Policy(last=keep_last, every=keep_every, keep=tuple(keep))
+    return set(retention.select(retention.from_names(names), policy))
 
 
 def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
-            keep: Iterable[str] = ()) -> GcPlan:
+            keep: Iterable[str] = (), policy: retention.Policy | None = None,
+            thin_older_than: int | None = None, drop_items: Iterable[str] = ()) -> GcPlan:
     """Plan a gc without deleting anything or taking the lock (a preview while saves may run:
-    chunks of a save in progress show up as orphans here; :func:`gc` re-plans under the lock)."""
-    names = [s.name for s in store.snapshots()]
-    kept = retained(names, keep_last=keep_last, keep_every=keep_every, keep=keep)
+    chunks of a save in progress show up as orphans here; :func:`gc` re-plans under the lock).
+
+    ``policy`` (a :class:`casckpt.retention.Policy`) replaces ``keep_last``/``keep_every``/``keep``.
+    With ``thin_older_than=N`` and ``drop_items`` patterns, kept snapshots but the newest N lose
+    the matching items (see :mod:`casckpt.thin`)."""
+    infos = store.snapshots()
+    names = [s.name for s in infos]
+    policy = policy or retention.Policy(last=keep_last, every=keep_every, keep=tuple(keep))
+    snaps = retention.of_store(store, infos)
+    reasons = retention.select(snaps, policy)
+    kept = set(reasons)
+    thinned = _thin(store, snaps, [n for n in names if n in kept], thin_older_than, tuple(drop_items))
     live: set[Digest] = set()
     for name in names:
         if name in kept:
-            live |= store.manifest(name).digests()
+            live |= (thinned[name] if name in thinned else store.manifest(name)).digests()
     doomed = [d for d in store.chunks if d not in live]
-    referenced = _referenced(store, [n for n in names if n not in kept])
+    referenced = _referenced(store, [n for n in names if n not in kept or n in thinned])
     indexed = {d for d, _ in store.index.chunks()}
     present = set(doomed)
     index_only = tuple(d for d in indexed if d not in live and d not in present)
@@ -109,12 +107,23 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
     return GcPlan(keep=tuple(n for n in names if n in kept), drop=tuple(n for n in names if n not in kept),
                   chunks=tuple(doomed), orphans=sum(1 for d in doomed if d not in referenced),
                   chunk_bytes=sum(_size(store.chunks.path(d)) for d in doomed), index_only=index_only,
-                  tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp))
+                  tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp),
+                  thinned=thinned, reasons=reasons)
+
+
+def _thin(store: Store, snaps, kept: list[str], older_than: int | None, patterns: tuple[str, ...]) -> dict:
+    if older_than is None or not patterns:
+        return {}
+    seq = dict(zip((s.name for s in snaps), retention.seqs(snaps)))
+    out = {n: thin.thinned(store.manifest(n), patterns, seq[n]) for n in thin.targets(kept, older_than)}
+    return {n: m for n, m in out.items() if m is not None}
 
 
 def gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
        keep: Iterable[str] = (), dry_run: bool = False, wait: bool = True,
-       on_plan: Callable[[GcPlan], None] | None = None, progress: Progress | None = None) -> GcPlan:
+       policy: retention.Policy | None = None, thin_older_than: int | None = None,
+       drop_items: Iterable[str] = (), on_plan: Callable[[GcPlan], None] | None = None,
+       progress: Progress | None = None) -> GcPlan:
     """Apply the retention policy and delete unreferenced chunks and temp files.
 
     Takes the exclusive store lock (waits for saves to finish; ``wait=False`` raises
@@ -122,11 +131,12 @@ def gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = N
     with ``executed=True`` when it was carried out. ``on_plan(plan)`` is called once the plan is
     made, before anything is deleted; ``progress(done, total)`` as chunk files are deleted.
     """
-    keep = tuple(keep)
+    kw = dict(keep_last=keep_last, keep_every=keep_every, keep=tuple(keep), policy=policy,
+              thin_older_than=thin_older_than, drop_items=tuple(drop_items))
     if dry_run:
-        return plan_gc(store, keep_last=keep_last, keep_every=keep_every, keep=keep)
+        return plan_gc(store, **kw)
     with store.lock(EXCLUSIVE, timeout=... if wait else 0):
-        plan = plan_gc(store, keep_last=keep_last, keep_every=keep_every, keep=keep)
+        plan = plan_gc(store, **kw)
         if on_plan:
             on_plan(plan)
         execute(store, plan, progress=progress)
@@ -135,6 +145,8 @@ def gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = N
 
 def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> None:
     """Carry out ``plan`` in crash-safe order. The caller holds the exclusive lock."""
+    for m in plan.thinned.values():  # NOTE: atomic rewrites first: their freed chunks go below
+        store.commit(m, {}, overwrite=True)
     for name in plan.drop:
         fsutil.unlink_quiet(store.manifest_path(name))
     if plan.drop and store.sync:

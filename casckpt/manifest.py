@@ -175,3 +175,11 @@ class Manifest:
             raise ManifestError(f"{source} has a bad chunk_size or created field")
         return cls(name, doc["created"], chunk_size,
                    {str(k): Item.from_json(str(k), v) for k, v in items.items()}, doc.get("meta", {}))
+
+
+def resumable(m: "Manifest") -> bool:
+    """Whether snapshot ``m`` counts for "latest", the point a training job resumes from: every
+    snapshot except imports (``meta["import"]``, written by ``casckpt import``), so importing a
+    checkpoint, or exporting one and importing it back, never becomes a job's resume point by
+    surprise. When a store holds only imports, "latest" is the newest of them."""
+    return "import" not in m.meta

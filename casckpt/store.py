@@ -17,6 +17,7 @@ snapshot's registry entry. Reading goes the other way and needs only manifest an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from .errors import (CasckptError, ChunkError, ManifestError, SnapshotExistsErro
                      StoreNotFoundError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
-from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
+from .manifest import ChunkRef, Item, Manifest, check_name, resumable, utc_now
 from .pipeline import DEFAULT_INFLIGHT, Pipeline, Tally
 
 log = logging.getLogger("casckpt")
@@ -194,10 +195,11 @@ class Store:
         """``"latest"`` → the newest committed snapshot's name; other names are checked and returned."""
         return self._latest() if name == "latest" else check_name(name)
 
-    def _latest(self) -> str:
+    def _latest(self, accept: Callable[[Manifest], bool] | None = resumable) -> str:
         """The committed snapshot with the greatest ``(created, name)`` (the order of
         :meth:`snapshots`), found from manifest files alone: any rank on any host can resolve it
-        without the LMDB index.
+        without the LMDB index. Only snapshots ``accept`` takes count (by default not imports:
+        see :func:`casckpt.manifest.resumable`) unless there are no others.
 
         A manifest is published after its ``created`` time, so once a manifest created at C is
         seen, files last modified more than ``LATEST_SKEW`` seconds before C cannot be newer and
@@ -214,10 +216,14 @@ class Store:
             if best is not None and mtime < _timestamp(best[0]) - LATEST_SKEW:
                 break
             try:
-                created = self.manifest(name).created
+                m = self.manifest(name)
             except SnapshotNotFoundError:
                 continue
-            best = max(best or (created, name), (created, name))
+            if accept is not None and not accept(m):
+                continue
+            best = max(best or (m.created, name), (m.created, name))
+        if best is None and accept is not None:
+            return self._latest(None)
         if best is None:
             raise SnapshotNotFoundError(f"store {self.root} has no snapshots (asked for 'latest')")
         return best[1]
@@ -345,6 +351,8 @@ class Store:
         Raises SnapshotExistsError if the name is taken (unless ``overwrite``). The caller
         vouches that every other chunk the manifest references is stored (see :meth:`stored`).
         """
+        if "seq" not in manifest.meta:  # NOTE: a save number, for retention (casckpt.retention)
+            manifest = dataclasses.replace(manifest, meta={**manifest.meta, "seq": self._next_seq()})
         path = self.manifest_path(manifest.name)
         try:
             if self.sync:
@@ -362,6 +370,15 @@ class Store:
         written = sum(i.stored_len for i in new.values())
         return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
                          len(new), written, time.perf_counter() - started if started else 0.0)
+
+    def _next_seq(self) -> int:
+        """One more than the newest snapshot's ``seq``; in a store whose newest snapshot has none
+        (saved by an older casckpt), the number of snapshots."""
+        try:
+            seq = self.manifest(self._latest(None)).meta.get("seq")
+        except CasckptError:
+            seq = None
+        return seq + 1 if type(seq) is int else len(self.snapshot_names())
 
     def _publish(self, path: Path, data: bytes, *, overwrite: bool) -> None:
         tmp = fsutil.temp_path(self.tmp_dir, ".manifest")

@@ -13,7 +13,9 @@ from .cli import OK, PROBLEMS, SNAP_HELP, bar, emit_json, open_store, say
 
 
 def add_commands(cmd: Callable) -> None:
-    cmd("ls", cmd_ls, "list snapshots with their sizes")
+    s = cmd("ls", cmd_ls, "list snapshots with their sizes, tags and metadata")
+    s.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="only snapshots with this tag (repeat: with all of them)")
     cmd("show", cmd_show, "list a snapshot's items").add_argument("snapshot", metavar="SNAP", help=SNAP_HELP)
     s = cmd("diff", cmd_diff, "compare two snapshots item by item")
     s.add_argument("a", metavar="A", help="the older snapshot (a name or 'latest')")
@@ -59,16 +61,26 @@ def add_commands(cmd: Callable) -> None:
 
 # -- reading ---------------------------------------------------------------------------------------
 def cmd_ls(args) -> int:
+    import json
+
+    from .errors import SnapshotNotFoundError
     from .usage import du, ls
     with open_store(args) as store:
         rows, total = ls(store), du(store)
+        try:
+            latest = store.resolve("latest")
+        except SnapshotNotFoundError:
+            latest = None
+    rows = [r for r in rows if set(args.tag) <= set(r.tags)]
     if args.json:
         return emit_json([r.to_json() for r in rows])
-    fmt.table(["NAME", "CREATED", "LOGICAL", "CHUNKS", "ONLY HERE"],
+    fmt.table(["NAME", "CREATED", "LOGICAL", "CHUNKS", "ONLY HERE", "TAGS", "META"],
               [[r.name, fmt.when(r.created, utc=args.utc), fmt.size(r.logical_bytes), r.chunks,
-                fmt.size(r.unique_bytes)] for r in rows])
-    print(f"{fmt.plural(len(rows), 'snapshot')}; store total {fmt.size(total.stored_bytes)} stored in "
-          f"{fmt.plural(total.chunks, 'chunk')}")
+                fmt.size(r.unique_bytes), ",".join(r.tags + (("(import)",) if r.origin == "import" else ())),
+                fmt.short(json.dumps(r.meta, separators=(",", ":")) if r.meta else "", 48)] for r in rows])
+    shown = "" if not args.tag else f" with tag {', '.join(args.tag)}"
+    print(f"{fmt.plural(len(rows), 'snapshot')}{shown}; store total {fmt.size(total.stored_bytes)} stored in "
+          f"{fmt.plural(total.chunks, 'chunk')}" + (f"; latest (where a resume starts): {latest}" if latest else ""))
     return OK
 
 

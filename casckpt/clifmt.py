@@ -7,11 +7,15 @@ import textwrap
 from datetime import datetime, timezone
 
 
+LEFT = {"TAGS", "META", "VALUE"}  # text columns; the first column is always left-aligned
+
+
 def table(headers: list[str], rows: list[list], *, head: bool = True) -> None:
     cells = ([headers] if head else []) + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))] if cells else []
+    left = {0} | {i for i, h in enumerate(headers) if h in LEFT}
     for r in cells:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        print("  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
 
 
 def size(n: int) -> str:
@@ -68,3 +72,7 @@ def rename_rule(renamed) -> tuple[str, str] | None:
 
 def _after_dot(s: str, n: int) -> bool:
     return n == len(s) or s[len(s) - n - 1] == "."
+
+
+def short(s: str, width: int) -> str:
+    return s if len(s) <= width else s[:width - 1] + "…"

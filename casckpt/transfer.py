@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import dtypes, fsutil
+from . import dtypes, fsutil, nest
 from . import safetensors_file as safetensors
 from .diff import groups
 from .errors import CasckptError
@@ -87,7 +87,7 @@ def export_snapshot(store: Store, name: str, dst: str | os.PathLike, *, format: 
         total = safetensors.write(store, m, dst, progress=progress)
     else:
         tensors = _assemble(store, m, progress)
-        total = _write_dcp(tensors, dst) if format == "dcp" else _write_torch(tensors, dst)
+        total = _write_dcp(tensors, dst) if format == "dcp" else _write_torch(tensors, dst, nest.paths_of(m.meta))
     return ExportStats(m.name, format, str(dst.absolute()), len(groups(m)), total)
 
 
@@ -115,15 +115,17 @@ def _read_torch(src: Path):
                            f"{str(exc)[:300]}") from None
     if not isinstance(obj, dict):
         raise CasckptError(f"{src} holds a {type(obj).__name__}, not a state dict")
-    arrays, names = {}, {}
-    for key, value in _flatten(obj):
+    arrays, names, paths = {}, {}, {}
+    for key, path, value in nest.flatten(obj):
+        paths[key] = path
         if isinstance(value, torch.Tensor):
             arrays[key], names[key] = _from_torch(value)
         else:
             buf = io.BytesIO()
             torch.save(value, buf)
             arrays[key], names[key] = np.frombuffer(buf.getvalue(), np.uint8), "bytes"
-    return arrays, names, {}
+    # NOTE: the nesting, so that export rebuilds it (a dotted name alone is ambiguous: "model.0.w")
+    return arrays, names, {"paths": paths} if any(p != [k] for k, p in paths.items()) else {}
 
 
 def _load_value(key: str, data: bytes):
@@ -134,15 +136,6 @@ def _load_value(key: str, data: bytes):
         return torch.load(io.BytesIO(data), weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise CasckptError(f"item {key!r} cannot be loaded with weights_only=True: {str(exc)[:300]}") from None
-
-
-def _flatten(obj, prefix: str = ""):
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            yield from _flatten(v, key + ".")
-        else:
-            yield key, v
 
 
 def _read_dcp(src: Path):
@@ -208,11 +201,14 @@ def _write_dcp(tensors: dict, dst: Path) -> int:
     return sum(f.stat().st_size for f in dst.iterdir())
 
 
-def _write_torch(tensors: dict, dst: Path) -> int:
+def _write_torch(tensors: dict, dst: Path, paths: dict | None) -> int:
+    """``torch.save`` of the state dict, nested again as it was saved when the snapshot says how."""
     import torch
 
     obj = {k: (_load_value(k, v.data) if isinstance(v, RawBytes) else v)
            for k, v in tensors.items()}
+    if paths:
+        obj = nest.nest(obj, paths)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)

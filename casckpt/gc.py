@@ -10,6 +10,7 @@ snapshots (manifests read) and with what is deleted (one ``stat`` and one ``unli
 Execution order is the crash-safety argument; a crash at any point leaves a store whose committed
 snapshots are whole, and the next ``gc`` finishes the job:
 
+0. rewrite the manifests of thinned snapshots (atomic: temp, fsync, rename, fsync the folder);
 1. unlink the manifests of dropped snapshots, fsync ``snapshots/`` (they are gone: the commit point);
 2. remove their registry rows and the doomed chunks' index entries (an index entry must never
    outlive its file: it means "safely stored", and a save would skip writing the chunk);

@@ -29,15 +29,7 @@ def add_commands(cmd: Callable) -> None:
     s.add_argument("snapshots", metavar="SNAP", nargs="+", help=SNAP_HELP)
     s.add_argument("--no-wait", action="store_true", help="exit 3 if the store is busy")
     s = cmd("gc", cmd_gc, "apply a retention policy and delete unreferenced chunks")
-    s.add_argument("--keep-last", type=int, metavar="N", help="keep the newest N snapshots")
-    s.add_argument("--keep-every", type=int, metavar="K", help="keep snapshots whose save number is a "
-                   "multiple of K (stable: a second gc keeps the same ones)")
-    for unit in ("hourly", "daily", "weekly", "monthly"):
-        s.add_argument(f"--keep-{unit}", type=int, metavar="N", help=f"keep the newest snapshot of each of "
-                       f"the newest N {unit.replace('ily', 'y').removesuffix('ly')}s that have one")
-    s.add_argument("--keep-within", metavar="DURATION", help="keep every snapshot created within DURATION "
-                   "(e.g. 2d, 12h, 1w) before the newest one")
-    s.add_argument("--keep", nargs="+", default=[], metavar="NAME", help="keep these snapshots")
+    _policy_args(s)
     s.add_argument("--thin-older-than", type=int, metavar="N", help="in kept snapshots but the newest N, "
                    "drop the items matching --drop-items (rewrites their manifests)")
     s.add_argument("--drop-items", nargs="+", default=[], metavar="PATTERN", help="item names to drop "
@@ -57,6 +49,23 @@ def add_commands(cmd: Callable) -> None:
     s.add_argument("dst", metavar="DST", help="where to write: a new file, or a new or empty directory (dcp)")
     s.add_argument("--format", choices=("dcp", "safetensors", "torch"), required=True)
     cmd("reindex", cmd_reindex, "rebuild the index from chunk files and manifests")
+    s = cmd("report", cmd_report, "write an HTML page with plots: storage, dedup, per-module change, retention")
+    s.add_argument("--out", metavar="DIR", default="casckpt-report", help="folder for index.html and its "
+                   "PNGs (default: ./casckpt-report)")
+    _policy_args(s)
+
+
+def _policy_args(s) -> None:
+    s.add_argument("--keep-last", type=int, metavar="N", help="keep the newest N snapshots")
+    s.add_argument("--keep-every", type=int, metavar="K", help="keep snapshots whose save number is a "
+                   "multiple of K (stable: a second gc keeps the same ones)")
+    for unit in ("hourly", "daily", "weekly", "monthly"):
+        s.add_argument(f"--keep-{unit}", type=int, metavar="N", help=f"keep the newest snapshot of each of "
+                       f"the newest N {unit.replace('ily', 'y').removesuffix('ly')}s that have one")
+    s.add_argument("--keep-within", metavar="DURATION", help="keep every snapshot created within DURATION "
+                   "(e.g. 2d, 12h, 1w) before the newest one")
+    s.add_argument("--keep", nargs="+", default=[], metavar="NAME", help="keep these snapshots")
+    s.set_defaults(thin_older_than=None, drop_items=[])
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -298,4 +307,16 @@ def cmd_reindex(args) -> int:
     print(f"reindexed {fmt.plural(r['chunks'], 'chunk')} and {fmt.plural(r['snapshots'], 'snapshot')}"
           + (f"; {r['unreadable_chunks']} unreadable chunks skipped" if r.get("unreadable_chunks") else "")
           + (f"; {r['orphan_chunks']} unreferenced chunks left for gc" if r.get("orphan_chunks") else ""))
+    return OK
+
+
+def cmd_report(args) -> int:
+    from .report import write
+    args.interrupted = lambda a: f"the store was not changed; {a.out} may hold a partial report"
+    with open_store(args) as store:
+        say("report: reading manifests and comparing consecutive snapshots…")
+        page = write(store, args.out, policy=_policy(args))
+    if args.json:
+        return emit_json({"page": str(page.absolute())})
+    print(f"wrote {page} (open it in a browser)")
     return OK

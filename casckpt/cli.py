@@ -22,9 +22,7 @@ import traceback
 from typing import Callable
 
 from . import __version__
-from . import clifmt as fmt
 from .errors import CasckptError, LockTimeoutError
-from .progress import Bar, status
 from .store import Store
 
 OK, PROBLEMS, ERROR, BUSY, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 70, 130
@@ -71,12 +69,12 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     p = argparse.ArgumentParser(prog="casckpt", description="Content-addressed, deduplicating checkpoint store.",
                                 epilog="Options --json, --index and --utc may come before or after COMMAND.")
     p.add_argument("--version", action="version", version=f"casckpt {__version__}")
-    _globals(p, None)
+    _globals(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("store", metavar="STORE", help="path of the store")
     # NOTE: SUPPRESS keeps a subcommand from resetting what was given before the command.
-    _globals(common, argparse.SUPPRESS)
+    _globals(common, suppress=True)
     subs: dict[str, argparse.ArgumentParser] = {}
 
     def cmd(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
@@ -89,11 +87,11 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     return p, subs
 
 
-def _globals(p: argparse.ArgumentParser, default) -> None:
-    kw = {} if default is None else {"default": default}
+def _globals(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    kw = {"default": argparse.SUPPRESS} if suppress else {}
     p.add_argument("--json", action="store_true", help="print machine-readable JSON", **kw)
     p.add_argument("--index", metavar="PATH", help="where the LMDB index lives if not in the store "
-                   "(e.g. a local disk)", **({"default": None} if default is None else kw))
+                   "(e.g. a local disk)", **kw)
     p.add_argument("--utc", action="store_true", help="show times in UTC (default: local time, "
                    "as TZ says)", **kw)
 
@@ -110,14 +108,6 @@ def interrupted(args: argparse.Namespace) -> str:
 # -- shared by the commands ------------------------------------------------------------------------
 def open_store(args, *, create: bool = False, no_wait: bool = False) -> Store:
     return Store.open(args.store, create=create, index_path=args.index, lock_timeout=0 if no_wait else None)
-
-
-def bar(label: str, unit: str = "B") -> Bar:
-    return Bar(label, unit=unit)
-
-
-def say(text: str) -> None:
-    status(text)
 
 
 def emit_json(obj) -> int:

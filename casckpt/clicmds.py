@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Callable
 
 from . import clifmt as fmt
-from .cli import OK, PROBLEMS, SNAP_HELP, bar, emit_json, open_store, say
+from .cli import OK, PROBLEMS, SNAP_HELP, emit_json, open_store
+from .progress import Bar, status
 
 
 def add_commands(cmd: Callable) -> None:
@@ -113,7 +114,7 @@ def cmd_show(args) -> int:
 
 def cmd_diff(args) -> int:
     from .diff import diff, stat
-    with open_store(args) as store, bar("diff", "chunk") as b:
+    with open_store(args) as store, Bar("diff", unit="chunk") as b:
         r = diff(store, args.a, args.b, values=args.values or args.stat, progress=b)
     if args.json:
         return emit_json({**r.to_json(), **({"stat": [m.to_json() for m in stat(r, depth=args.depth)]}
@@ -151,7 +152,7 @@ def _print_diff(r) -> None:
 
 def cmd_verify(args) -> int:
     from .verify import verify
-    with open_store(args) as store, bar("verify", "chunk") as b:
+    with open_store(args) as store, Bar("verify", unit="chunk") as b:
         r = verify(store, args.snapshots or None, quick=args.quick, progress=b)
     if args.json:
         emit_json(r.to_json())
@@ -216,8 +217,8 @@ def cmd_gc(args) -> int:
             printed.append(True)
 
     with open_store(args) as store:
-        say("gc: reading manifests and listing chunks to plan what goes…")
-        with bar("gc: deleting chunks", "chunk") as b:
+        status("gc: reading manifests and listing chunks to plan what goes…")
+        with Bar("gc: deleting chunks", unit="chunk") as b:
             plan = gc(store, policy=_policy(args), thin_older_than=args.thin_older_than,
                       drop_items=args.drop_items, dry_run=args.dry_run, wait=not args.no_wait,
                       on_plan=on_plan, progress=b)
@@ -267,8 +268,8 @@ def cmd_import(args) -> int:
     args.interrupted = _import_interrupted
     with open_store(args, create=True) as store:
         args.state["store"] = store
-        say(f"import: reading {args.src}…")
-        with bar(f"import {args.snapshot}") as b:
+        status(f"import: reading {args.src}…")
+        with Bar(f"import {args.snapshot}") as b:
             s = import_snapshot(store, args.snapshot, args.src, format=args.format, progress=b)
     if args.json:
         return emit_json(s.to_json())
@@ -289,7 +290,7 @@ def cmd_export(args) -> int:
     from .transfer import export_snapshot
     args.interrupted = lambda a: (f"the store was not changed; {a.dst} may be incomplete: remove it "
                                   "before running the export again")
-    with open_store(args) as store, bar(f"export {args.snapshot}") as b:
+    with open_store(args) as store, Bar(f"export {args.snapshot}") as b:
         s = export_snapshot(store, args.snapshot, args.dst, format=args.format, progress=b)
     if args.json:
         return emit_json(s.to_json())
@@ -300,7 +301,7 @@ def cmd_export(args) -> int:
 def cmd_reindex(args) -> int:
     args.interrupted = lambda a: ("the index is incomplete but nothing else changed; run "
                                   "`casckpt reindex` again (safe) before using the store")
-    with open_store(args) as store, bar("reindex", "chunk") as b:
+    with open_store(args) as store, Bar("reindex", unit="chunk") as b:
         r = store.reindex(progress=b)
     if args.json:
         return emit_json(r)
@@ -314,7 +315,7 @@ def cmd_report(args) -> int:
     from .report import write
     args.interrupted = lambda a: f"the store was not changed; {a.out} may hold a partial report"
     with open_store(args) as store:
-        say("report: reading manifests and comparing consecutive snapshots…")
+        status("report: reading manifests and comparing consecutive snapshots…")
         page = write(store, args.out, policy=_policy(args))
     if args.json:
         return emit_json({"page": str(page.absolute())})

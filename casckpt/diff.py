@@ -17,6 +17,7 @@ import numpy as np
 
 from . import dtypes
 from .manifest import Item, Manifest, key_fqn
+from .pipeline import Tally
 from .store import Store
 
 Progress = Callable[[int, int], None]
@@ -237,7 +238,7 @@ def _measure(store: Store, ma: Manifest, mb: Manifest, ga: dict[str, list[str]],
             for ca, cb in zip(ma.items[key].chunks, mb.items[key].chunks):
                 if ca.digest != cb.digest:
                     tasks.append((f, ch.dtype, ca.digest, cb.digest))
-    done = [0]
+    tally = Tally(progress, len(tasks))  # NOTE: workers report from their threads
 
     def one(t):
         f, name, da, db = t
@@ -246,9 +247,7 @@ def _measure(store: Store, ma: Manifest, mb: Manifest, ga: dict[str, list[str]],
             same = (xa == xb) | (np.isnan(xa) & np.isnan(xb))
             d = np.where(same, 0.0, xb - xa)
             out = float(np.max(np.abs(d))) if d.size else 0.0, float(np.sum(d * d)), float(np.sum(xa * xa))
-        done[0] += 1  # NOTE: a lost update under threads only makes the progress bar lag
-        if progress:
-            progress(done[0], len(tasks))
+        tally.add(1)
         return (f, *out)
 
     acc: dict[str, list[float]] = {}

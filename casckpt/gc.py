@@ -30,7 +30,6 @@ from typing import Callable, Iterable
 
 from . import fsutil, retention, thin
 from .digest import Digest
-from .errors import CasckptError, SnapshotNotFoundError
 from .lock import EXCLUSIVE
 from .store import Store
 
@@ -90,17 +89,18 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
     the matching items (see :mod:`casckpt.thin`)."""
     infos = store.snapshots()
     names = [s.name for s in infos]
+    ms = {n: store.manifest(n) for n in names}  # NOTE: parsed once each: the bulk of planning's time
     policy = policy or retention.Policy(last=keep_last, every=keep_every, keep=tuple(keep))
-    snaps = retention.of_store(store, infos)
+    snaps = retention.of_manifests(infos, ms)
     reasons = retention.select(snaps, policy)
     kept = set(reasons)
-    thinned = _thin(store, snaps, [n for n in names if n in kept], thin_older_than, tuple(drop_items))
+    thinned = _thin(ms, snaps, [n for n in names if n in kept], thin_older_than, tuple(drop_items))
     live: set[Digest] = set()
     for name in names:
         if name in kept:
-            live |= (thinned[name] if name in thinned else store.manifest(name)).digests()
+            live |= (thinned[name] if name in thinned else ms[name]).digests()
     doomed = [d for d in store.chunks if d not in live]
-    referenced = _referenced(store, [n for n in names if n not in kept or n in thinned])
+    referenced = {d for n in names if n not in kept or n in thinned for d in ms[n].digests()}
     indexed = {d for d, _ in store.index.chunks()}
     present = set(doomed)
     index_only = tuple(d for d in indexed if d not in live and d not in present)
@@ -112,11 +112,11 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
                   thinned=thinned, reasons=reasons)
 
 
-def _thin(store: Store, snaps, kept: list[str], older_than: int | None, patterns: tuple[str, ...]) -> dict:
+def _thin(ms: dict, snaps, kept: list[str], older_than: int | None, patterns: tuple[str, ...]) -> dict:
     if older_than is None or not patterns:
         return {}
     seq = dict(zip((s.name for s in snaps), retention.seqs(snaps)))
-    out = {n: thin.thinned(store.manifest(n), patterns, seq[n]) for n in thin.targets(kept, older_than)}
+    out = {n: thin.thinned(ms[n], patterns, seq[n]) for n in thin.targets(kept, older_than)}
     return {n: m for n, m in out.items() if m is not None}
 
 
@@ -167,13 +167,6 @@ def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> 
             fsutil.fsync_dir(p)
     for f in plan.tmp_files:
         _remove(store.tmp_dir / f)
-
-
-def _referenced(store: Store, names: list[str]) -> set[Digest]:
-    out: set[Digest] = set()
-    for name in names:
-        out |= store.manifest(name).digests()
-    return out
 
 
 def _tmp_files(store: Store) -> list[str]:

@@ -6,6 +6,7 @@ nothing of bars; :class:`Bar` is such a callable. It is the only module that imp
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -42,8 +43,8 @@ class Bar:
                 # NOTE: bytes in KiB/MiB/GiB; counts (chunks) stay whole numbers.
                 bytes_ = self.unit == "B"
                 bar = self._bar = tqdm(total=total, desc=self.label, unit=self.unit, unit_scale=bytes_,
-                                       unit_divisor=1024, file=self.stream, dynamic_ncols=True,
-                                       leave=True, mininterval=0.1)
+                                       unit_divisor=1024, file=self.stream, leave=True, mininterval=0.1,
+                                       **_size(self.stream))
             if total != bar.total:
                 bar.total = total
             if done > bar.n:
@@ -74,3 +75,12 @@ def _isatty(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # closed or not a file
         return False
+
+
+def _size(stream) -> dict:
+    # NOTE: a terminal that reports no size (a bare pty, some CI consoles) makes tqdm draw nothing
+    try:
+        cols, rows = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        cols = rows = 0
+    return {"ncols": min(cols, 160) if cols >= 40 else 100, "nrows": rows if rows >= 2 else 24}

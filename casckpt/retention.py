@@ -144,14 +144,16 @@ def from_names(names: Iterable[str]) -> list[Snap]:
     return [Snap(n, None, None) for n in names]
 
 
-def of_store(store, infos) -> list[Snap]:
+def of_manifests(infos, manifests) -> list[Snap]:
     """``Snap`` of each of ``infos`` (:class:`casckpt.SnapshotInfo`, oldest first); the save number
-    comes from the manifest (``None`` if it has none or cannot be read: gc reports damage itself)."""
+    comes from its manifest in ``manifests`` (name -> Manifest), ``None`` if it has none."""
     out = []
     for s in infos:
-        try:
-            seq = store.manifest(s.name).meta.get("seq")
-        except CasckptError:
-            seq = None
+        seq = manifests[s.name].meta.get("seq")
         out.append(Snap(s.name, parse_created(s.created), seq if type(seq) is int else None))
     return out
+
+
+def of_store(store, infos) -> list[Snap]:
+    """As :func:`of_manifests`, reading each manifest from ``store``."""
+    return of_manifests(infos, {s.name: store.manifest(s.name) for s in infos})

@@ -183,3 +183,56 @@ def test_ctrl_c_message_for_gc_depends_on_how_far_it_got():
     assert "nothing was deleted" in _gc_interrupted(Namespace(state={}))
     msg = _gc_interrupted(Namespace(state={"deleting": True}))
     assert "whole" in msg and "again is safe" in msg
+
+
+def test_tally_counts_exactly_and_reports_in_order_across_threads():
+    from casckpt.pipeline import Tally
+
+    reports = []
+    tally = Tally(lambda done, total: reports.append((done, total)), 8000)
+    ts = [threading.Thread(target=lambda: [tally.add(1) for _ in range(1000)]) for _ in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert tally.done == 8000 and reports == [(i, 8000) for i in range(1, 8001)]
+
+
+def on_a_terminal(*args) -> tuple[int, str]:
+    """Run the command with stderr on a pseudo-terminal (stdout a pipe); its return code and what
+    the terminal showed."""
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "casckpt", *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=slave, env={**os.environ, "COLUMNS": "120"})
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    p.stdout.read()
+    os.close(master)
+    return p.wait(timeout=60), shown.decode(errors="replace")
+
+
+def test_long_commands_draw_progress_on_a_terminal_only(tmp_path):
+    root = tmp_path / "s"
+    src = tmp_path / "w.safetensors"
+    make(root, 3)
+    assert cli("export", root, "s2", src, "--format", "safetensors").returncode == 0
+    rc, shown = on_a_terminal("import", root, "imp", src)
+    assert rc == 0 and "import imp" in shown and "100%" in shown and "B/s" in shown
+    rc, shown = on_a_terminal("verify", root)
+    assert rc == 0 and "verify: 100%" in shown and "chunk/s" in shown
+    rc, shown = on_a_terminal("gc", root, "--keep-last", "1")
+    assert rc == 0 and "gc: reading manifests" in shown and "gc: deleting chunks: 100%" in shown
+    rc, shown = on_a_terminal("reindex", root)
+    assert rc == 0 and "reindex: 100%" in shown
+    for args in (("verify", root), ("reindex", root), ("gc", root)):
+        assert cli(*args).stderr == ""  # not a terminal: nothing drawn

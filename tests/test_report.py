@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from clikit import REPO, cli, cli_json
+from clikit import REPO, cli_json
 from storekit import new_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -236,7 +236,7 @@ def _policy(args):
     if (args.thin_older_than is None) != (not args.drop_items):
         raise CasckptError("--thin-older-than and --drop-items go together")
     return Policy(last=args.keep_last, every=args.keep_every, hourly=args.keep_hourly, daily=args.keep_daily,
-                  weekly=args.keep_weekly, monthly=args.keep_monthly, keep=tuple(args.keep),
+                  weekly=args.keep_weekly, monthly=args.keep_monthly, keep=tuple(args.keep), utc=args.utc,
                   within=None if args.keep_within is None else parse_duration(args.keep_within))
 
 

@@ -39,6 +39,7 @@ class Policy:
     monthly: int | None = None
     within: float | None = None
     keep: tuple[str, ...] = ()
+    utc: bool = False  # calendar units in UTC rather than local time
 
     @property
     def empty(self) -> bool:
@@ -65,6 +66,7 @@ class Snap:
 def select(snaps: list[Snap], policy: Policy, *, tz: tzinfo | None = None) -> dict[str, list[str]]:
     """The kept snapshots of ``snaps`` (oldest first) and, for each, the rules that keep it."""
     policy.check()
+    tz = timezone.utc if policy.utc and tz is None else tz
     names = [s.name for s in snaps]
     missing = [k for k in policy.keep if k not in names]
     if missing:

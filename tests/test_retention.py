@@ -74,6 +74,7 @@ def test_calendar_days_follow_the_time_zone():
     ist = timezone(timedelta(hours=5, minutes=30))
     assert set(select(snaps, Policy(daily=5), tz=timezone.utc)) == {"h23"}
     assert set(select(snaps, Policy(daily=5), tz=ist)) == {"h5", "h23"}
+    assert set(select(snaps, Policy(daily=5, utc=True))) == {"h23"}
 
 
 def test_keep_within_is_relative_to_the_newest_snapshot(tmp_path):
@@ -156,3 +157,16 @@ def test_a_thinned_dcp_snapshot_loads_as_weights_only(tmp_path):
     casckpt.load(sd, root)  # latest is whole
     assert all(torch.equal(sd["model"][k], kept[k]) for k in kept)
     assert cli("verify", root).returncode == 0
+
+
+def test_gc_time_rules_from_the_command_line_and_why_each_is_kept(tmp_path):
+    root = tmp_path / "s"
+    with new_store(root) as store:
+        for s in range(4):
+            store.put_arrays(f"s{s}", weights_and_optim(s))
+    plan = cli_json("gc", root, "--keep-daily", "1", "--keep-within", "1h", "--utc", "--dry-run")
+    assert plan["keep"] == ["s0", "s1", "s2", "s3"]  # all within the hour; s3 is also today's newest
+    assert plan["reasons"]["s3"][:2] == ["daily " + plan["reasons"]["s3"][0].split()[1], "within"]
+    assert cli_json("gc", root, "--keep-daily", "1", "--dry-run")["keep"] == ["s3"]
+    out = cli("gc", root, "--keep-daily", "1", "--keep-every", "2", "--dry-run").stdout
+    assert "  keep s0  (every 2 (seq 0))" in out and "  keep s3  (daily " in out

@@ -107,9 +107,14 @@ def cmd_show(args) -> int:
           f"stored {fmt.size(d.stored_bytes)}")
     items = sorted(d.items, key=lambda i: natural_key(i.name))
     fmt.table(["ITEM", "DTYPE", "SHAPE", "CHUNKS", "LOGICAL", "STORED", "VALUE"],
-              [[i.name, i.dtype, "x".join(map(str, i.shape)) or "()", i.chunks, fmt.size(i.logical_bytes),
+              [[i.name, i.dtype, _shape(i), i.chunks, fmt.size(i.logical_bytes),
                 fmt.size(i.stored_bytes), values.get(i.name, "")] for i in items])
     return OK
+
+
+def _shape(item) -> str:
+    # NOTE: a bytes item's "shape" is its length, which LOGICAL shows already: not a tensor shape
+    return "-" if item.dtype == "bytes" else "x".join(map(str, item.shape)) or "()"
 
 
 def cmd_diff(args) -> int:

@@ -106,4 +106,5 @@ def test_small_values_show_in_diff_and_show(tmp_path):
     shown = cli("show", root, "s2")
     line = {ln.split()[0]: ln for ln in shown.stdout.splitlines()[1:]}
     assert line["lr"].endswith("0.05") and line["step"].endswith(" 2") and line["sched"].endswith("{'last_epoch': 2}")
+    assert line["lr"].split()[1:3] == ["bytes", "-"] and line["step"].split()[1:3] == ["int64", "()"]
     assert cli_json("show", root, "s2")["values"]["optim.state.2.exp_avg"] == "[2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import replace
 
+from .errors import CasckptError
 from .manifest import Manifest, key_fqn
 
 
@@ -24,7 +25,7 @@ def targets(kept: list[str], older_than: int | None) -> list[str]:
     if older_than is None:
         return []
     if older_than < 1:
-        raise ValueError("thin_older_than must be >= 1: the newest snapshot is never thinned")
+        raise CasckptError("thin_older_than must be >= 1: the newest snapshot is never thinned")
     return kept[:-older_than]
 
 

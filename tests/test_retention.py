@@ -122,9 +122,11 @@ def test_thinning_needs_a_newest_snapshot_left_whole(tmp_path):
     root = tmp_path / "s"
     with new_store(root) as store:
         store.put_arrays("s0", weights_and_optim(0))
-        with pytest.raises(ValueError):
+        with pytest.raises(casckpt.CasckptError):
             gc(store, thin_older_than=0, drop_items=["optim.*"])
         assert sorted(store.manifest("s0").items) == ["model.w", "optim.exp_avg", "optim.step"]
+    r = cli("gc", root, "--thin-older-than", "0", "--drop-items", "optim.*")
+    assert r.returncode == 2 and "never thinned" in r.stderr
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is:UserWarning")

@@ -33,8 +33,8 @@ def add_commands(cmd: Callable) -> None:
     _policy_args(s)
     s.add_argument("--thin-older-than", type=int, metavar="N", help="in kept snapshots but the newest N, "
                    "drop the items matching --drop-items (rewrites their manifests)")
-    s.add_argument("--drop-items", nargs="+", default=[], metavar="PATTERN", help="item names to drop "
-                   "when thinning, as shell patterns (e.g. 'optim.*')")
+    s.add_argument("--drop-items", action="append", default=[], metavar="PATTERN", help="item names to "
+                   "drop when thinning, as a shell pattern (e.g. 'optim.*'); repeat for more")
     s.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
     s.add_argument("--no-wait", action="store_true", help="exit 3 if a save holds the store")
     s = cmd("verify", cmd_verify, "check that snapshots' chunks exist and hash to their names")

@@ -156,7 +156,8 @@ def _small_values(store: Store, ma: Manifest, mb: Manifest, ga: dict, gb: dict,
 @dataclass(frozen=True, slots=True)
 class ModuleStat:
     """``diff --stat``: one module's changed items (``+added -removed ~changed``), the bytes of
-    its changed items that differ, and its relative L2 change over them (with ``values``)."""
+    its changed items that differ, and its relative L2 change over them (with ``values``; 0-d
+    items such as step counters are left out of it)."""
 
     module: str
     added: int
@@ -187,7 +188,8 @@ def stat(r: DiffResult, *, depth: int | None = None) -> list[ModuleStat]:
         x = row(n)
         x[2] += 1
         x[3] += c.bytes_differ
-        if c.norm_diff is not None and c.norm_a is not None:
+        # NOTE: scalars (step counters) would swamp a module's tensors; their values show in diff
+        if c.norm_diff is not None and c.norm_a is not None and c.shape != ():
             x[4] += c.norm_diff ** 2
             x[5] += c.norm_a ** 2
             x[6] = True

@@ -108,3 +108,14 @@ def test_small_values_show_in_diff_and_show(tmp_path):
     assert line["lr"].endswith("0.05") and line["step"].endswith(" 2") and line["sched"].endswith("{'last_epoch': 2}")
     assert line["lr"].split()[1:3] == ["bytes", "-"] and line["step"].split()[1:3] == ["int64", "()"]
     assert cli_json("show", root, "s2")["values"]["optim.state.2.exp_avg"] == "[2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]"
+
+
+def test_stat_l2_leaves_out_scalar_counters(tmp_path):
+    root = tmp_path / "s"
+    with new_store(root) as store:
+        store.put_arrays("a", {"opt.3.m": np.full(100, 1.0, np.float32), "opt.3.step": np.array(4.0, np.float32)})
+        store.put_arrays("b", {"opt.3.m": np.full(100, 1.01, np.float32), "opt.3.step": np.array(5.0, np.float32)})
+        r = diff(store, "a", "b", values=True)
+    (row,) = stat(r)
+    assert row.module == "opt.3" and row.changed == 2 and math.isclose(row.rel_l2, 0.01, rel_tol=1e-4)
+    assert math.isclose(r.changes["opt.3.step"].rel_l2, 0.25)  # still measured on its own

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 from datetime import datetime, timezone
@@ -48,10 +49,34 @@ def when(created: str, *, utc: bool = False) -> str:
 
 
 def names(items: list[str], *, indent: str = "  ") -> str:
-    """A list of names wrapped to the terminal's width, one or more per line, never one long line."""
+    """A list of names wrapped to the terminal's width, never one long line; runs of three or more
+    consecutive numbers (``step-001`` to ``step-295``) shortened to ``step-001..step-295 (295)``."""
     width = max(40, min(shutil.get_terminal_size((100, 24)).columns, 120))
-    return textwrap.fill("  ".join(items), width=width, initial_indent=indent, subsequent_indent=indent,
+    return textwrap.fill("  ".join(runs(items)), width=width, initial_indent=indent, subsequent_indent=indent,
                          break_long_words=False, break_on_hyphens=False)
+
+
+def runs(items: list[str]) -> list[str]:
+    out: list[list[str]] = []
+    for name in items:
+        last = out[-1][-1] if out else None
+        if last is not None and _next_of(last) == name:
+            out[-1].append(name)
+        else:
+            out.append([name])
+    shown: list[str] = []
+    for r in out:
+        shown.extend([f"{r[0]}..{r[-1]} ({len(r)})"] if len(r) >= 3 else r)
+    return shown
+
+
+def _next_of(name: str) -> str | None:
+    """``step-009`` -> ``step-010``: the name with its trailing number one higher, same width."""
+    m = re.fullmatch(r"(.*?)(\d+)", name)
+    if not m:
+        return None
+    digits = m.group(2)
+    return f"{m.group(1)}{int(digits) + 1:0{len(digits)}d}"
 
 
 def rename_rule(renamed) -> tuple[str, str] | None:

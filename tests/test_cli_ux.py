@@ -84,15 +84,17 @@ def test_times_carry_their_zone_local_unless_utc(tmp_path):
     assert "+0530" in run("show", root, "latest")
 
 
-def test_gc_lists_dropped_names_on_wrapped_lines(tmp_path):
+def test_gc_lists_dropped_names_on_wrapped_lines_and_shortens_runs(tmp_path):
     root = tmp_path / "s"
-    make(root, 30, prefix="a-long-snapshot-name-")
-    r = cli("gc", root, "--keep-last", "1", "--dry-run")
+    make(root, 40, prefix="a-long-snapshot-name-")
+    r = cli("gc", root, "--keep-every", "2", "--dry-run")  # drops every other one: no runs
     lines = r.stdout.splitlines()
-    assert r.returncode == 0 and lines[0].startswith("keep 1 snapshot, drop 29:")
+    assert r.returncode == 0 and lines[0].startswith("keep 20 snapshots, drop 20:")
     listed = [ln for ln in lines if ln.startswith("  a-long")]
     assert len(listed) > 3 and all(len(ln) <= 120 for ln in listed)
-    assert sum(ln.count("a-long-snapshot-name-") for ln in listed) == 29
+    assert sum(ln.count("a-long-snapshot-name-") for ln in listed) == 20
+    r = cli("gc", root, "--keep-last", "1", "--dry-run")
+    assert "  a-long-snapshot-name-0..a-long-snapshot-name-38 (39)\n" in r.stdout
 
 
 def test_export_dcp_prints_no_torch_warning(tmp_path):

@@ -215,18 +215,21 @@ def cmd_gc(args) -> int:
     args.interrupted = _gc_interrupted
     printed = []
 
+    reading = Bar("gc: reading manifests", unit="manifest")
+
     def on_plan(plan) -> None:
+        reading.close()
         args.state["deleting"] = True
         if not args.json:
             _print_plan(plan, dry_run=False)
             printed.append(True)
 
     with open_store(args) as store:
-        status("gc: reading manifests and listing chunks to plan what goes…")
-        with Bar("gc: deleting chunks", unit="chunk") as b:
+        status("gc: planning: reading manifests, listing chunks…")
+        with reading, Bar("gc: deleting chunks", unit="chunk") as b:
             plan = gc(store, policy=_policy(args), thin_older_than=args.thin_older_than,
                       drop_items=args.drop_items, dry_run=args.dry_run, wait=not args.no_wait,
-                      on_plan=on_plan, progress=b)
+                      on_plan=on_plan, progress=b, plan_progress=reading)
     if args.json:
         return emit_json({**plan.to_json(), "dry_run": args.dry_run})
     if not printed:

@@ -80,16 +80,21 @@ def retained(names: list[str], *, keep_last: int | None = None, keep_every: int 
 
 def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
             keep: Iterable[str] = (), policy: retention.Policy | None = None,
-            thin_older_than: int | None = None, drop_items: Iterable[str] = ()) -> GcPlan:
+            thin_older_than: int | None = None, drop_items: Iterable[str] = (),
+            progress: Progress | None = None) -> GcPlan:
     """Plan a gc without deleting anything or taking the lock (a preview while saves may run:
     chunks of a save in progress show up as orphans here; :func:`gc` re-plans under the lock).
 
     ``policy`` (a :class:`casckpt.retention.Policy`) replaces ``keep_last``/``keep_every``/``keep``.
     With ``thin_older_than=N`` and ``drop_items`` patterns, kept snapshots but the newest N lose
-    the matching items (see :mod:`casckpt.thin`)."""
+    the matching items (see :mod:`casckpt.thin`). ``progress(done, total)`` counts manifests read."""
     infos = store.snapshots()
     names = [s.name for s in infos]
-    ms = {n: store.manifest(n) for n in names}  # NOTE: parsed once each: the bulk of planning's time
+    ms = {}
+    for i, n in enumerate(names, 1):  # NOTE: parsed once each: the bulk of planning's time
+        ms[n] = store.manifest(n)
+        if progress:
+            progress(i, len(names))
     policy = policy or retention.Policy(last=keep_last, every=keep_every, keep=tuple(keep))
     snaps = retention.of_manifests(infos, ms)
     reasons = retention.select(snaps, policy)
@@ -124,16 +129,17 @@ def gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = N
        keep: Iterable[str] = (), dry_run: bool = False, wait: bool = True,
        policy: retention.Policy | None = None, thin_older_than: int | None = None,
        drop_items: Iterable[str] = (), on_plan: Callable[[GcPlan], None] | None = None,
-       progress: Progress | None = None) -> GcPlan:
+       progress: Progress | None = None, plan_progress: Progress | None = None) -> GcPlan:
     """Apply the retention policy and delete unreferenced chunks and temp files.
 
     Takes the exclusive store lock (waits for saves to finish; ``wait=False`` raises
     LockTimeoutError at once instead). ``dry_run`` plans only, without the lock. Returns the plan,
     with ``executed=True`` when it was carried out. ``on_plan(plan)`` is called once the plan is
-    made, before anything is deleted; ``progress(done, total)`` as chunk files are deleted.
+    made, before anything is deleted; ``progress(done, total)`` as chunk files are deleted and
+    ``plan_progress(done, total)`` as manifests are read for the plan.
     """
     kw = dict(keep_last=keep_last, keep_every=keep_every, keep=tuple(keep), policy=policy,
-              thin_older_than=thin_older_than, drop_items=tuple(drop_items))
+              thin_older_than=thin_older_than, drop_items=tuple(drop_items), progress=plan_progress)
     if dry_run:
         return plan_gc(store, **kw)
     with store.lock(EXCLUSIVE, timeout=... if wait else 0):

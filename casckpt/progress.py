@@ -38,6 +38,8 @@ class Bar:
         if not self.on:
             return
         with self._lock:
+            if not self.on:  # closed meanwhile
+                return
             bar = self._bar
             if bar is None:
                 # NOTE: bytes in KiB/MiB/GiB; counts (chunks) stay whole numbers.
@@ -51,7 +53,9 @@ class Bar:
                 bar.update(done - bar.n)
 
     def close(self) -> None:
+        """Finish the bar (idempotent); later reports are ignored."""
         with self._lock:
+            self.on = False
             if self._bar is not None:
                 self._bar.close()
 

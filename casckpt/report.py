@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import retention
-from .diff import diff, stat
+from .diff import diff, natural_key, stat
 from .errors import CasckptError
 from .store import Store
 from .usage import du
@@ -66,8 +66,12 @@ def changes(store: Store, names: list[str]) -> tuple[list[str], list[str], list[
     for a, b in pairs:
         cols.append({m.module: (m.rel_l2 if m.rel_l2 is not None else math.nan)
                      for m in stat(diff(store, a, b, values=True, small_values=False))})
-    mods = sorted({m for c in cols for m in c}, key=lambda m: -max((c.get(m, 0) or 0) if not math.isnan(c.get(m, 0))
-                                                                    else 0 for c in cols))[:HEATMAP_ROWS]
+
+    def peak(mod: str) -> float:
+        return max((v for c in cols if not math.isnan(v := c.get(mod, 0.0))), default=0.0)
+
+    # NOTE: the most changed modules, shown in model order (layer 2 above layer 10)
+    mods = sorted(sorted({m for c in cols for m in c}, key=peak, reverse=True)[:HEATMAP_ROWS], key=natural_key)
     return mods, [b for _, b in pairs], [[c.get(m, 0.0) for c in cols] for m in mods]
 
 

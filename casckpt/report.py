@@ -60,7 +60,7 @@ def costs(store: Store) -> list[SnapshotCost]:
 
 def changes(store: Store, names: list[str]) -> tuple[list[str], list[str], list[list[float]]]:
     """Modules, pair labels and relative L2 change of each module between consecutive snapshots
-    (0 where nothing changed; NaN where undefined)."""
+    (0 where nothing changed; NaN where undefined). Only modules whose values moved are rows."""
     pairs = list(zip(names, names[1:]))[-HEATMAP_PAIRS:]
     cols = []
     for a, b in pairs:
@@ -71,7 +71,8 @@ def changes(store: Store, names: list[str]) -> tuple[list[str], list[str], list[
         return max((v for c in cols if not math.isnan(v := c.get(mod, 0.0))), default=0.0)
 
     # NOTE: the most changed modules, shown in model order (layer 2 above layer 10)
-    mods = sorted(sorted({m for c in cols for m in c}, key=peak, reverse=True)[:HEATMAP_ROWS], key=natural_key)
+    moved = [m for m in {m for c in cols for m in c} if peak(m) > 0]  # not only added, removed or scalar
+    mods = sorted(sorted(moved, key=peak, reverse=True)[:HEATMAP_ROWS], key=natural_key)
     return mods, [b for _, b in pairs], [[c.get(m, 0.0) for c in cols] for m in mods]
 
 

@@ -78,3 +78,17 @@ def test_report_renders_its_plots_in_a_headless_browser(report, tmp_path):
     ink = (px < 0.9).any(axis=-1).mean()  # share of pixels that are not white
     colors = len(np.unique((px * 255).astype(np.uint8).reshape(-1, 3), axis=0))
     assert ink > 0.05 and colors > 100, (ink, colors)  # plots drew: not a blank or text-only page
+
+
+def test_heatmap_data_marks_exactly_the_modules_that_moved(report, tmp_path):
+    import math
+
+    import casckpt
+    from casckpt.report import changes
+
+    with casckpt.Store.open(tmp_path / "s") as store:
+        mods, labels, grid = changes(store, [f"step-{i}" for i in range(8)])
+    assert mods == [f"layers.{k}" for k in range(5)] and labels == [f"step-{i}" for i in range(1, 8)]
+    for k, row in enumerate(grid):
+        moved = [i for i, v in enumerate(row, 1) if v and not math.isnan(v)]
+        assert moved == [s for s in range(1, 8) if (s + k) % 3 == 0], (k, row)

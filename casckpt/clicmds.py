@@ -250,7 +250,7 @@ def _policy(args):
 
 def _print_plan(plan, *, dry_run: bool) -> None:
     print(f"keep {fmt.plural(len(plan.keep), 'snapshot')}, drop {len(plan.drop)}" + (":" if plan.drop else ""))
-    if dry_run and plan.reasons:
+    if dry_run and any(r != ["no policy"] for r in plan.reasons.values()):
         for name in plan.keep:
             print(f"  keep {name}  ({', '.join(plan.reasons.get(name, []))})")
     if plan.drop:

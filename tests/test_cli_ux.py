@@ -239,3 +239,37 @@ def test_long_commands_draw_progress_on_a_terminal_only(tmp_path):
     assert rc == 0 and "reindex: 100%" in shown
     for args in (("verify", root), ("reindex", root), ("gc", root)):
         assert cli(*args).stderr == ""  # not a terminal: nothing drawn
+
+
+def test_ctrl_c_while_gc_waits_for_a_save_deletes_nothing_and_says_so(tmp_path):
+    from casckpt.lock import SHARED
+
+    root = tmp_path / "s"
+    make(root, 3)
+    with new_store(root) as store, store.lock(SHARED):  # what a save in progress holds
+        p = subprocess.Popen([sys.executable, "-m", "casckpt", "gc", str(root), "--keep-last", "1"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_until_open(p, root / "lock")  # gc is waiting for its exclusive lock
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "gc stopped while planning: nothing was deleted; running gc again is safe" in err
+    assert "Traceback" not in err and out == ""
+    assert [r["name"] for r in cli_json("ls", root)] == ["s0", "s1", "s2"]
+
+
+def _wait_until_open(p, path) -> None:
+    """Until process ``p`` has ``path`` open (read from /proc: Linux)."""
+    deadline, target = time.monotonic() + 60, str(path.resolve())
+    while time.monotonic() < deadline:
+        assert p.poll() is None, p.communicate()
+        fds = f"/proc/{p.pid}/fd"
+        for fd in os.listdir(fds):
+            try:
+                if os.readlink(f"{fds}/{fd}") == target:
+                    return
+            except OSError:
+                continue
+        time.sleep(0.02)
+    raise AssertionError(f"the child never opened {path}")

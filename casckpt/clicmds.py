@@ -98,13 +98,19 @@ def cmd_show(args) -> int:
     from .diff import natural_key
     from .usage import show
     from .values import small_values
+    import json
+
+    from .manifest import resumable, tags_of
     with open_store(args) as store:
         d = show(store, args.snapshot)
-        values = small_values(store, store.manifest(d.name))
+        m = store.manifest(d.name)
+        values = small_values(store, m)
     if args.json:
         return emit_json({**d.to_json(), "values": values})
     print(f"{d.name}  created {fmt.when(d.created, utc=args.utc)}  logical {fmt.size(d.logical_bytes)}  "
-          f"stored {fmt.size(d.stored_bytes)}")
+          f"stored {fmt.size(d.stored_bytes)}" + ("" if resumable(m) else "  (imported: 'latest' prefers saved ones)"))
+    if tags_of(m) or isinstance(m.meta.get("user"), dict):
+        print(f"tags {','.join(tags_of(m)) or '-'}  meta {json.dumps(m.meta.get('user') or {}, separators=(',', ':'))}")
     items = sorted(d.items, key=lambda i: natural_key(i.name))
     fmt.table(["ITEM", "DTYPE", "SHAPE", "CHUNKS", "LOGICAL", "STORED", "VALUE"],
               [[i.name, i.dtype, _shape(i), i.chunks, fmt.size(i.logical_bytes),

@@ -38,6 +38,8 @@ def test_save_records_meta_and_tags_and_ls_filters_by_tag(tmp_path):
     assert [r["name"] for r in cli_json("ls", root, "--tag", "best")] == ["step-1"]
     assert [r["name"] for r in cli_json("ls", root, "--tag", "run-a", "--tag", "best")] == ["step-1"]
     assert cli_json("ls", root, "--tag", "nope") == []
+    shown = cli("show", root, "step-1").stdout.splitlines()[1]
+    assert shown.startswith("tags best,run-a  meta {") and '"loss":0.5' in shown
     out = cli("ls", root, "--tag", "best").stdout
     assert "best,run-a" in out and '"loss":0.5' in out and "1 snapshot with tag best" in out
 
@@ -66,6 +68,7 @@ def test_an_import_never_becomes_latest_by_surprise(tmp_path):
     assert cli_json("show", root, "latest")["name"] == "step-2"
     assert "latest (where a resume starts): step-2" in cli("ls", root).stdout
     assert {r["name"]: r["origin"] for r in cli_json("ls", root)}["round-trip"] == "import"
+    assert "(imported: 'latest' prefers saved ones)" in cli("show", root, "round-trip").stdout.splitlines()[0]
     casckpt.save(model_sd(3), root, "step-3")
     assert casckpt.load(sd, root) == "step-3"
 

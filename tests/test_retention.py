@@ -47,6 +47,7 @@ def test_keep_every_in_a_store_saved_before_seq_was_recorded(tmp_path):
         del doc["meta"]["seq"]
         p.write_text(json.dumps(doc))
     with new_store(root) as store:
+        store.reindex()  # the registry as an older casckpt left it: no seq either
         store.put_arrays("new", weights_and_optim(9))
         assert store.manifest("new").meta["seq"] == 6  # numbered after the 6 old ones
     assert cli_json("gc", root, "--keep-every", "2", "--dry-run")["keep"] == ["old-0", "old-2", "old-4", "new"]

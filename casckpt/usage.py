@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from .digest import Digest
+from .manifest import resumable, tags_of
 from .store import Store
 
 
@@ -23,9 +24,12 @@ class SnapshotUsage:
     logical_bytes: int
     chunks: int
     unique_bytes: int
+    tags: tuple[str, ...] = ()
+    meta: dict | None = None  # the user metadata of casckpt.save(meta=...)
+    origin: str = "save"  # "import" for snapshots `casckpt import` made (never "latest" then)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "tags": list(self.tags)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +98,19 @@ class SnapshotDetail:
 def ls(store: Store) -> list[SnapshotUsage]:
     """Every snapshot, oldest first, with the stored bytes only it holds."""
     snaps = store.snapshots()
-    refs = {s.name: store.manifest(s.name).digests() for s in snaps}
+    ms = {s.name: store.manifest(s.name) for s in snaps}
+    refs = {n: m.digests() for n, m in ms.items()}
     owners = Counter(d for ds in refs.values() for d in ds)
     sizes = _stored_sizes(store)
     return [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
-                          sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1)) for s in snaps]
+                          sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1), *_labels(ms[s.name]))
+            for s in snaps]
+
+
+def _labels(m) -> tuple:
+    user = m.meta.get("user")
+    return (tuple(tags_of(m)), user if isinstance(user, dict) else None,
+            "save" if resumable(m) else "import")
 
 
 def du(store: Store) -> Usage:

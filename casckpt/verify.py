@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 
 from .digest import Digest
 from .errors import CasckptError, ChunkError, MissingChunkError, SnapshotNotFoundError
+from .pipeline import Tally
 from .store import Store
 
 Progress = Callable[[int, int], None]
@@ -83,13 +84,11 @@ def verify(store: Store, names: Iterable[str] | None = None, *, quick: bool = Fa
             for c in item.chunks:
                 refs.setdefault(c.digest, []).append((name, key))
     digests = sorted(refs, key=lambda d: d.raw)  # NOTE: digest order ~ directory order: kinder to disks
-    done = [0]
+    tally = Tally(progress, len(digests))  # NOTE: called from the pool's threads
 
     def check(d: Digest) -> ChunkProblem | None:
         problem = _check(store, d, refs[d], quick)
-        done[0] += 1
-        if progress:
-            progress(done[0], len(digests))
+        tally.add(1)
         return problem
 
     problems = tuple(p for p in store.pipeline.map(check, digests) if p is not None)

@@ -101,18 +101,23 @@ class Pipeline:
             self._pool = None
 
 
-class Ticker:
-    """Counts finished tasks and calls ``progress(done, total)`` once per task, from any worker
-    thread, one call at a time (``done`` strictly increasing): a progress bar need not be
-    thread-safe. ``progress=None`` makes :meth:`tick` a no-op."""
+class Tally:
+    """Adds up work done in worker threads and reports it as ``progress(done, total)``.
 
-    def __init__(self, progress: Callable[[int, int], None] | None, total: int) -> None:
+    ``add`` may be called from any thread; the lock keeps the sum exact and the reports in
+    order. ``grow`` raises the total once more work is known. Without ``progress`` it counts only.
+    """
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int = 0) -> None:
         self.progress, self.total, self.done = progress, total, 0
         self._lock = threading.Lock()
 
-    def tick(self) -> None:
-        if self.progress is None:
-            return
+    def grow(self, n: int) -> None:
         with self._lock:
-            self.done += 1
-            self.progress(self.done, self.total)
+            self.total += n
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            if self.progress:
+                self.progress(self.done, self.total)

@@ -17,6 +17,7 @@ snapshot's registry entry. Reading goes the other way and needs only manifest an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -39,8 +40,8 @@ from .errors import (CasckptError, ChunkError, IndexDamagedError, ManifestError,
                      SnapshotNotFoundError, StoreIOError, StoreNotFoundError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
-from .manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, utc_now
-from .pipeline import DEFAULT_INFLIGHT, Pipeline
+from .manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, resumable, utc_now
+from .pipeline import DEFAULT_INFLIGHT, Pipeline, Tally
 from .reclaim import reclaim
 
 log = logging.getLogger("casckpt")
@@ -201,10 +202,11 @@ class Store:
         """``"latest"`` → the newest committed snapshot's name; other names are checked and returned."""
         return self._latest() if name == "latest" else check_name(name)
 
-    def _latest(self) -> str:
+    def _latest(self, accept: Callable[[Manifest], bool] | None = resumable) -> str:
         """The committed snapshot with the greatest ``(created, name)`` (the order of
         :meth:`snapshots`), found from manifest files alone: any rank on any host can resolve it
-        without the LMDB index.
+        without the LMDB index. Only snapshots ``accept`` takes count (by default not imports:
+        see :func:`casckpt.manifest.resumable`) unless there are no others.
 
         A manifest is published after its ``created`` time, so once a manifest created at C is
         seen, files last modified more than ``LATEST_SKEW`` seconds before C cannot be newer and
@@ -221,13 +223,18 @@ class Store:
             if best is not None and mtime < _timestamp(best[0]) - LATEST_SKEW:
                 break
             try:
-                created = self.manifest(name).created
+                m = self.manifest(name)
             except SnapshotNotFoundError:
                 continue
             except CasckptError as exc:  # NOTE: one damaged manifest must not block every resume
-                log.warning("casckpt: 'latest' skips snapshot %s, whose manifest is unreadable: %s", name, exc)
+                if accept is not None:  # warn once (a second pass without ``accept`` may follow)
+                    log.warning("casckpt: 'latest' skips snapshot %s, whose manifest is unreadable: %s", name, exc)
                 continue
-            best = max(best or (created, name), (created, name))
+            if accept is not None and not accept(m):
+                continue
+            best = max(best or (m.created, name), (m.created, name))
+        if best is None and accept is not None:
+            return self._latest(None)
         if best is None:
             raise SnapshotNotFoundError(f"store {self.root} has no snapshots (asked for 'latest')")
         return best[1]
@@ -342,7 +349,7 @@ class Store:
             self.index.remove_chunks(lost)
         return have - lost
 
-    def write_chunks(self, tasks: list[ChunkTask]) -> dict[Digest, ChunkInfo]:
+    def write_chunks(self, tasks: list[ChunkTask], *, tally: Tally | None = None) -> dict[Digest, ChunkInfo]:
         """Compress and write chunks the index does not hold, in parallel, memory bounded.
 
         Returns the info of every chunk handled (written now or found intact on disk); these
@@ -350,11 +357,15 @@ class Store:
         """
         unique = list({t.digest: t for t in tasks}.values())
         cfg = self.config.codec
+        tally = tally or Tally(None)
+        tally.grow(sum(t.data.nbytes for t in unique))
 
         def put(t: ChunkTask) -> ChunkInfo:
             # NOTE: put() also returns the info of a good file that is already there but not
             # indexed (left by a crashed save, or a concurrent save of the same chunk).
-            return self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
+            info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
+            tally.add(t.data.nbytes)
+            return info
 
         try:
             infos = self.pipeline.map(put, unique, cost=lambda t: 2 * t.data.nbytes)
@@ -373,6 +384,8 @@ class Store:
         Raises SnapshotExistsError if the name is taken (unless ``overwrite``). The caller
         vouches that every other chunk the manifest references is stored (see :meth:`stored`).
         """
+        if "seq" not in manifest.meta:  # NOTE: a save number, for retention (casckpt.retention)
+            manifest = dataclasses.replace(manifest, meta={**manifest.meta, "seq": self._next_seq()})
         path = self.manifest_path(manifest.name)
         try:
             if self.sync:
@@ -392,6 +405,14 @@ class Store:
         return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
                          len(new), written, time.perf_counter() - started if started else 0.0)
 
+    def _next_seq(self) -> int:
+        """One more than the greatest ``seq`` in the snapshot registry; in a store whose snapshots
+        have none (saved by an older casckpt), the number of snapshots. From the registry, not the
+        manifests: one LMDB scan, whatever the manifests' size."""
+        rows = self.index.snapshot_table().values()
+        seqs = [r.get("seq") for r in rows if type(r.get("seq")) is int]
+        return max(seqs) + 1 if seqs else len(rows)
+
     def _publish(self, path: Path, data: bytes, *, overwrite: bool) -> None:
         tmp = fsutil.temp_path(self.tmp_dir, ".manifest")
         try:
@@ -409,36 +430,41 @@ class Store:
             fsutil.fsync_dir(path.parent)
 
     def put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], *, meta: dict | None = None,
-                   overwrite: bool = False, dtype_names: Mapping[str, str] | None = None) -> SaveStats:
+                   overwrite: bool = False, dtype_names: Mapping[str, str] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> SaveStats:
         """Save numpy arrays as snapshot ``name``. Only chunks the store lacks are written.
 
         ``dtype_names`` gives the store dtype of items whose array only holds the bytes of a type
         numpy lacks (``{"w": "bfloat16"}`` with a uint16 array; ``"bytes"`` with uint8).
+        ``progress(done, total)`` counts bytes hashed, then bytes of new chunks written.
 
         If the save fails, the chunk files it wrote are deleted at once when no other save runs
         (:mod:`casckpt.reclaim`), so a failure on a full disk does not keep the disk full."""
         attempted: set[Digest] = set()
         try:
-            return self._put_arrays(name, arrays, meta, overwrite, dtype_names, attempted)
+            return self._put_arrays(name, arrays, meta, overwrite, dtype_names, progress, attempted)
         except Exception:
             reclaim(self, attempted)
             raise
 
     def _put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], meta: dict | None, overwrite: bool,
-                    dtype_names: Mapping[str, str] | None, attempted: set[Digest]) -> SaveStats:
+                    dtype_names: Mapping[str, str] | None, progress: Callable[[int, int], None] | None,
+                    attempted: set[Digest]) -> SaveStats:
         started = time.perf_counter()
         check_name(name)
         with self.lock(SHARED):
             if not overwrite and self.exists(name):
                 raise SnapshotExistsError(f"snapshot {name!r} already exists in store {self.root}")
             items, tasks = {}, []
+            tally = Tally(progress, sum(np.asarray(a).nbytes for a in arrays.values()))
             for key, arr in arrays.items():
                 as_dtype = (dtype_names or {}).get(key)
                 items[str(key)], item_tasks = self._plan_array(str(key), arr, as_dtype)
                 tasks.extend(item_tasks)
+                tally.add(items[str(key)].nbytes)
             have = self.stored(t.digest for t in tasks)
             attempted.update(t.digest for t in tasks if t.digest not in have)
-            new = self.write_chunks([t for t in tasks if t.digest not in have])
+            new = self.write_chunks([t for t in tasks if t.digest not in have], tally=tally)
             m = Manifest(name, utc_now(), self.config.chunk_size, items, meta or {})
             return self.commit(m, new, overwrite=overwrite, started=started)
 
@@ -511,8 +537,9 @@ class Store:
                 self.index.remove_snapshot(n)
         return names
 
-    def reindex(self) -> dict:
-        """Rebuild the LMDB index from chunk files and manifests. Returns counts."""
+    def reindex(self, *, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Rebuild the LMDB index from chunk files and manifests. Returns counts.
+        ``progress(done, total)`` counts chunk files checked."""
         with self.lock(EXCLUSIVE):
             if self._index is not None:
                 self._index.close()
@@ -521,9 +548,9 @@ class Store:
             for f in ("data.mdb", "lock.mdb"):
                 fsutil.unlink_quiet(self.index_path / f)
             self._index = Index(self.index_path, create=True, owner=self.config.store_id)
-            return self._rebuild_index()
+            return self._rebuild_index(progress)
 
-    def _rebuild_index(self) -> dict:
+    def _rebuild_index(self, progress: Callable[[int, int], None] | None = None) -> dict:
         """Index the chunks that committed manifests reference, each read and verified first.
 
         A chunk that fails (bit rot, a torn file) stays out, so the next save of its data writes
@@ -542,7 +569,10 @@ class Store:
             referenced |= m.digests()
             self._index.put_snapshot(name, _registry_row(m))
         infos, bad, orphans = {}, 0, 0
-        for d in self.chunks:
+        files = list(self.chunks)
+        for i, d in enumerate(files, 1):
+            if progress:
+                progress(i, len(files))
             if d not in referenced:
                 orphans += 1
                 continue
@@ -571,5 +601,7 @@ def _timestamp(created: str) -> float:
 
 
 def _registry_row(m: Manifest) -> dict:
+    seq = m.meta.get("seq")
     return {"created": m.created, "logical_bytes": m.logical_bytes,
-            "chunks": sum(len(i.chunks) for i in m.items.values())}
+            "chunks": sum(len(i.chunks) for i in m.items.values()),
+            **({"seq": seq} if type(seq) is int else {})}

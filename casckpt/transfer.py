@@ -14,17 +14,19 @@ exported byte for byte. ``torch.save`` files are loaded with ``weights_only=True
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import dtypes, fsutil
+from . import dtypes, fsutil, nest
 from . import safetensors_file as safetensors
 from .diff import groups
 from .errors import CasckptError
@@ -80,11 +82,13 @@ def read_source(src: str | os.PathLike, *, format: str | None = None) -> Source:
 
 
 def import_snapshot(store: Store, name: str, src: str | os.PathLike | Source, *, format: str | None = None,
-                    overwrite: bool = False) -> SaveStats:
+                    overwrite: bool = False, progress: Progress | None = None) -> SaveStats:
     """Store the checkpoint at ``src`` (a path, or a :class:`Source` already read) as snapshot
-    ``name``; only chunks the store lacks are written."""
+    ``name``; only chunks the store lacks are written. ``progress(done, total)`` follows the save
+    (bytes hashed, then new bytes written)."""
     source = src if isinstance(src, Source) else read_source(src, format=format)
-    return store.put_arrays(name, source.arrays, meta=source.meta, overwrite=overwrite, dtype_names=source.names)
+    return store.put_arrays(name, source.arrays, meta=source.meta, overwrite=overwrite, dtype_names=source.names,
+                            progress=progress)
 
 
 def export_snapshot(store: Store, name: str, dst: str | os.PathLike, *, format: str,
@@ -101,7 +105,7 @@ def export_snapshot(store: Store, name: str, dst: str | os.PathLike, *, format: 
             total = safetensors.write(store, m, dst, progress=progress)
         else:
             tensors = _assemble(store, m, progress)
-            total = _write_dcp(tensors, dst) if format == "dcp" else _write_torch(tensors, dst)
+            total = _write_dcp(tensors, dst) if format == "dcp" else _write_torch(tensors, dst, nest.paths_of(m.meta))
     return ExportStats(m.name, format, str(dst.absolute()), len(groups(m)), total)
 
 
@@ -128,15 +132,17 @@ def _read_torch(src: Path):
         raise CasckptError(_torch_load_failure(src, exc)) from None
     if not isinstance(obj, dict):
         raise CasckptError(f"{src} holds a {type(obj).__name__}, not a state dict")
-    arrays, names = {}, {}
-    for key, value in _flatten(obj):
+    arrays, names, paths = {}, {}, {}
+    for key, path, value in nest.flatten(obj):
+        paths[key] = path
         if isinstance(value, torch.Tensor):
             arrays[key], names[key] = _from_torch(value)
         else:
             buf = io.BytesIO()
             torch.save(value, buf)
             arrays[key], names[key] = np.frombuffer(buf.getvalue(), np.uint8), "bytes"
-    return arrays, names, {}
+    # NOTE: the nesting, so that export rebuilds it (a dotted name alone is ambiguous: "model.0.w")
+    return arrays, names, {"paths": paths} if any(p != [k] for k, p in paths.items()) else {}
 
 
 def _torch_load_failure(src: Path, exc: BaseException) -> str:
@@ -162,15 +168,6 @@ def _load_value(key: str, data: bytes):
         raise CasckptError(f"item {key!r} cannot be loaded with weights_only=True: {str(exc)[:300]}") from None
 
 
-def _flatten(obj, prefix: str = ""):
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            yield from _flatten(v, key + ".")
-        else:
-            yield key, v
-
-
 def _read_dcp(src: Path):
     import torch
     import torch.distributed.checkpoint as dcp
@@ -183,7 +180,8 @@ def _read_dcp(src: Path):
              for fqn, t in md.state_dict_metadata.items()}
     planner = _planners()[1]()
     try:
-        dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+        with _quiet():
+            dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
     except CheckpointException as exc:  # a BaseException: the command's handler would miss it
         first = next(iter(exc.failures.values()), (exc, None))[0]
         raise CasckptError(f"cannot read the DCP checkpoint {src}: {type(first).__name__}: {first}") from None
@@ -228,15 +226,19 @@ def _join(fqn: str, keys: list[str], arrays: dict[str, np.ndarray]) -> np.ndarra
 def _write_dcp(tensors: dict, dst: Path) -> int:
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(dst)), planner=_planners()[0](), no_dist=True)
+    with _quiet():
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(dst)), planner=_planners()[0](), no_dist=True)
     return sum(f.stat().st_size for f in dst.iterdir())
 
 
-def _write_torch(tensors: dict, dst: Path) -> int:
+def _write_torch(tensors: dict, dst: Path, paths: dict | None) -> int:
+    """``torch.save`` of the state dict, nested again as it was saved when the snapshot says how."""
     import torch
 
     obj = {k: (_load_value(k, v.data) if isinstance(v, RawBytes) else v)
            for k, v in tensors.items()}
+    if paths:
+        obj = nest.nest(obj, paths)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
@@ -244,6 +246,14 @@ def _write_torch(tensors: dict, dst: Path) -> int:
     finally:
         fsutil.unlink_quiet(tmp)
     return dst.stat().st_size
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence DCP's warning that it runs in one process: that is what import/export asks for."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+        yield
 
 
 # -- torch <-> numpy, without copies where possible -------------------------------------------------

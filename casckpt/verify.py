@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from .digest import Digest
 from .errors import (CasckptError, ChunkError, IndexDamagedError, MissingChunkError, SnapshotNotFoundError,
                      StoreIOError)
-from .pipeline import Ticker
+from .pipeline import Tally
 from .store import Store
 
 log = logging.getLogger("casckpt")
@@ -99,11 +99,11 @@ def _verify(store: Store, names: Iterable[str] | None, quick: bool, progress: Pr
             for c in item.chunks:
                 refs.setdefault(c.digest, []).append((name, key))
     digests = sorted(refs, key=lambda d: d.raw)  # NOTE: digest order ~ directory order: kinder to disks
-    ticker = Ticker(progress, len(digests))
+    tally = Tally(progress, len(digests))  # NOTE: called from the pool's threads
 
     def check(d: Digest) -> ChunkProblem | None:
         problem = _check(store, d, refs[d], quick)
-        ticker.tick()
+        tally.add(1)
         return problem
 
     problems = tuple(p for p in store.pipeline.map(check, digests) if p is not None)

@@ -1,5 +1,5 @@
 """Pipeline on its own: results in order, the in-flight memory budget holds, the first error
-cancels what has not started and comes out once the running tasks are done; Ticker serializes
+cancels what has not started and comes out once the running tasks are done; Tally serializes
 progress calls from worker threads."""
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ class Recorder:
         self.inside -= 1
 
 
-def test_ticker_calls_progress_one_at_a_time_in_order(pipe):
+def test_tally_calls_progress_one_at_a_time_in_order(pipe):
     bar = Recorder()
-    ticker = pipeline.Ticker(bar, 200)
-    pipe.map(lambda i: ticker.tick(), list(range(200)))
+    tally = pipeline.Tally(bar, 200)
+    pipe.map(lambda i: tally.add(1), list(range(200)))
     assert bar.overlaps == 0 and bar.calls == [(i, 200) for i in range(1, 201)]
 
 

@@ -25,7 +25,8 @@ from .writer import CasWriter
 
 def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str | None = None, *,
          overwrite: bool = False, chunk_size: int | None = None, sync_files: bool = True,
-         process_group: dist.ProcessGroup | None = None) -> SaveStats:
+         process_group: dist.ProcessGroup | None = None, meta: dict | None = None,
+         tags: list[str] | tuple[str, ...] = ()) -> SaveStats:
     """Save ``state_dict`` as snapshot ``name`` with :class:`CasWriter` and :class:`DedupSavePlanner`.
 
     Call it on every rank (like ``dcp.save``). Without ``name``, ``store`` is a checkpoint path
@@ -33,6 +34,9 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     the store ``/ckpt/run``. Returns the save's statistics on every rank. Raises casckpt's typed
     errors (InvalidNameError, SnapshotExistsError, CorruptChunkError...) rather than DCP's
     CheckpointException; other failures become CheckpointFailedError.
+
+    ``meta`` (a JSON object: loss, config, git commit...) and ``tags`` are recorded in the
+    snapshot's manifest (the coordinator's are kept) and shown by ``casckpt ls``.
     """
     if name is None:
         if isinstance(store, Store):
@@ -42,7 +46,8 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     path = store.root if isinstance(store, Store) else os.fspath(store)
     if not overwrite and os.path.exists(os.path.join(path, "snapshots", f"{name}.json")):
         raise SnapshotExistsError(f"snapshot {name!r} already exists in store {path}")
-    writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size, sync_files=sync_files)
+    writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size, sync_files=sync_files,
+                       meta=meta, tags=tags)
     try:
         with _quiet():
             dcp.save(state_dict, storage_writer=writer, planner=DedupSavePlanner(), process_group=process_group)

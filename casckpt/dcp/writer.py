@@ -21,7 +21,7 @@ from ..chunks import ChunkInfo
 from ..digest import Digest
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
 from ..lock import SHARED
-from ..manifest import ChunkRef, Item, Manifest, check_name, utc_now
+from ..manifest import ChunkRef, Item, Manifest, check_name, user_meta, utc_now
 from ..reclaim import reclaim
 from ..store import ChunkTask, SaveStats, Store
 from .host import Layout, host_batches, layout, write_key
@@ -74,12 +74,16 @@ class CasWriter(StorageWriter):
     Only the coordinator opens the LMDB index, so ranks on other hosts need only the chunk and
     snapshot directories. ``stats`` holds the last save's :class:`casckpt.SaveStats` (coordinator);
     ``chunks_written`` counts the chunk files this rank wrote in its last ``write_data``.
+    ``meta`` (a JSON object) and ``tags`` (strings) are recorded in the manifest (``meta["user"]``,
+    ``meta["tags"]``); ``casckpt ls`` shows them and filters by tag.
     """
 
     def __init__(self, store: Store | str | os.PathLike | None = None, *, snapshot: str | None = None,
                  chunk_size: int | None = None, overwrite: bool = False, sync_files: bool = True,
-                 index_path: str | os.PathLike | None = None) -> None:
+                 index_path: str | os.PathLike | None = None, meta: dict | None = None,
+                 tags: list[str] | tuple[str, ...] = ()) -> None:
         super().__init__()
+        self.user_meta = user_meta(meta, tags)  # checked now: a bad value fails before any work
         self.sync_files, self.index_path = sync_files, index_path
         self._own = not isinstance(store, Store)
         self._given = None if store is None else store.root if isinstance(store, Store) else os.fspath(store)
@@ -199,7 +203,7 @@ class CasWriter(StorageWriter):
                 new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
             sm = StorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id)
             md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
-            meta = {"dcp": metadata_to_json(md)}
+            meta = {"dcp": metadata_to_json(md), **self.user_meta}
             m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
             self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
             self._unclaimed = set()  # committed: nothing to reclaim

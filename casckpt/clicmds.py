@@ -266,6 +266,9 @@ def _print_plan(plan, *, dry_run: bool) -> None:
         print(f"thin {fmt.plural(len(plan.thinned), 'snapshot')} (their manifests are rewritten without "
               f"the matching items):")
         print(fmt.names(sorted(plan.thinned)))
+    for name in plan.damaged:
+        print(f"DAMAGED {name}: its manifest cannot be read; kept, and no chunk is deleted while it "
+              "exists (restore it or `casckpt rm` it)")
     print(f"chunks to delete: {len(plan.chunks)} ({plan.orphans} orphans), {fmt.size(plan.chunk_bytes)}; "
           f"temp files: {len(plan.tmp_files)}, {fmt.size(plan.tmp_bytes)}")
 

@@ -65,6 +65,11 @@ def test_gc_keeps_every_chunk_while_a_manifest_is_damaged(root):
         assert chunk_names(root) == {d.hex for d in s.manifest("step-11").digests()}
 
 
+def test_gc_command_says_why_it_deletes_no_chunk(root):
+    r = cli("gc", root, "--dry-run")
+    assert r.returncode == 0 and "DAMAGED step-10" in r.stdout and "chunks to delete: 0" in r.stdout
+
+
 def test_rm_removes_a_damaged_snapshot(root):
     assert cli_json("rm", root, "step-10") == {"removed": ["step-10"]}
     assert [r["name"] for r in cli_json("ls", root)] == ["step-9", "step-11"]

@@ -37,7 +37,7 @@ def nest(flat: dict[str, Any], paths: dict[str, list]) -> dict:
         for key, nxt in zip(path, path[1:]):
             node = _child(node, key, [] if type(nxt) is int else {})
         _put(node, path[-1], value)
-    return _optimizer_states(root)
+    return optimizer_states(root)
 
 
 def _child(node, key, default):
@@ -62,19 +62,22 @@ def _extend(lst: list, i: int) -> None:
         lst.extend([None] * (i + 1 - len(lst)))
 
 
-def _optimizer_states(obj):
+def optimizer_states(obj):
     """Key every optimizer's ``state`` by integer parameter ids again (DCP's paths hold them as
-    strings, or as list indices): ``load_state_dict`` silently drops state under other keys."""
+    strings, or as list indices): ``load_state_dict`` silently drops state under other keys.
+    DCP saves no empty dict, so a fresh optimizer's missing ``state`` comes back empty."""
     if isinstance(obj, dict):
+        if "param_groups" in obj and "state" not in obj:
+            obj["state"] = {}
         if "param_groups" in obj and isinstance(obj.get("state"), list):
             obj["state"] = {i: v for i, v in enumerate(obj["state"]) if v is not None}
         elif "param_groups" in obj and isinstance(obj.get("state"), dict):
             obj["state"] = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in obj["state"].items()}
         for v in obj.values():
-            _optimizer_states(v)
+            optimizer_states(v)
     elif isinstance(obj, list):
         for v in obj:
-            _optimizer_states(v)
+            optimizer_states(v)
     return obj
 
 

@@ -14,6 +14,7 @@ from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlan
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from .. import checkpoint_id as ids
+from ..nest import optimizer_states
 from ..config import CONFIG
 from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, LoadWarning, SnapshotExistsError
 from ..manifest import check_name
@@ -151,30 +152,10 @@ def read_state(store: Store | str | os.PathLike, name: str = "latest", *,
                                  no_dist=True)
         except CheckpointException as exc:
             _reraise(exc, reader.metadata_error)
-        return _optimizer_keys(sd)
+        return optimizer_states(sd)
     finally:
         if st is not store:
             st.close()
-
-
-def _optimizer_keys(obj: Any) -> Any:
-    """Give torch.optim state dicts their integer parameter ids back.
-
-    DCP turns every dict key into a string when it flattens a state dict, so an optimizer's
-    ``{"state": {0: ...}, "param_groups": [...]}`` comes back with ``"0"``, which
-    ``Optimizer.load_state_dict`` silently ignores, and it saves no empty dict at all (a fresh
-    optimizer's ``state``). A mapping holding ``param_groups`` is taken for an optimizer's: its
-    ``state`` is restored if missing, and its all-decimal state keys become ints.
-    """
-    if isinstance(obj, list):
-        return [_optimizer_keys(v) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    out = {k: _optimizer_keys(v) for k, v in obj.items()}
-    state = out.setdefault("state", {}) if "param_groups" in out else None  # DCP drops empty dicts
-    if isinstance(state, dict) and all(isinstance(k, str) and k.isdecimal() for k in state):
-        out["state"] = {int(k): v for k, v in state.items()}
-    return out
 
 
 class _RebuildPlanner(SafeLoadPlanner, _EmptyStateDictLoadPlanner):

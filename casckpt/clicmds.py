@@ -88,6 +88,9 @@ def cmd_ls(args) -> int:
               [[r.name, fmt.when(r.created, utc=args.utc), fmt.size(r.logical_bytes), r.chunks,
                 fmt.size(r.unique_bytes), ",".join(r.tags + (("(import)",) if r.origin == "import" else ())),
                 fmt.short(json.dumps(r.meta, separators=(",", ":")) if r.meta else "", 48)] for r in rows])
+    for r in rows:
+        if r.damaged:
+            print(f"DAMAGED {r.name}: {r.damaged}")
     shown = "" if not args.tag else f" with tag {', '.join(args.tag)}"
     print(f"{fmt.plural(len(rows), 'snapshot')}{shown}; store total {fmt.size(total.stored_bytes)} stored in "
           f"{fmt.plural(total.chunks, 'chunk')}" + (f"; latest (where a resume starts): {latest}" if latest else ""))
@@ -174,6 +177,8 @@ def cmd_verify(args) -> int:
             print(f"    breaks {snap}: {item}")
     for snap, why in r.bad_manifests.items():
         print(f"bad manifest {snap}: {why}")
+    for f in r.stray_files:
+        print(f"stray file in snapshots/ (not a manifest; left alone): {f}")
     what = "exist" if r.quick else "exist and hash to their names"
     orphans = "" if r.orphans is None else f"; {fmt.plural(r.orphans, 'unreferenced chunk')} (gc reclaims them)"
     if r.ok:
@@ -204,11 +209,7 @@ def cmd_rm(args) -> int:
                                   "which remain); each is forgotten whole or not at all, so running "
                                   "rm again for those left is safe")
     with open_store(args, no_wait=args.no_wait) as store:
-        names = [store.resolve(n) for n in args.snapshots]
-        for n in names:
-            store.manifest(n)  # NOTE: all must exist before any goes
-        for n in names:
-            store.delete(n)
+        names = store.delete_all([store.resolve(n) for n in args.snapshots])  # all exist, or none goes
     if args.json:
         return emit_json({"removed": names})
     print(f"removed {fmt.plural(len(names), 'snapshot')} (run gc to free their chunks):")
@@ -265,6 +266,9 @@ def _print_plan(plan, *, dry_run: bool) -> None:
         print(f"thin {fmt.plural(len(plan.thinned), 'snapshot')} (their manifests are rewritten without "
               f"the matching items):")
         print(fmt.names(sorted(plan.thinned)))
+    for name in plan.damaged:
+        print(f"DAMAGED {name}: its manifest cannot be read; kept, and no chunk is deleted while it "
+              "exists (restore it or `casckpt rm` it)")
     print(f"chunks to delete: {len(plan.chunks)} ({plan.orphans} orphans), {fmt.size(plan.chunk_bytes)}; "
           f"temp files: {len(plan.tmp_files)}, {fmt.size(plan.tmp_bytes)}")
 
@@ -278,13 +282,14 @@ def _gc_interrupted(args) -> str:
 
 
 def cmd_import(args) -> int:
-    from .transfer import import_snapshot
+    from .transfer import import_snapshot, read_source
     args.interrupted = _import_interrupted
-    with open_store(args, create=True) as store:
+    status(f"import: reading {args.src}…")
+    source = read_source(args.src, format=args.format)  # NOTE: before the store is made: a bad
+    with open_store(args, create=True) as store:        # source leaves no empty store behind
         args.state["store"] = store
-        status(f"import: reading {args.src}…")
         with Bar(f"import {args.snapshot}") as b:
-            s = import_snapshot(store, args.snapshot, args.src, format=args.format, progress=b)
+            s = import_snapshot(store, args.snapshot, source, progress=b)
     if args.json:
         return emit_json(s.to_json())
     print(f"imported {s.snapshot}: {fmt.size(s.logical_bytes)} in {fmt.plural(s.chunks, 'chunk')}, "

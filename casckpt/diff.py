@@ -8,6 +8,7 @@ known without reading a byte. With ``values=True`` only the chunks whose digests
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -78,10 +79,17 @@ class DiffResult:
 def diff(store: Store, a: str, b: str, *, values: bool = False, small_values: bool = True,
          progress: Progress | None = None) -> DiffResult:
     """Compare snapshots ``a`` and ``b`` (either may be ``"latest"``). ``progress(done, total)`` is
-    called as differing chunks are read (``values`` only). Names come in natural order
-    (``state.2`` before ``state.10``). An item only in B whose chunks are exactly those of an item
-    only in A is reported as renamed, not as added and removed. ``small_values`` reads changed
-    small items (see :mod:`casckpt.values`) and reports their values as text."""
+    called as differing chunks are read (``values`` only), from one thread at a time. Names come
+    in natural order (``state.2`` before ``state.10``). An item only in B whose chunks are exactly
+    those of an item only in A is reported as renamed, not as added and removed. ``small_values``
+    reads changed small items (see :mod:`casckpt.values`) and reports their values as text.
+    When chunks are read (``values``, ``small_values``) the store's shared lock is held, so gc
+    cannot delete them meanwhile."""
+    with store.reading() if values or small_values else contextlib.nullcontext():
+        return _diff(store, a, b, values, small_values, progress)
+
+
+def _diff(store: Store, a: str, b: str, values: bool, small_values: bool, progress: Progress | None) -> DiffResult:
     ma, mb = store.manifest(a), store.manifest(b)
     ga, gb = groups(ma), groups(mb)
     changes = {}

@@ -15,7 +15,11 @@ snapshots are whole, and the next ``gc`` finishes the job:
 2. remove their registry rows and the doomed chunks' index entries (an index entry must never
    outlive its file: it means "safely stored", and a save would skip writing the chunk);
 3. unlink the chunk files, fsync their fan-out directories;
-4. clear ``tmp/``: with the exclusive lock held no save is running, so everything there is garbage.
+4. delete casckpt's temp files in ``tmp/`` (by name; nothing else there is ours): with the
+   exclusive lock held no save is running, so every one is garbage.
+
+A manifest that cannot be read may reference any chunk: while one exists no chunk is deleted
+(see :func:`plan_gc`).
 
 A save holds the shared lock from its first chunk write to its manifest, so gc (exclusive) never
 runs while a save is in progress and never deletes a chunk that save will reference.
@@ -24,13 +28,14 @@ runs while a save is in progress and never deletes a chunk that save will refere
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from . import fsutil, retention, thin
 from .digest import Digest
+from .errors import CasckptError, SnapshotNotFoundError
 from .lock import EXCLUSIVE
+from .manifest import Manifest
 from .store import Store
 
 Progress = Callable[[int, int], None]
@@ -56,6 +61,7 @@ class GcPlan:
     executed: bool = False
     thinned: dict = field(default_factory=dict)  # name -> its manifest without the dropped items
     reasons: dict = field(default_factory=dict)  # kept name -> why the policy keeps it
+    damaged: tuple[str, ...] = ()  # unreadable manifests: kept, and no chunk is deleted (see plan_gc)
 
     @property
     def bytes_freed(self) -> int:
@@ -67,7 +73,7 @@ class GcPlan:
                 "index_only": len(self.index_only), "tmp_files": len(self.tmp_files),
                 "tmp_bytes": self.tmp_bytes, "bytes_freed": self.bytes_freed,
                 "executed": self.executed, "thinned": sorted(self.thinned),
-                "reasons": {k: list(v) for k, v in self.reasons.items()}}
+                "reasons": {k: list(v) for k, v in self.reasons.items()}, "damaged": list(self.damaged)}
 
 
 def retained(names: list[str], *, keep_last: int | None = None, keep_every: int | None = None,
@@ -87,14 +93,17 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
 
     ``policy`` (a :class:`casckpt.retention.Policy`) replaces ``keep_last``/``keep_every``/``keep``.
     With ``thin_older_than=N`` and ``drop_items`` patterns, kept snapshots but the newest N lose
-    the matching items (see :mod:`casckpt.thin`). ``progress(done, total)`` counts manifests read."""
-    infos = store.snapshots()
+    the matching items (see :mod:`casckpt.thin`). ``progress(done, total)`` counts manifests read.
+
+    A snapshot whose manifest cannot be read (truncated, not JSON, a newer format) is neither kept
+    nor dropped by the policy: it is listed in ``damaged`` and left alone. Since it may reference
+    any chunk, no chunk file and no index entry is deleted while one exists (manifests the
+    policy drops and temp files still go); ``casckpt rm`` of the damaged snapshot, or restoring
+    its manifest, lets the next gc reclaim chunks again.
+    """
+    ms, damaged = read_manifests(store, progress)
+    infos = [s for s in store.snapshots() if s.name in ms]
     names = [s.name for s in infos]
-    ms = {}
-    for i, n in enumerate(names, 1):  # NOTE: parsed once each: the bulk of planning's time
-        ms[n] = store.manifest(n)
-        if progress:
-            progress(i, len(names))
     policy = policy or retention.Policy(last=keep_last, every=keep_every, keep=tuple(keep))
     snaps = retention.of_manifests(infos, ms)
     reasons = retention.select(snaps, policy)
@@ -104,9 +113,9 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
     for name in names:
         if name in kept:
             live |= (thinned[name] if name in thinned else ms[name]).digests()
-    doomed = [d for d in store.chunks if d not in live]
+    doomed = [] if damaged else [d for d in store.chunks if d not in live]
     referenced = {d for n in names if n not in kept or n in thinned for d in ms[n].digests()}
-    indexed = {d for d, _ in store.index.chunks()}
+    indexed = set() if damaged else {d for d, _ in store.index.chunks()}
     present = set(doomed)
     index_only = tuple(d for d in indexed if d not in live and d not in present)
     tmp = _tmp_files(store)
@@ -114,7 +123,24 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
                   chunks=tuple(doomed), orphans=sum(1 for d in doomed if d not in referenced),
                   chunk_bytes=sum(_size(store.chunks.path(d)) for d in doomed), index_only=index_only,
                   tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp),
-                  thinned=thinned, reasons=reasons)
+                  thinned=thinned, reasons=reasons, damaged=tuple(sorted(damaged)))
+
+
+def read_manifests(store: Store, progress: Progress | None = None) -> tuple[dict[str, Manifest], dict[str, str]]:
+    """Every committed manifest that parses (each parsed once: the bulk of planning's time), and
+    ``{name: why}`` for those that do not."""
+    good, bad = {}, {}
+    names = store.snapshot_names()
+    for i, name in enumerate(names, 1):
+        try:
+            good[name] = store.manifest(name)
+        except SnapshotNotFoundError:
+            pass  # deleted meanwhile (a dry run holds no lock)
+        except CasckptError as exc:
+            bad[name] = str(exc)
+        if progress:
+            progress(i, len(names))
+    return good, bad
 
 
 def _thin(ms: dict, snaps, kept: list[str], older_than: int | None, patterns: tuple[str, ...]) -> dict:
@@ -176,8 +202,9 @@ def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> 
 
 
 def _tmp_files(store: Store) -> list[str]:
+    """Temp files casckpt made (by name); anything else in ``tmp/`` is not ours to delete."""
     try:
-        return sorted(os.listdir(store.tmp_dir))
+        return sorted(f for f in os.listdir(store.tmp_dir) if fsutil.is_temp_name(f))
     except FileNotFoundError:
         return []
 
@@ -190,7 +217,7 @@ def _size(path) -> int:
 
 
 def _remove(path) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+    try:
         fsutil.unlink_quiet(path)
+    except IsADirectoryError:  # a folder with a temp file's name: not made by casckpt, left alone
+        pass

@@ -35,13 +35,14 @@ from . import chunking, dtypes, fsutil
 from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
 from .digest import Digest, digest_of
-from .config import CONFIG, StoreConfig, check_chunk_size, check_layout, create_layout
-from .errors import (CasckptError, ChunkError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
-                     StoreNotFoundError)
+from .config import CONFIG, StoreConfig, check_chunk_size, check_empty, check_layout, create_layout
+from .errors import (CasckptError, ChunkError, IndexDamagedError, ManifestError, SnapshotExistsError,
+                     SnapshotNotFoundError, StoreIOError, StoreNotFoundError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
-from .manifest import ChunkRef, Item, Manifest, check_name, resumable, utc_now
+from .manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, resumable, utc_now
 from .pipeline import DEFAULT_INFLIGHT, Pipeline, Tally
+from .reclaim import reclaim
 
 log = logging.getLogger("casckpt")
 
@@ -128,6 +129,7 @@ class Store:
         if not cfg_path.exists():
             if not create:
                 raise StoreNotFoundError(f"{root} is not a casckpt store (no {CONFIG})")
+            check_empty(root)
             config = StoreConfig(check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
                                  CodecConfig(level=1 if level is None else level,
                                              byte_grouping=True if byte_grouping is None else byte_grouping),
@@ -182,6 +184,11 @@ class Store:
         """A hold on the store lock (use as ``with store.lock(EXCLUSIVE): ...``)."""
         return StoreLock(self.root / "lock", mode, timeout=self.lock_timeout if timeout is ... else timeout)
 
+    def reading(self) -> contextlib.AbstractContextManager:
+        """Hold the shared lock while reading chunks, so gc cannot delete them meanwhile (as
+        restic's readers do); a no-op when this thread holds the lock already."""
+        return contextlib.nullcontext() if self.holds_lock else self.lock(SHARED)
+
     @property
     def holds_lock(self) -> bool:
         """Whether the calling thread holds the store lock now (in either mode)."""
@@ -218,6 +225,10 @@ class Store:
             try:
                 m = self.manifest(name)
             except SnapshotNotFoundError:
+                continue
+            except CasckptError as exc:  # NOTE: one damaged manifest must not block every resume
+                if accept is not None:  # warn once (a second pass without ``accept`` may follow)
+                    log.warning("casckpt: 'latest' skips snapshot %s, whose manifest is unreadable: %s", name, exc)
                 continue
             if accept is not None and not accept(m):
                 continue
@@ -279,17 +290,39 @@ class Store:
         return names
 
     def snapshots(self) -> list[SnapshotInfo]:
-        """Every committed snapshot, oldest first (registry totals; manifests fill any gap)."""
+        """Every committed snapshot, oldest first (registry totals; manifests fill any gap).
+
+        A snapshot without a registry row whose manifest cannot be read is left out with a
+        warning (``casckpt.usage.ls`` lists it as damaged). Needs no write: on a full disk or a
+        read-only store the missing rows are computed and not saved."""
         table = self.index.snapshot_table()
         out = []
         for name in self.snapshot_names():
             row = table.get(name)
             if row is None:  # committed, but the process died before it updated the registry
-                m = self.manifest(name)
-                row = _registry_row(m)
-                self.index.put_snapshot(name, row)
+                try:
+                    row = _registry_row(self.manifest(name))
+                except SnapshotNotFoundError:
+                    continue  # deleted meanwhile
+                except CasckptError as exc:
+                    log.warning("casckpt: snapshot %s has an unreadable manifest: %s", name, exc)
+                    continue
+                self._put_row(name, row)
             out.append(SnapshotInfo(name, row["created"], row["logical_bytes"], row["chunks"]))
         return sorted(out, key=lambda s: (s.created, s.name))
+
+    def _put_row(self, name: str, row: dict) -> None:
+        """Save a registry row; it is a cache, so a full disk or read-only index only costs a re-read."""
+        try:
+            self.index.put_snapshot(name, row)
+        except (StoreIOError, IndexDamagedError):
+            pass
+
+    def stray_files(self) -> list[str]:
+        """Names in ``snapshots/`` that are not manifests casckpt could have written (reported by
+        verify, never read, never deleted)."""
+        return sorted(f for f in os.listdir(self.snap_dir)
+                      if not (f.endswith(".json") and is_valid_name(f[:-5])))
 
     # -- writing --------------------------------------------------------------------------------
     def hash_spans(self, data: memoryview, spans: list[tuple[int, int]]) -> list[Digest]:
@@ -308,7 +341,7 @@ class Store:
             # still claim chunks that a gc has deleted since, and the save would skip them.
             self._index.close()
             self._index = None
-        have = self.index.has_many(digests)
+        have = self.index.has_many(digests, synced_only=self.sync)  # see Index: ``unsynced``
         lost = {d for d in have if not os.path.lexists(self.chunks.path(d))}
         if lost:
             log.warning("casckpt: %d indexed chunks are missing from %s; writing them again",
@@ -357,7 +390,7 @@ class Store:
         try:
             if self.sync:
                 self.sync_chunks(new)
-            self.index.add_chunks(dict(new))
+            self.index.add_chunks(dict(new), synced=self.sync)
             self._publish(path, manifest.to_bytes(), overwrite=overwrite)
         except OSError as exc:
             if isinstance(exc, CasckptError):  # SnapshotExistsError, StoreIOError, ...
@@ -366,7 +399,8 @@ class Store:
         try:
             self.index.put_snapshot(manifest.name, _registry_row(manifest))
         except CasckptError as exc:  # committed already; the row is rebuilt from the manifest
-            log.warning("casckpt: snapshot %s committed, its registry row not written: %s", manifest.name, exc)
+            log.warning("casckpt: snapshot %s is committed and whole; its registry row (sizes cached for "
+                        "ls/du) was not written (%s), so ls/du read its manifest instead", manifest.name, exc)
         written = sum(i.stored_len for i in new.values())
         return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
                          len(new), written, time.perf_counter() - started if started else 0.0)
@@ -402,7 +436,20 @@ class Store:
 
         ``dtype_names`` gives the store dtype of items whose array only holds the bytes of a type
         numpy lacks (``{"w": "bfloat16"}`` with a uint16 array; ``"bytes"`` with uint8).
-        ``progress(done, total)`` counts bytes hashed, then bytes of new chunks written."""
+        ``progress(done, total)`` counts bytes hashed, then bytes of new chunks written.
+
+        If the save fails, the chunk files it wrote are deleted at once when no other save runs
+        (:mod:`casckpt.reclaim`), so a failure on a full disk does not keep the disk full."""
+        attempted: set[Digest] = set()
+        try:
+            return self._put_arrays(name, arrays, meta, overwrite, dtype_names, progress, attempted)
+        except Exception:
+            reclaim(self, attempted)
+            raise
+
+    def _put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], meta: dict | None, overwrite: bool,
+                    dtype_names: Mapping[str, str] | None, progress: Callable[[int, int], None] | None,
+                    attempted: set[Digest]) -> SaveStats:
         started = time.perf_counter()
         check_name(name)
         with self.lock(SHARED):
@@ -416,6 +463,7 @@ class Store:
                 tasks.extend(item_tasks)
                 tally.add(items[str(key)].nbytes)
             have = self.stored(t.digest for t in tasks)
+            attempted.update(t.digest for t in tasks if t.digest not in have)
             new = self.write_chunks([t for t in tasks if t.digest not in have], tally=tally)
             m = Manifest(name, utc_now(), self.config.chunk_size, items, meta or {})
             return self.commit(m, new, overwrite=overwrite, started=started)
@@ -452,8 +500,9 @@ class Store:
 
         Types numpy lacks (bfloat16, float8) come back as unsigned integers of the same width.
         """
-        m = self.manifest(name)
-        return {key: self.read_array(m, key) for key in m.items}
+        with self.reading():  # gc waits until every chunk is read
+            m = self.manifest(name)
+            return {key: self.read_array(m, key) for key in m.items}
 
     def read_array(self, m: Manifest, key: str) -> np.ndarray:
         """Item ``key`` of manifest ``m`` as a numpy array (as :meth:`get_arrays`), verified."""
@@ -469,15 +518,24 @@ class Store:
     # -- removing and rebuilding ----------------------------------------------------------------
     def delete(self, name: str) -> None:
         """Forget snapshot ``name`` (its manifest); its chunks stay until ``gc``."""
-        path = self.manifest_path(name)
+        self.delete_all([name])
+
+    def delete_all(self, names: Iterable[str]) -> list[str]:
+        """Forget every snapshot in ``names``, all or none: under one hold of the exclusive lock,
+        each must exist before any goes. A damaged manifest can be deleted. Returns the names."""
+        names = list(dict.fromkeys(check_name(n) for n in names))
         with self.lock(EXCLUSIVE):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
+            missing = [n for n in names if not os.path.lexists(self.manifest_path(n))]
+            if missing:
+                raise SnapshotNotFoundError(f"no snapshot {', '.join(map(repr, missing))} in store "
+                                            f"{self.root}; nothing removed")
+            for n in names:
+                fsutil.unlink_quiet(self.manifest_path(n))
             if self.sync:
                 fsutil.fsync_dir(self.snap_dir)
-            self.index.remove_snapshot(name)
+            for n in names:
+                self.index.remove_snapshot(n)
+        return names
 
     def reindex(self, *, progress: Callable[[int, int], None] | None = None) -> dict:
         """Rebuild the LMDB index from chunk files and manifests. Returns counts.

@@ -16,7 +16,7 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from .. import checkpoint_id as ids
 from ..nest import optimizer_states
 from ..config import CONFIG
-from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, SnapshotExistsError
+from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, LoadWarning, SnapshotExistsError
 from ..manifest import check_name
 from ..store import SaveStats, Store
 from .planner import DedupSavePlanner, SafeLoadPlanner
@@ -62,33 +62,71 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
 
 def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str = "latest", *,
          allow_pickle: bool = False, allow_partial_load: bool = False,
-         process_group: dist.ProcessGroup | None = None) -> str:
+         process_group: dist.ProcessGroup | None = None) -> "LoadResult":
     """Load snapshot ``name`` (default the newest) into ``state_dict`` in place, on every rank.
 
     Byte items (non-tensor state) load with ``torch.load(weights_only=True)``; pass
-    ``allow_pickle=True`` only for stores you trust. Returns the snapshot name loaded. Checks
-    that the snapshot exists before DCP starts and raises casckpt's typed errors. ``store`` may
-    also be a checkpoint path (``/ckpt/run/step-100``, a folder that is not itself a store, in
-    a store ``/ckpt/run``): that snapshot is loaded.
+    ``allow_pickle=True`` only for stores you trust. Returns the snapshot name loaded (a
+    :class:`LoadResult`, a ``str``). Checks that the snapshot exists before DCP starts and raises
+    casckpt's typed errors. ``store`` may also be a checkpoint path (``/ckpt/run/step-100``, a
+    folder that is not itself a store, in a store ``/ckpt/run``): that snapshot is loaded.
+
+    DCP loads only what ``state_dict`` has a place for and casts to its dtypes, silently; this
+    says so. Saved items the template lacks (a fresh optimizer's ``state_dict()`` has an empty
+    ``state``) are listed in ``LoadResult.not_loaded`` and tensors loaded into another dtype in
+    ``LoadResult.cast``, each with a :class:`casckpt.errors.LoadWarning`.
     """
     if not isinstance(store, Store) and name == "latest":
         store, name = _store_and_name(os.fspath(store))
     st = store if isinstance(store, Store) else Store.open(store)
     try:
-        resolved = st.resolve(name)
-        resolved = _from_coordinator(resolved, process_group)
-        st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
-        reader = CasReader(st, snapshot=resolved)
-        planner = SafeLoadPlanner(allow_pickle=allow_pickle, allow_partial_load=allow_partial_load)
-        try:
-            with _quiet():
-                dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
-        except CheckpointException as exc:
-            _reraise(exc, reader.metadata_error)
-        return resolved
+        with st.reading():  # NOTE: from resolving "latest" to the last chunk read, gc waits
+            resolved = st.resolve(name)
+            resolved = _from_coordinator(resolved, process_group)
+            st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
+            reader = CasReader(st, snapshot=resolved)
+            planner = SafeLoadPlanner(allow_pickle=allow_pickle, allow_partial_load=allow_partial_load)
+            try:
+                with _quiet():
+                    dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
+            except CheckpointException as exc:
+                _reraise(exc, reader.metadata_error)
+            finally:
+                reader.close()
+        return _report(resolved, planner)
     finally:
         if st is not store:
             st.close()
+
+
+class LoadResult(str):
+    """The name of the snapshot :func:`load` loaded (a ``str``, so existing callers are served),
+    with ``not_loaded``: saved FQNs the template had no place for, and ``cast``:
+    ``{fqn: (saved dtype, loaded dtype)}`` for tensors DCP cast on the way in."""
+
+    not_loaded: tuple[str, ...]
+    cast: dict[str, tuple[str, str]]
+
+    def __new__(cls, name: str, not_loaded: tuple[str, ...] = (), cast: dict | None = None) -> "LoadResult":
+        self = super().__new__(cls, name)
+        self.not_loaded, self.cast = tuple(not_loaded), dict(cast or {})
+        return self
+
+
+def _report(name: str, planner: SafeLoadPlanner) -> LoadResult:
+    """Warn about, and return, what the load left out or cast."""
+    out = LoadResult(name, getattr(planner, "not_loaded", ()), getattr(planner, "casts", {}))
+    if out.not_loaded:
+        shown = ", ".join(out.not_loaded[:8]) + (f", … ({len(out.not_loaded) - 8} more)" if len(out.not_loaded) > 8 else "")
+        hint = (" (a fresh optimizer's state_dict() has an empty 'state': load into one that has "
+                "stepped, or its saved state is lost)" if any(".state." in f for f in out.not_loaded) else "")
+        warnings.warn(f"casckpt.load: {len(out.not_loaded)} items saved in snapshot {name!r} were not loaded: "
+                      f"the state dict given has no place for them: {shown}{hint}", LoadWarning, stacklevel=3)
+    if out.cast:
+        shown = ", ".join(f"{k} {a}->{b}" for k, (a, b) in list(out.cast.items())[:8])
+        warnings.warn(f"casckpt.load: {len(out.cast)} tensors of snapshot {name!r} were cast to the "
+                      f"template's dtype: {shown}", LoadWarning, stacklevel=3)
+    return out
 
 
 def read_state(store: Store | str | os.PathLike, name: str = "latest", *,
@@ -163,15 +201,18 @@ def _reraise(exc: CheckpointException, extra: BaseException | None = None) -> No
 
 
 def _cause(exc: CheckpointException, extra: BaseException | None = None) -> BaseException:
-    """The error to raise instead of DCP's CheckpointException (a BaseException): our typed
-    cause from the lowest failing rank if there is one, else CheckpointFailedError."""
+    """The error to raise instead of DCP's CheckpointException (a BaseException): a
+    KeyboardInterrupt, SystemExit or other non-Exception from the lowest failing rank unchanged
+    (``except KeyboardInterrupt`` must still work), else our typed cause from the lowest failing
+    rank if there is one, else CheckpointFailedError."""
     causes = [e for _, (e, _tb) in sorted(exc.failures.items())]
     if extra is not None:
         causes.append(extra)
     for e in causes:
+        if not isinstance(e, Exception):
+            return e
+    for e in causes:
         if isinstance(e, CasckptError):
             return e
-    if all(isinstance(e, Exception) for e in causes):
-        first = causes[0] if causes else exc
-        return CheckpointFailedError(f"DCP checkpoint failed: {type(first).__name__}: {first}")
-    return exc
+    first = causes[0] if causes else exc
+    return CheckpointFailedError(f"DCP checkpoint failed: {type(first).__name__}: {first}")

@@ -100,7 +100,10 @@ class DeltaWrites:
                 chosen = delta.choose_base(cand, lookup, self.config.delta.max_depth)
                 if chosen is not None and os.path.lexists(self.chunks.path(chosen[0])):
                     out[new] = chosen
-        return out
+        # NOTE: a base must be durable: one a sync=False save left unsynced is no base for a
+        # save that syncs (nor, after a reboot, for any save; see Index, ``unsynced``).
+        durable = self.index.has_many({b for b, _ in out.values()}, synced_only=self.sync)
+        return {n: b for n, b in out.items() if b[0] in durable}
 
     def _with_bases(self, new: Mapping[Digest, ChunkInfo]) -> dict[Digest, ChunkInfo]:
         """``new`` plus the bases its delta chunks need that the index lacks (a delta found on
@@ -109,7 +112,7 @@ class DeltaWrites:
         out = dict(new)
         todo = [i.base for i in new.values() if i.base is not None and i.base not in out]
         while todo:
-            have = self.index.get_many(todo)
+            have = self.index.has_many(todo, synced_only=self.sync)
             todo = [b for b in todo if b not in have and b not in out]
             for b in todo:
                 out[b] = self.chunks.check(b)

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import chunking, fsutil
 from .codec import CodecConfig
 from .delta import DeltaConfig
-from .errors import CasckptError, UnsafePathError, UnsupportedFormatError
+from .errors import CasckptError, StoreNotEmptyError, UnsafePathError, UnsupportedFormatError
 
 CONFIG = "casckpt.json"
 FORMAT = "casckpt.store"
@@ -111,3 +111,32 @@ def check_layout(root: Path) -> None:
     for sub in subs:
         if os.path.islink(sub):
             raise UnsafePathError(f"{sub} is a symlink; casckpt never follows links in a store")
+
+
+def check_empty(root: Path) -> None:
+    """Refuse to create a store in a folder that holds anything but a half-made store's layout."""
+    try:
+        entries = set(os.listdir(root))
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise StoreNotEmptyError(f"{root} is a file; casckpt creates a store only in a missing or "
+                                 "empty folder") from None
+    if entries and not _half_made(root, entries):
+        shown = ", ".join(sorted(entries)[:5]) + (", …" if len(entries) > 5 else "")
+        raise StoreNotEmptyError(f"{root} is not empty ({shown}) and is not a casckpt store (no {CONFIG}); "
+                                 "casckpt creates a store only in a missing or empty folder")
+
+
+def _half_made(root: Path, entries: set[str]) -> bool:
+    """What a store creation that died before writing its config leaves (a retry finishes it):
+    the lock file and empty folders, ``tmp/`` holding only casckpt's temp files."""
+    if not entries <= {"tmp", "snapshots", "chunks", "lock"}:
+        return False
+    for d in entries - {"lock"}:
+        p = root / d
+        if p.is_symlink() or not p.is_dir():
+            return False
+        if any(not (d == "tmp" and fsutil.is_temp_name(f)) for f in os.listdir(p)):
+            return False
+    return True

@@ -16,6 +16,11 @@ class StoreNotFoundError(CasckptError, FileNotFoundError):
     """The path is not a casckpt store (and ``create=False``)."""
 
 
+class StoreNotEmptyError(CasckptError, FileExistsError):
+    """``create=True`` on a folder that holds files but no store: casckpt creates a store only in a
+    missing or empty folder, so it never adopts (and gc never deletes) someone else's files."""
+
+
 class UnsupportedFormatError(CasckptError, ValueError):
     """The store, manifest or chunk was written by a newer or unknown format version."""
 
@@ -84,3 +89,7 @@ class StoreIOError(CasckptError, OSError):
 
 class CheckpointFailedError(CasckptError, RuntimeError):
     """A DCP save or load failed for a reason that is not one of casckpt's typed errors."""
+
+
+class LoadWarning(UserWarning):
+    """``casckpt.load`` left saved items out (the template had no place for them) or cast tensors."""

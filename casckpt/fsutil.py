@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Iterable
@@ -37,8 +38,18 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+# NOTE: gc deletes only files in tmp/ whose names match this: a folder adopted by mistake, or a
+# file a user put there, is never deleted.
+_TEMP_NAME = re.compile(r"[0-9a-f]{16}\.[0-9]+\.(chunk|manifest|tmp)")
+
+
 def temp_path(tmp_dir: Path, suffix: str) -> Path:
     return tmp_dir / f"{secrets.token_hex(8)}.{os.getpid()}{suffix}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one :func:`temp_path` makes (suffix ``.chunk``, ``.manifest`` or ``.tmp``)."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def write_parts(path: Path, parts: Iterable, *, sync: bool) -> int:
@@ -94,5 +105,19 @@ def read_file(path: Path) -> bytes:
 def io_error(exc: OSError, what: str) -> StoreIOError:
     """Wrap an OSError (disk full, permission denied, ...) in the typed error, keeping errno."""
     err = StoreIOError(exc.errno, f"{what}: {exc.strerror or exc}")
-    err.filename = exc.filename
+    if exc.filename is not None:  # NOTE: a filename of None would print as a stray ": None"
+        err.filename = exc.filename
     return err
+
+
+# NOTE: a module attribute, so a test can stand in a file for the kernel's (a "reboot").
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> bytes | None:
+    """This boot's id (changes at every boot, so after a power loss), or None where unknown."""
+    try:
+        with open(BOOT_ID_PATH, "rb") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None

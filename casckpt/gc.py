@@ -11,11 +11,16 @@ snapshots (manifests read) and with what is deleted (one ``stat`` and one ``unli
 Execution order is the crash-safety argument; a crash at any point leaves a store whose committed
 snapshots are whole, and the next ``gc`` finishes the job:
 
+0. rewrite the manifests of thinned snapshots (atomic: temp, fsync, rename, fsync the folder);
 1. unlink the manifests of dropped snapshots, fsync ``snapshots/`` (they are gone: the commit point);
 2. remove their registry rows and the doomed chunks' index entries (an index entry must never
    outlive its file: it means "safely stored", and a save would skip writing the chunk);
 3. unlink the chunk files, fsync their fan-out directories;
-4. clear ``tmp/``: with the exclusive lock held no save is running, so everything there is garbage.
+4. delete casckpt's temp files in ``tmp/`` (by name; nothing else there is ours): with the
+   exclusive lock held no save is running, so every one is garbage.
+
+A manifest that cannot be read may reference any chunk: while one exists no chunk is deleted
+(see :func:`plan_gc`).
 
 A save holds the shared lock from its first chunk write to its manifest, so gc (exclusive) never
 runs while a save is in progress and never deletes a chunk that save will reference.
@@ -24,15 +29,17 @@ runs while a save is in progress and never deletes a chunk that save will refere
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import dataclass, replace
-from typing import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable
 
-from . import fsutil
+from . import fsutil, retention, thin
 from .digest import Digest
 from .errors import CasckptError, SnapshotNotFoundError
 from .lock import EXCLUSIVE
+from .manifest import Manifest
 from .store import Store
+
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,9 @@ class GcPlan:
     tmp_files: tuple[str, ...] = ()
     tmp_bytes: int = 0
     executed: bool = False
+    thinned: dict = field(default_factory=dict)  # name -> its manifest without the dropped items
+    reasons: dict = field(default_factory=dict)  # kept name -> why the policy keeps it
+    damaged: tuple[str, ...] = ()  # unreadable manifests: kept, and no chunk is deleted (see plan_gc)
 
     @property
     def bytes_freed(self) -> int:
@@ -63,74 +73,115 @@ class GcPlan:
                 "orphans": self.orphans, "chunk_bytes": self.chunk_bytes,
                 "index_only": len(self.index_only), "tmp_files": len(self.tmp_files),
                 "tmp_bytes": self.tmp_bytes, "bytes_freed": self.bytes_freed,
-                "executed": self.executed}
+                "executed": self.executed, "thinned": sorted(self.thinned),
+                "reasons": {k: list(v) for k, v in self.reasons.items()}, "damaged": list(self.damaged)}
 
 
 def retained(names: list[str], *, keep_last: int | None = None, keep_every: int | None = None,
              keep: Iterable[str] = ()) -> set[str]:
-    """Which of ``names`` (oldest first) the policy keeps; no policy at all keeps every one.
-
-    ``keep_last=N``: the newest N. ``keep_every=K``: positions 0, K, 2K, ... counted from the
-    oldest snapshot present. ``keep``: these names (each must exist).
-    """
-    keep = list(keep)
-    missing = [k for k in keep if k not in names]
-    if missing:
-        raise SnapshotNotFoundError(f"--keep names snapshots that do not exist: {', '.join(missing)}")
-    if keep_last is not None and keep_last < 0 or keep_every is not None and keep_every < 1:
-        raise CasckptError("keep_last must be >= 0 and keep_every >= 1")
-    if keep_last is None and keep_every is None and not keep:
-        return set(names)
-    out = set(keep)
-    if keep_last:
-        out.update(names[-keep_last:])
-    if keep_every:
-        out.update(names[::keep_every])
-    return out
+    """Which of ``names`` (oldest first, numbered by position) the policy keeps; no policy at all
+    keeps every one. See :mod:`casckpt.retention` for the rules on real snapshots."""
+    policy = retention.Policy(last=keep_last, every=keep_every, keep=tuple(keep))
+    return set(retention.select(retention.from_names(names), policy))
 
 
 def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
-            keep: Iterable[str] = ()) -> GcPlan:
+            keep: Iterable[str] = (), policy: retention.Policy | None = None,
+            thin_older_than: int | None = None, drop_items: Iterable[str] = (),
+            progress: Progress | None = None) -> GcPlan:
     """Plan a gc without deleting anything or taking the lock (a preview while saves may run:
-    chunks of a save in progress show up as orphans here; :func:`gc` re-plans under the lock)."""
-    names = [s.name for s in store.snapshots()]
-    kept = retained(names, keep_last=keep_last, keep_every=keep_every, keep=keep)
+    chunks of a save in progress show up as orphans here; :func:`gc` re-plans under the lock).
+
+    ``policy`` (a :class:`casckpt.retention.Policy`) replaces ``keep_last``/``keep_every``/``keep``.
+    With ``thin_older_than=N`` and ``drop_items`` patterns, kept snapshots but the newest N lose
+    the matching items (see :mod:`casckpt.thin`). ``progress(done, total)`` counts manifests read.
+
+    A snapshot whose manifest cannot be read (truncated, not JSON, a newer format) is neither kept
+    nor dropped by the policy: it is listed in ``damaged`` and left alone. Since it may reference
+    any chunk, no chunk file and no index entry is deleted while one exists (manifests the
+    policy drops and temp files still go); ``casckpt rm`` of the damaged snapshot, or restoring
+    its manifest, lets the next gc reclaim chunks again.
+    """
+    ms, damaged = read_manifests(store, progress)
+    infos = [s for s in store.snapshots() if s.name in ms]
+    names = [s.name for s in infos]
+    policy = policy or retention.Policy(last=keep_last, every=keep_every, keep=tuple(keep))
+    snaps = retention.of_manifests(infos, ms)
+    reasons = retention.select(snaps, policy)
+    kept = set(reasons)
+    thinned = _thin(ms, snaps, [n for n in names if n in kept], thin_older_than, tuple(drop_items))
     live: set[Digest] = set()
     for name in names:
         if name in kept:
-            live |= store.manifest(name).digests()
+            live |= (thinned[name] if name in thinned else ms[name]).digests()
     live = store.live(live)  # with the bases their delta chunks need, transitively
-    doomed = [d for d in store.chunks if d not in live]
-    referenced = store.live(_referenced(store, [n for n in names if n not in kept]))
-    indexed = {d for d, _ in store.index.chunks()}
+    doomed = [] if damaged else [d for d in store.chunks if d not in live]
+    referenced = store.live({d for n in names if n not in kept or n in thinned for d in ms[n].digests()})
+    indexed = set() if damaged else {d for d, _ in store.index.chunks()}
     present = set(doomed)
     index_only = tuple(d for d in indexed if d not in live and d not in present)
     tmp = _tmp_files(store)
     return GcPlan(keep=tuple(n for n in names if n in kept), drop=tuple(n for n in names if n not in kept),
                   chunks=tuple(doomed), orphans=sum(1 for d in doomed if d not in referenced),
                   chunk_bytes=sum(_size(store.chunks.path(d)) for d in doomed), index_only=index_only,
-                  tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp))
+                  tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp),
+                  thinned=thinned, reasons=reasons, damaged=tuple(sorted(damaged)))
+
+
+def read_manifests(store: Store, progress: Progress | None = None) -> tuple[dict[str, Manifest], dict[str, str]]:
+    """Every committed manifest that parses (each parsed once: the bulk of planning's time), and
+    ``{name: why}`` for those that do not."""
+    good, bad = {}, {}
+    names = store.snapshot_names()
+    for i, name in enumerate(names, 1):
+        try:
+            good[name] = store.manifest(name)
+        except SnapshotNotFoundError:
+            pass  # deleted meanwhile (a dry run holds no lock)
+        except CasckptError as exc:
+            bad[name] = str(exc)
+        if progress:
+            progress(i, len(names))
+    return good, bad
+
+
+def _thin(ms: dict, snaps, kept: list[str], older_than: int | None, patterns: tuple[str, ...]) -> dict:
+    if older_than is None or not patterns:
+        return {}
+    seq = dict(zip((s.name for s in snaps), retention.seqs(snaps)))
+    out = {n: thin.thinned(ms[n], patterns, seq[n]) for n in thin.targets(kept, older_than)}
+    return {n: m for n, m in out.items() if m is not None}
 
 
 def gc(store: Store, *, keep_last: int | None = None, keep_every: int | None = None,
-       keep: Iterable[str] = (), dry_run: bool = False, wait: bool = True) -> GcPlan:
+       keep: Iterable[str] = (), dry_run: bool = False, wait: bool = True,
+       policy: retention.Policy | None = None, thin_older_than: int | None = None,
+       drop_items: Iterable[str] = (), on_plan: Callable[[GcPlan], None] | None = None,
+       progress: Progress | None = None, plan_progress: Progress | None = None) -> GcPlan:
     """Apply the retention policy and delete unreferenced chunks and temp files.
 
     Takes the exclusive store lock (waits for saves to finish; ``wait=False`` raises
     LockTimeoutError at once instead). ``dry_run`` plans only, without the lock. Returns the plan,
-    with ``executed=True`` when it was carried out.
+    with ``executed=True`` when it was carried out. ``on_plan(plan)`` is called once the plan is
+    made, before anything is deleted; ``progress(done, total)`` as chunk files are deleted and
+    ``plan_progress(done, total)`` as manifests are read for the plan.
     """
-    keep = tuple(keep)
+    kw = dict(keep_last=keep_last, keep_every=keep_every, keep=tuple(keep), policy=policy,
+              thin_older_than=thin_older_than, drop_items=tuple(drop_items), progress=plan_progress)
     if dry_run:
-        return plan_gc(store, keep_last=keep_last, keep_every=keep_every, keep=keep)
+        return plan_gc(store, **kw)
     with store.lock(EXCLUSIVE, timeout=... if wait else 0):
-        plan = plan_gc(store, keep_last=keep_last, keep_every=keep_every, keep=keep)
-        execute(store, plan)
+        plan = plan_gc(store, **kw)
+        if on_plan:
+            on_plan(plan)
+        execute(store, plan, progress=progress)
     return replace(plan, executed=True)
 
 
-def execute(store: Store, plan: GcPlan) -> None:
+def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> None:
     """Carry out ``plan`` in crash-safe order. The caller holds the exclusive lock."""
+    for m in plan.thinned.values():  # NOTE: atomic rewrites first: their freed chunks go below
+        store.commit(m, {}, overwrite=True)
     for name in plan.drop:
         fsutil.unlink_quiet(store.manifest_path(name))
     if plan.drop and store.sync:
@@ -139,10 +190,12 @@ def execute(store: Store, plan: GcPlan) -> None:
         store.index.remove_snapshot(name)
     store.index.remove_chunks([*plan.chunks, *plan.index_only])
     dirs = set()
-    for d in plan.chunks:
+    for i, d in enumerate(plan.chunks, 1):
         path = store.chunks.path(d)
         fsutil.unlink_quiet(path)
         dirs.add(path.parent)
+        if progress:
+            progress(i, len(plan.chunks))
     if store.sync:
         for p in dirs:
             fsutil.fsync_dir(p)
@@ -150,16 +203,10 @@ def execute(store: Store, plan: GcPlan) -> None:
         _remove(store.tmp_dir / f)
 
 
-def _referenced(store: Store, names: list[str]) -> set[Digest]:
-    out: set[Digest] = set()
-    for name in names:
-        out |= store.manifest(name).digests()
-    return out
-
-
 def _tmp_files(store: Store) -> list[str]:
+    """Temp files casckpt made (by name); anything else in ``tmp/`` is not ours to delete."""
     try:
-        return sorted(os.listdir(store.tmp_dir))
+        return sorted(f for f in os.listdir(store.tmp_dir) if fsutil.is_temp_name(f))
     except FileNotFoundError:
         return []
 
@@ -172,7 +219,7 @@ def _size(path) -> int:
 
 
 def _remove(path) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+    try:
         fsutil.unlink_quiet(path)
+    except IsADirectoryError:  # a folder with a temp file's name: not made by casckpt, left alone
+        pass

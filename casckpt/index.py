@@ -10,6 +10,10 @@ Sub-databases:
   entry is added only once its base has one, so gc can keep bases without reading chunk files.
   A version 1 index (full entries only, which version 2 reads as they are) is upgraded in place.
 * ``snapshots``: UTF-8 name → JSON totals (created, logical_bytes, chunks).
+* ``unsynced``: 32-byte digest → boot id, for chunks a ``sync=False`` save committed without
+  fsync. Such an entry vouches for its chunk only during the boot that wrote it (a power loss
+  may have torn the file since) and never to a save that syncs: those verify the file, fsync it
+  and clear the mark.
 
 It is rebuildable from chunk files and manifests (:meth:`casckpt.Store.reindex`); manifests are the
 source of truth. The map grows by doubling whenever a write hits its limit, so callers never see
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import struct
 import threading
 from pathlib import Path
@@ -27,6 +32,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import lmdb
 
+from . import fsutil
 from .chunks import ChunkInfo
 from .digest import Digest
 from .errors import IndexDamagedError, StoreIOError
@@ -48,17 +54,23 @@ class Index:
         if not create and not (path / "data.mdb").exists():
             raise IndexDamagedError(f"index {path} is missing; run `casckpt reindex` to rebuild it")
         self.env: lmdb.Environment | None = None
+        self.readonly = False  # opened read-only: the store may not be written by this process
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self.env = _open_env(path, map_size)
+            self.env = self._open(path, map_size, create)
             _check_size(self.env, path)
             self._ident = _file_id(path)
-            self._meta = self.env.open_db(b"meta")
-            self._chunks = self.env.open_db(b"chunks")
-            self._snaps = self.env.open_db(b"snapshots")
+            self._meta, self._chunks, self._snaps = (self.env.open_db(name, create=not self.readonly)
+                                                     for name in (b"meta", b"chunks", b"snapshots"))
+            self._unsynced = self._open_unsynced()
             version = self._read(lambda txn: txn.get(b"version", db=self._meta))
-            if version is None or bytes(version) in _UPGRADABLE:
-                self._write(lambda txn: txn.put(b"version", VERSION, db=self._meta))
+            if version is not None:
+                version = bytes(version)
+            if version is None or version in _UPGRADABLE:
+                # NOTE: version 1 entries read as version 2 ones; a read-only process leaves the
+                # stamp to the next writer (and an empty new index has nothing to stamp)
+                if not self.readonly:
+                    self._write(lambda txn: txn.put(b"version", VERSION, db=self._meta))
             elif version != VERSION:
                 raise IndexDamagedError(f"index {path} has version {version!r}; run `casckpt reindex`")
             self._check_owner(owner.encode())
@@ -72,11 +84,31 @@ class Index:
             self.close()
             raise
 
+    def _open(self, path: Path, map_size: int, create: bool) -> lmdb.Environment:
+        """The environment, read-write; or read-only (no reader lock table, since ``lock.mdb``
+        cannot be written either) when the index may not be written: a read-only mount, a
+        store owned by someone else. Read-only, a write raises StoreIOError (EROFS)."""
+        try:
+            return _open_env(path, map_size)
+        except lmdb.Error as exc:
+            if create or getattr(exc, "code", None) not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+        self.readonly = True
+        return _open_env(path, map_size, readonly=True)
+
+    def _open_unsynced(self):
+        try:
+            return self.env.open_db(b"unsynced", create=not self.readonly)
+        except lmdb.NotFoundError:  # an index from before the mark existed, opened read-only
+            return None
+
     def _check_owner(self, owner: bytes) -> None:
         """An index vouches for one store's chunk files: refuse one that another store wrote."""
         if not owner:
             return
         found = self._read(lambda txn: txn.get(b"store", db=self._meta))
+        if found is None and self.readonly:
+            return
         if found is None:
             self._write(lambda txn: txn.put(b"store", owner, db=self._meta))
         elif bytes(found) != owner:
@@ -106,6 +138,9 @@ class Index:
         raise IndexDamagedError(f"index {self.path} keeps changing size")
 
     def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        if self.readonly:
+            raise StoreIOError(errno.EROFS, f"index {self.path} is open read-only (no write access "
+                                            "to the store here); this needs write access")
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -123,14 +158,25 @@ class Index:
         if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError,
                             lmdb.VersionMismatchError)):
             return IndexDamagedError(f"index {self.path} is damaged ({exc}); run `casckpt reindex`")
-        return StoreIOError(errno.EIO, f"index {self.path}: {exc}")
+        code = _errno(exc, self.path)
+        what = getattr(exc, "what", "")
+        where = f" (in {what})" if what and what != str(self.path) else ""
+        return StoreIOError(code, f"index {self.path}: {os.strerror(code)}{where}")
 
     # -- chunks ---------------------------------------------------------------------------------
-    def has_many(self, digests: Iterable[Digest]) -> set[Digest]:
-        """The subset of ``digests`` that the index records as stored."""
+    def has_many(self, digests: Iterable[Digest], *, synced_only: bool = False) -> set[Digest]:
+        """The subset of ``digests`` that the index records as stored: durably, or written without
+        fsync during this boot (unless ``synced_only``)."""
+        boot = fsutil.boot_id()
+
         def probe(txn):
             cur = txn.cursor(db=self._chunks)
-            return {d for d in digests if cur.set_key(d.raw)}
+            have = {d for d in digests if cur.set_key(d.raw)}
+            if self._unsynced is None or not txn.stat(self._unsynced)["entries"]:
+                return have
+            marks = txn.cursor(db=self._unsynced)
+            return {d for d in have if not marks.set_key(d.raw)
+                    or not synced_only and boot is not None and marks.value() == boot}
         return self._read(probe)
 
     def get(self, digest: Digest) -> ChunkInfo | None:
@@ -148,15 +194,27 @@ class Index:
             return out
         return self._read(probe)
 
-    def add_chunks(self, infos: dict[Digest, ChunkInfo]) -> None:
+    def add_chunks(self, infos: dict[Digest, ChunkInfo], *, synced: bool = True) -> None:
+        """Record chunks as stored; ``synced=False``: their files were not fsynced (see ``unsynced``)."""
+        mark = None if synced else (fsutil.boot_id() or b"?")
+
         def put(txn):
             for d, i in infos.items():
                 txn.put(d.raw, _pack(i), db=self._chunks)
+                if mark is not None:
+                    txn.put(d.raw, mark, db=self._unsynced)
+                else:
+                    txn.delete(d.raw, db=self._unsynced)
         self._write(put)
 
     def remove_chunks(self, digests: Iterable[Digest]) -> None:
         digests = list(digests)
-        self._write(lambda txn: [txn.delete(d.raw, db=self._chunks) for d in digests])
+
+        def drop(txn):
+            for d in digests:
+                txn.delete(d.raw, db=self._chunks)
+                txn.delete(d.raw, db=self._unsynced)
+        self._write(drop)
 
     def chunks(self) -> Iterator[tuple[Digest, ChunkInfo]]:
         def scan(txn):
@@ -203,20 +261,38 @@ def _unpack(raw) -> ChunkInfo:
     return ChunkInfo(*_ENTRY.unpack(raw))
 
 
+def _errno(exc: lmdb.Error, path: Path) -> int:
+    """The errno behind an LMDB failure. LMDB turns a short write (how a full disk often shows)
+    into EIO; with next to no space left on the index's file system, ENOSPC is the truth."""
+    code = getattr(exc, "code", None)
+    code = code if isinstance(code, int) and 0 < code < 4096 else errno.EIO
+    if code == errno.EIO:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return code
+        if st.f_bavail * st.f_frsize < _FULL:
+            return errno.ENOSPC
+    return code
+
+
+_FULL = 1 << 20  # bytes free below which an EIO from LMDB is taken for a full disk
+
 # NOTE: LMDB allows one open environment per database per process ("already open in this
 # process"), so every Index on the same database shares one, counted by references. The key is
 # the data file's identity, so a database removed and made anew (reindex) gets a fresh one.
-_ENVS: dict[tuple[int, int], list] = {}
+_ENVS: dict[tuple, list] = {}
 _ENVS_LOCK = threading.Lock()
 
 
-def _open_env(path: Path, map_size: int) -> lmdb.Environment:
+def _open_env(path: Path, map_size: int, *, readonly: bool = False) -> lmdb.Environment:
     with _ENVS_LOCK:
-        key = _file_id(path)
-        entry = _ENVS.get(key) if key is not None else None
+        key = (_file_id(path), readonly)
+        entry = _ENVS.get(key) if key[0] is not None else None
         if entry is None:
-            env = lmdb.open(str(path), map_size=map_size, max_dbs=4, subdir=True)
-            entry = _ENVS[_file_id(path)] = [env, 0]
+            env = lmdb.open(str(path), map_size=map_size, max_dbs=8, subdir=True,
+                            readonly=readonly, lock=not readonly)
+            entry = _ENVS[(_file_id(path), readonly)] = [env, 0]
         entry[1] += 1
         return entry[0]
 

@@ -7,6 +7,7 @@ releases an flock when its holder dies, so a crashed process never leaves the st
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -32,6 +33,22 @@ def held_by_this_thread(path: Path) -> bool:
     return _holds().get(str(path), 0) > 0
 
 
+def _open(path: Path) -> int:
+    """The lock file, opened for writing, or else read-only: flock works on any open file, so a
+    store the caller may not write (permissions, a read-only mount) is still locked properly."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            try:
+                return os.open(path, os.O_RDONLY | nofollow)
+            except OSError as again:
+                exc = again
+        # a lock that is a directory or a symlink, or missing in a folder we may not write
+        raise StoreIOError(exc.errno, f"cannot open the lock file {path}: {exc.strerror}") from None
+
+
 class StoreLock:
     """One hold on the store lock. ``timeout=None`` waits forever; ``0`` does not wait."""
 
@@ -45,10 +62,7 @@ class StoreLock:
             raise CasckptError(f"this thread already holds the lock on {self.path.parent} (a save in "
                                "progress, or a writer not yet closed); taking it exclusively would "
                                "wait forever")
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as exc:  # a read-only store, a lock that is a directory or a symlink
-            raise StoreIOError(exc.errno, f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        fd = _open(self.path)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         try:
             while True:

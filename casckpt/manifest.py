@@ -16,7 +16,7 @@ from typing import Any
 
 from . import chunking, dtypes
 from .digest import Digest
-from .errors import InvalidNameError, ManifestError, UnsupportedFormatError
+from .errors import CasckptError, InvalidNameError, ManifestError, UnsupportedFormatError
 
 FORMAT = "casckpt.manifest"
 VERSION = 1
@@ -175,3 +175,36 @@ class Manifest:
             raise ManifestError(f"{source} has a bad chunk_size or created field")
         return cls(name, doc["created"], chunk_size,
                    {str(k): Item.from_json(str(k), v) for k, v in items.items()}, doc.get("meta", {}))
+
+
+def resumable(m: "Manifest") -> bool:
+    """Whether snapshot ``m`` counts for "latest", the point a training job resumes from: every
+    snapshot except imports (``meta["import"]``, written by ``casckpt import``), so importing a
+    checkpoint, or exporting one and importing it back, never becomes a job's resume point by
+    surprise. When a store holds only imports, "latest" is the newest of them."""
+    return "import" not in m.meta
+
+
+def user_meta(meta: Any, tags: Any) -> dict:
+    """The manifest ``meta`` entries for a save's user metadata and tags: ``{"user": {...},
+    "tags": [...]}`` (each only when given). ``meta`` must be a JSON object (keys strings, no NaN);
+    ``tags`` strings of 1 to 100 printable characters without commas or spaces."""
+    out: dict = {}
+    if meta:
+        if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
+            raise CasckptError("meta must be a dict with string keys")
+        try:
+            out["user"] = json.loads(json.dumps(meta, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise CasckptError(f"meta must be plain JSON (str, int, float, bool, None, list, dict): {exc}") from None
+    if tags:
+        if isinstance(tags, str) or not all(isinstance(t, str) and 0 < len(t) <= 100 and t.isprintable()
+                                            and "," not in t and " " not in t for t in tags):
+            raise CasckptError("tags must be a list of short strings without spaces or commas")
+        out["tags"] = sorted(set(tags))
+    return out
+
+
+def tags_of(m: "Manifest") -> list[str]:
+    t = m.meta.get("tags")
+    return [x for x in t if isinstance(x, str)] if isinstance(t, list) else []

@@ -9,6 +9,7 @@ output), so extra memory during a save is capped by the budget, not by the state
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Sequence, TypeVar
 
@@ -98,3 +99,25 @@ class Pipeline:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+class Tally:
+    """Adds up work done in worker threads and reports it as ``progress(done, total)``.
+
+    ``add`` may be called from any thread; the lock keeps the sum exact and the reports in
+    order. ``grow`` raises the total once more work is known. Without ``progress`` it counts only.
+    """
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int = 0) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        self._lock = threading.Lock()
+
+    def grow(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            if self.progress:
+                self.progress(self.done, self.total)

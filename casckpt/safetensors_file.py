@@ -25,42 +25,83 @@ CODES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "ui
          "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
          "C64": "complex64"}
 NAMES = {v: k for k, v in CODES.items()}
-MAX_HEADER = 100 << 20
+MAX_HEADER = 100_000_000  # the safetensors library's limit
 
 
 def read(path: Path) -> tuple[dict[str, tuple[str, np.ndarray]], dict[str, str]]:
     """``({name: (store dtype, array)}, metadata)``: each array a read-only memory-mapped view of
-    the tensor's bytes (types numpy lacks as same-width unsigned ints)."""
+    the tensor's bytes (types numpy lacks as same-width unsigned ints).
+
+    Validated as the ``safetensors`` library does: a JSON object header, ``__metadata__`` a map of
+    strings, and tensors whose byte ranges tile the data exactly (no gap, no overlap, nothing
+    past the end or left over). Anything else is a CasckptError naming the file."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
         if not 0 < n <= min(MAX_HEADER, size - 8):
             raise CasckptError(f"{path} is not a safetensors file (bad header length)")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise CasckptError(f"{path} is not a safetensors file (header is not JSON)") from None
-    meta = header.pop("__metadata__", None) or {}
+        header = _header(path, f.read(n))
+    meta = _metadata(path, header.pop("__metadata__", None))
+    specs = {name: _spec(path, name, spec) for name, spec in header.items()}
+    _check_tiling(path, specs, size - 8 - n)
     data = np.memmap(path, mode="r", dtype=np.uint8, offset=8 + n) if size > 8 + n else np.empty(0, np.uint8)
     arrays = {}
-    for name, spec in header.items():
-        arrays[name] = _tensor(path, name, spec, data)
-    return arrays, {str(k): str(v) for k, v in meta.items()}
+    for name, (dt, shape, begin, end) in specs.items():
+        arr = data[begin:end].view(np.dtype(dt.numpy)).reshape(shape)
+        arr.flags.writeable = False
+        arrays[name] = (dt.name, arr)
+    return arrays, meta
 
 
-def _tensor(path: Path, name: str, spec: dict, data: np.ndarray) -> tuple[str, np.ndarray]:
+def _header(path: Path, text: bytes) -> dict:
+    try:
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise CasckptError(f"{path} is not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CasckptError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    return header
+
+
+def _metadata(path: Path, meta: object) -> dict[str, str]:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CasckptError(f"{path}: __metadata__ must map names to strings, got {str(meta)[:100]!r}")
+    return meta
+
+
+def _spec(path: Path, name: str, spec: object) -> tuple[dtypes.DType, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one tensor entry, each checked."""
     try:
         dt = dtypes.lookup(CODES[spec["dtype"]])
-        shape = tuple(int(d) for d in spec["shape"])
-        begin, end = (int(x) for x in spec["data_offsets"])
-    except (KeyError, TypeError, ValueError):
+        shape, offsets = spec["shape"], spec["data_offsets"]
+        if not (isinstance(shape, list) and all(_count(d) for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(_count(x) for x in offsets)):
+            raise TypeError
+    except (KeyError, TypeError):
         raise CasckptError(f"{path}: tensor {name!r} has an unsupported or malformed entry: {spec!r:.200}") from None
-    if not 0 <= begin <= end <= data.size or end - begin != math.prod(shape) * dt.itemsize:
-        raise CasckptError(f"{path}: tensor {name!r} has data offsets that do not fit its shape or the file")
-    arr = data[begin:end].view(np.dtype(dt.numpy)).reshape(shape)
-    arr.flags.writeable = False
-    return dt.name, arr
+    begin, end = offsets
+    if end < begin or end - begin != math.prod(shape) * dt.itemsize:
+        raise CasckptError(f"{path}: tensor {name!r} has data offsets that do not fit its shape")
+    return dt, tuple(shape), begin, end
+
+
+def _count(x: object) -> bool:
+    return type(x) is int and x >= 0
+
+
+def _check_tiling(path: Path, specs: dict, data_len: int) -> None:
+    """Tensor byte ranges must cover the data exactly once, in some order (the safetensors rule)."""
+    pos = 0
+    for name, (_, _, begin, end) in sorted(specs.items(), key=lambda kv: kv[1][2:]):
+        if begin != pos:
+            raise CasckptError(f"{path}: tensor {name!r} starts at byte {begin} of the data, where "
+                               f"{pos} is expected (tensors overlap or leave a gap)")
+        pos = end
+    if pos != data_len:
+        raise CasckptError(f"{path}: tensors cover {pos} bytes of data, the file holds {data_len}")
 
 
 def write(store, m: Manifest, dst: Path, *, progress: Callable[[int, int], None] | None = None) -> int:

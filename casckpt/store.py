@@ -17,6 +17,7 @@ snapshot's registry entry. Reading goes the other way and needs only manifest an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -36,13 +37,14 @@ from .codec import CodecConfig
 from .bases import DeltaWrites, delta_config
 from .delta import DeltaConfig
 from .digest import Digest, digest_of
-from .config import CONFIG, StoreConfig, check_chunk_size, check_layout, create_layout
-from .errors import (CasckptError, ChunkError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
-                     StoreNotFoundError)
+from .config import CONFIG, StoreConfig, check_chunk_size, check_empty, check_layout, create_layout
+from .errors import (CasckptError, ChunkError, IndexDamagedError, ManifestError, SnapshotExistsError,
+                     SnapshotNotFoundError, StoreIOError, StoreNotFoundError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
-from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
-from .pipeline import DEFAULT_INFLIGHT, Pipeline
+from .manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, resumable, utc_now
+from .pipeline import DEFAULT_INFLIGHT, Pipeline, Tally
+from .reclaim import reclaim
 
 log = logging.getLogger("casckpt")
 
@@ -135,6 +137,7 @@ class Store(DeltaWrites):
         if not cfg_path.exists():
             if not create:
                 raise StoreNotFoundError(f"{root} is not a casckpt store (no {CONFIG})")
+            check_empty(root)
             config = StoreConfig(check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
                                  CodecConfig(level=1 if level is None else level,
                                              byte_grouping=True if byte_grouping is None else byte_grouping),
@@ -190,6 +193,11 @@ class Store(DeltaWrites):
         """A hold on the store lock (use as ``with store.lock(EXCLUSIVE): ...``)."""
         return StoreLock(self.root / "lock", mode, timeout=self.lock_timeout if timeout is ... else timeout)
 
+    def reading(self) -> contextlib.AbstractContextManager:
+        """Hold the shared lock while reading chunks, so gc cannot delete them meanwhile (as
+        restic's readers do); a no-op when this thread holds the lock already."""
+        return contextlib.nullcontext() if self.holds_lock else self.lock(SHARED)
+
     @property
     def holds_lock(self) -> bool:
         """Whether the calling thread holds the store lock now (in either mode)."""
@@ -203,10 +211,11 @@ class Store(DeltaWrites):
         """``"latest"`` → the newest committed snapshot's name; other names are checked and returned."""
         return self._latest() if name == "latest" else check_name(name)
 
-    def _latest(self) -> str:
+    def _latest(self, accept: Callable[[Manifest], bool] | None = resumable) -> str:
         """The committed snapshot with the greatest ``(created, name)`` (the order of
         :meth:`snapshots`), found from manifest files alone: any rank on any host can resolve it
-        without the LMDB index.
+        without the LMDB index. Only snapshots ``accept`` takes count (by default not imports:
+        see :func:`casckpt.manifest.resumable`) unless there are no others.
 
         A manifest is published after its ``created`` time, so once a manifest created at C is
         seen, files last modified more than ``LATEST_SKEW`` seconds before C cannot be newer and
@@ -223,10 +232,18 @@ class Store(DeltaWrites):
             if best is not None and mtime < _timestamp(best[0]) - LATEST_SKEW:
                 break
             try:
-                created = self.manifest(name).created
+                m = self.manifest(name)
             except SnapshotNotFoundError:
                 continue
-            best = max(best or (created, name), (created, name))
+            except CasckptError as exc:  # NOTE: one damaged manifest must not block every resume
+                if accept is not None:  # warn once (a second pass without ``accept`` may follow)
+                    log.warning("casckpt: 'latest' skips snapshot %s, whose manifest is unreadable: %s", name, exc)
+                continue
+            if accept is not None and not accept(m):
+                continue
+            best = max(best or (m.created, name), (m.created, name))
+        if best is None and accept is not None:
+            return self._latest(None)
         if best is None:
             raise SnapshotNotFoundError(f"store {self.root} has no snapshots (asked for 'latest')")
         return best[1]
@@ -282,17 +299,39 @@ class Store(DeltaWrites):
         return names
 
     def snapshots(self) -> list[SnapshotInfo]:
-        """Every committed snapshot, oldest first (registry totals; manifests fill any gap)."""
+        """Every committed snapshot, oldest first (registry totals; manifests fill any gap).
+
+        A snapshot without a registry row whose manifest cannot be read is left out with a
+        warning (``casckpt.usage.ls`` lists it as damaged). Needs no write: on a full disk or a
+        read-only store the missing rows are computed and not saved."""
         table = self.index.snapshot_table()
         out = []
         for name in self.snapshot_names():
             row = table.get(name)
             if row is None:  # committed, but the process died before it updated the registry
-                m = self.manifest(name)
-                row = _registry_row(m)
-                self.index.put_snapshot(name, row)
+                try:
+                    row = _registry_row(self.manifest(name))
+                except SnapshotNotFoundError:
+                    continue  # deleted meanwhile
+                except CasckptError as exc:
+                    log.warning("casckpt: snapshot %s has an unreadable manifest: %s", name, exc)
+                    continue
+                self._put_row(name, row)
             out.append(SnapshotInfo(name, row["created"], row["logical_bytes"], row["chunks"]))
         return sorted(out, key=lambda s: (s.created, s.name))
+
+    def _put_row(self, name: str, row: dict) -> None:
+        """Save a registry row; it is a cache, so a full disk or read-only index only costs a re-read."""
+        try:
+            self.index.put_snapshot(name, row)
+        except (StoreIOError, IndexDamagedError):
+            pass
+
+    def stray_files(self) -> list[str]:
+        """Names in ``snapshots/`` that are not manifests casckpt could have written (reported by
+        verify, never read, never deleted)."""
+        return sorted(f for f in os.listdir(self.snap_dir)
+                      if not (f.endswith(".json") and is_valid_name(f[:-5])))
 
     # -- writing --------------------------------------------------------------------------------
     def hash_spans(self, data: memoryview, spans: list[tuple[int, int]]) -> list[Digest]:
@@ -311,7 +350,7 @@ class Store(DeltaWrites):
             # still claim chunks that a gc has deleted since, and the save would skip them.
             self._index.close()
             self._index = None
-        have = self.index.has_many(digests)
+        have = self.index.has_many(digests, synced_only=self.sync)  # see Index: ``unsynced``
         lost = {d for d in have if not os.path.lexists(self.chunks.path(d))}
         if lost:
             log.warning("casckpt: %d indexed chunks are missing from %s; writing them again",
@@ -319,7 +358,7 @@ class Store(DeltaWrites):
             self.index.remove_chunks(lost)
         return have - lost
 
-    def write_chunks(self, tasks: list[ChunkTask]) -> dict[Digest, ChunkInfo]:
+    def write_chunks(self, tasks: list[ChunkTask], *, tally: Tally | None = None) -> dict[Digest, ChunkInfo]:
         """Compress and write chunks the index does not hold, in parallel, memory bounded.
 
         Returns the info of every chunk handled (written now or found intact on disk); these
@@ -329,12 +368,16 @@ class Store(DeltaWrites):
         cfg = self.config.codec
         if unique and self.config.version < config_mod.VERSION:
             self._upgrade_format()
+        tally = tally or Tally(None)
+        tally.grow(sum(t.data.nbytes for t in unique))
+
         def put(t: ChunkTask) -> ChunkInfo:
             # NOTE: put() also returns the info of a good file that is already there but not
             # indexed (left by a crashed save, or a concurrent save of the same chunk).
             base, hopeless = self._delta_base(t, cfg)
             info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg, base=base)
             self._remember(t, info, hopeless)
+            tally.add(t.data.nbytes)
             return info
 
         try:
@@ -354,12 +397,14 @@ class Store(DeltaWrites):
         Raises SnapshotExistsError if the name is taken (unless ``overwrite``). The caller
         vouches that every other chunk the manifest references is stored (see :meth:`stored`).
         """
+        if "seq" not in manifest.meta:  # NOTE: a save number, for retention (casckpt.retention)
+            manifest = dataclasses.replace(manifest, meta={**manifest.meta, "seq": self._next_seq()})
         path = self.manifest_path(manifest.name)
         new = self._with_bases(new)
         try:
             if self.sync:
                 self.sync_chunks(new)
-            self.index.add_chunks(dict(new))
+            self.index.add_chunks(dict(new), synced=self.sync)
             self._publish(path, manifest.to_bytes(), overwrite=overwrite)
         except OSError as exc:
             if isinstance(exc, CasckptError):  # SnapshotExistsError, StoreIOError, ...
@@ -368,10 +413,19 @@ class Store(DeltaWrites):
         try:
             self.index.put_snapshot(manifest.name, _registry_row(manifest))
         except CasckptError as exc:  # committed already; the row is rebuilt from the manifest
-            log.warning("casckpt: snapshot %s committed, its registry row not written: %s", manifest.name, exc)
+            log.warning("casckpt: snapshot %s is committed and whole; its registry row (sizes cached for "
+                        "ls/du) was not written (%s), so ls/du read its manifest instead", manifest.name, exc)
         written = sum(i.stored_len for i in new.values())
         return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
                          len(new), written, time.perf_counter() - started if started else 0.0)
+
+    def _next_seq(self) -> int:
+        """One more than the greatest ``seq`` in the snapshot registry; in a store whose snapshots
+        have none (saved by an older casckpt), the number of snapshots. From the registry, not the
+        manifests: one LMDB scan, whatever the manifests' size."""
+        rows = self.index.snapshot_table().values()
+        seqs = [r.get("seq") for r in rows if type(r.get("seq")) is int]
+        return max(seqs) + 1 if seqs else len(rows)
 
     def _publish(self, path: Path, data: bytes, *, overwrite: bool) -> None:
         tmp = fsutil.temp_path(self.tmp_dir, ".manifest")
@@ -390,24 +444,42 @@ class Store(DeltaWrites):
             fsutil.fsync_dir(path.parent)
 
     def put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], *, meta: dict | None = None,
-                   overwrite: bool = False, dtype_names: Mapping[str, str] | None = None) -> SaveStats:
+                   overwrite: bool = False, dtype_names: Mapping[str, str] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> SaveStats:
         """Save numpy arrays as snapshot ``name``. Only chunks the store lacks are written.
 
         ``dtype_names`` gives the store dtype of items whose array only holds the bytes of a type
-        numpy lacks (``{"w": "bfloat16"}`` with a uint16 array; ``"bytes"`` with uint8)."""
+        numpy lacks (``{"w": "bfloat16"}`` with a uint16 array; ``"bytes"`` with uint8).
+        ``progress(done, total)`` counts bytes hashed, then bytes of new chunks written.
+
+        If the save fails, the chunk files it wrote are deleted at once when no other save runs
+        (:mod:`casckpt.reclaim`), so a failure on a full disk does not keep the disk full."""
+        attempted: set[Digest] = set()
+        try:
+            return self._put_arrays(name, arrays, meta, overwrite, dtype_names, progress, attempted)
+        except Exception:
+            reclaim(self, attempted)
+            raise
+
+    def _put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], meta: dict | None, overwrite: bool,
+                    dtype_names: Mapping[str, str] | None, progress: Callable[[int, int], None] | None,
+                    attempted: set[Digest]) -> SaveStats:
         started = time.perf_counter()
         check_name(name)
         with self.lock(SHARED):
             if not overwrite and self.exists(name):
                 raise SnapshotExistsError(f"snapshot {name!r} already exists in store {self.root}")
             items, tasks = {}, []
+            tally = Tally(progress, sum(np.asarray(a).nbytes for a in arrays.values()))
             for key, arr in arrays.items():
                 as_dtype = (dtype_names or {}).get(key)
                 items[str(key)], item_tasks = self._plan_array(str(key), arr, as_dtype)
                 tasks.extend(item_tasks)
+                tally.add(items[str(key)].nbytes)
             have = self.stored(t.digest for t in tasks)
+            attempted.update(t.digest for t in tasks if t.digest not in have)
             todo = self._with_delta_bases([t for t in tasks if t.digest not in have], items)
-            new = self.write_chunks(todo)
+            new = self.write_chunks(todo, tally=tally)
             m = Manifest(name, utc_now(), self.config.chunk_size, items, meta or {})
             return self.commit(m, new, overwrite=overwrite, started=started)
 
@@ -443,8 +515,9 @@ class Store(DeltaWrites):
 
         Types numpy lacks (bfloat16, float8) come back as unsigned integers of the same width.
         """
-        m = self.manifest(name)
-        return {key: self.read_array(m, key) for key in m.items}
+        with self.reading():  # gc waits until every chunk is read
+            m = self.manifest(name)
+            return {key: self.read_array(m, key) for key in m.items}
 
     def read_array(self, m: Manifest, key: str) -> np.ndarray:
         """Item ``key`` of manifest ``m`` as a numpy array (as :meth:`get_arrays`), verified."""
@@ -460,18 +533,28 @@ class Store(DeltaWrites):
     # -- removing and rebuilding ----------------------------------------------------------------
     def delete(self, name: str) -> None:
         """Forget snapshot ``name`` (its manifest); its chunks stay until ``gc``."""
-        path = self.manifest_path(name)
+        self.delete_all([name])
+
+    def delete_all(self, names: Iterable[str]) -> list[str]:
+        """Forget every snapshot in ``names``, all or none: under one hold of the exclusive lock,
+        each must exist before any goes. A damaged manifest can be deleted. Returns the names."""
+        names = list(dict.fromkeys(check_name(n) for n in names))
         with self.lock(EXCLUSIVE):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
+            missing = [n for n in names if not os.path.lexists(self.manifest_path(n))]
+            if missing:
+                raise SnapshotNotFoundError(f"no snapshot {', '.join(map(repr, missing))} in store "
+                                            f"{self.root}; nothing removed")
+            for n in names:
+                fsutil.unlink_quiet(self.manifest_path(n))
             if self.sync:
                 fsutil.fsync_dir(self.snap_dir)
-            self.index.remove_snapshot(name)
+            for n in names:
+                self.index.remove_snapshot(n)
+        return names
 
-    def reindex(self) -> dict:
-        """Rebuild the LMDB index from chunk files and manifests. Returns counts."""
+    def reindex(self, *, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Rebuild the LMDB index from chunk files and manifests. Returns counts.
+        ``progress(done, total)`` counts chunk files checked."""
         with self.lock(EXCLUSIVE):
             if self._index is not None:
                 self._index.close()
@@ -480,9 +563,9 @@ class Store(DeltaWrites):
             for f in ("data.mdb", "lock.mdb"):
                 fsutil.unlink_quiet(self.index_path / f)
             self._index = Index(self.index_path, create=True, owner=self.config.store_id)
-            return self._rebuild_index()
+            return self._rebuild_index(progress)
 
-    def _rebuild_index(self) -> dict:
+    def _rebuild_index(self, progress: Callable[[int, int], None] | None = None) -> dict:
         """Index the chunks that committed manifests reference, each read and verified first.
 
         A chunk that fails (bit rot, a torn file) stays out, so the next save of its data writes
@@ -502,7 +585,10 @@ class Store(DeltaWrites):
             self._index.put_snapshot(name, _registry_row(m))
         referenced = delta.closure(referenced, self._header_base)  # with bases, from headers
         infos, bad, orphans = {}, 0, 0
-        for d in self.chunks:
+        files = list(self.chunks)
+        for i, d in enumerate(files, 1):
+            if progress:
+                progress(i, len(files))
             if d not in referenced:
                 orphans += 1
                 continue
@@ -532,5 +618,7 @@ def _timestamp(created: str) -> float:
 
 
 def _registry_row(m: Manifest) -> dict:
+    seq = m.meta.get("seq")
     return {"created": m.created, "logical_bytes": m.logical_bytes,
-            "chunks": sum(len(i.chunks) for i in m.items.values())}
+            "chunks": sum(len(i.chunks) for i in m.items.values()),
+            **({"seq": seq} if type(seq) is int else {})}

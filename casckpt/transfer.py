@@ -14,17 +14,19 @@ exported byte for byte. ``torch.save`` files are loaded with ``weights_only=True
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import dtypes, fsutil
+from . import dtypes, fsutil, nest
 from . import safetensors_file as safetensors
 from .diff import groups
 from .errors import CasckptError
@@ -59,16 +61,34 @@ def detect_format(src: str | os.PathLike) -> str:
     return "safetensors" if p.suffix == ".safetensors" else "torch"
 
 
-def import_snapshot(store: Store, name: str, src: str | os.PathLike, *, format: str | None = None,
-                    overwrite: bool = False) -> SaveStats:
-    """Store the checkpoint at ``src`` as snapshot ``name``; only chunks the store lacks are written."""
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint read by :func:`read_source`, ready to import: arrays, store dtypes, meta."""
+
+    arrays: dict
+    names: dict
+    meta: dict
+
+
+def read_source(src: str | os.PathLike, *, format: str | None = None) -> Source:
+    """Read (and so validate) the checkpoint at ``src`` without touching any store: the command
+    reads first, so a file it cannot import leaves no store behind."""
     fmt = format or detect_format(src)
     read = {"dcp": _read_dcp, "safetensors": _read_safetensors, "torch": _read_torch}.get(fmt)
     if read is None:
         raise CasckptError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     arrays, names, meta = read(Path(src))
-    meta = {"import": {"format": fmt, "source": str(Path(src).absolute()), **meta}}
-    return store.put_arrays(name, arrays, meta=meta, overwrite=overwrite, dtype_names=names)
+    return Source(arrays, names, {"import": {"format": fmt, "source": str(Path(src).absolute()), **meta}})
+
+
+def import_snapshot(store: Store, name: str, src: str | os.PathLike | Source, *, format: str | None = None,
+                    overwrite: bool = False, progress: Progress | None = None) -> SaveStats:
+    """Store the checkpoint at ``src`` (a path, or a :class:`Source` already read) as snapshot
+    ``name``; only chunks the store lacks are written. ``progress(done, total)`` follows the save
+    (bytes hashed, then new bytes written)."""
+    source = src if isinstance(src, Source) else read_source(src, format=format)
+    return store.put_arrays(name, source.arrays, meta=source.meta, overwrite=overwrite, dtype_names=source.names,
+                            progress=progress)
 
 
 def export_snapshot(store: Store, name: str, dst: str | os.PathLike, *, format: str,
@@ -79,12 +99,13 @@ def export_snapshot(store: Store, name: str, dst: str | os.PathLike, *, format: 
     dst = Path(dst)
     if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())):
         raise CasckptError(f"{dst} already exists; export writes a new file or directory")
-    m = store.manifest(name)
-    if format == "safetensors":
-        total = safetensors.write(store, m, dst, progress=progress)
-    else:
-        tensors = _assemble(store, m, progress)
-        total = _write_dcp(tensors, dst) if format == "dcp" else _write_torch(tensors, dst)
+    with store.reading():  # the shared lock: gc cannot delete chunks while they are read
+        m = store.manifest(name)
+        if format == "safetensors":
+            total = safetensors.write(store, m, dst, progress=progress)
+        else:
+            tensors = _assemble(store, m, progress)
+            total = _write_dcp(tensors, dst) if format == "dcp" else _write_torch(tensors, dst, nest.paths_of(m.meta))
     return ExportStats(m.name, format, str(dst.absolute()), len(groups(m)), total)
 
 
@@ -108,19 +129,33 @@ def _read_torch(src: Path):
         except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
             obj = torch.load(src, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise CasckptError(f"{src} is not a torch.save file loadable with weights_only=True: "
-                           f"{str(exc)[:300]}") from None
+        raise CasckptError(_torch_load_failure(src, exc)) from None
     if not isinstance(obj, dict):
         raise CasckptError(f"{src} holds a {type(obj).__name__}, not a state dict")
-    arrays, names = {}, {}
-    for key, value in _flatten(obj):
+    arrays, names, paths = {}, {}, {}
+    for key, path, value in nest.flatten(obj):
+        paths[key] = path
         if isinstance(value, torch.Tensor):
             arrays[key], names[key] = _from_torch(value)
         else:
             buf = io.BytesIO()
             torch.save(value, buf)
             arrays[key], names[key] = np.frombuffer(buf.getvalue(), np.uint8), "bytes"
-    return arrays, names, {}
+    # NOTE: the nesting, so that export rebuilds it (a dotted name alone is ambiguous: "model.0.w")
+    return arrays, names, {"paths": paths} if any(p != [k] for k, p in paths.items()) else {}
+
+
+def _torch_load_failure(src: Path, exc: BaseException) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused ``src`` (torch's own message is
+    a page long, with the reason near its end)."""
+    with open(src, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither a zip archive nor a pickle
+        return (f"{src} is not a torch.save file (it is neither a zip archive nor a pickle); "
+                "import reads DCP directories, .safetensors and torch.save files")
+    text = str(exc)
+    why = text.partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0] or text
+    return f"{src} cannot be loaded with torch.load(weights_only=True): {' '.join(why.split())[:300]}"
 
 
 def _load_value(key: str, data: bytes):
@@ -131,15 +166,6 @@ def _load_value(key: str, data: bytes):
         return torch.load(io.BytesIO(data), weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise CasckptError(f"item {key!r} cannot be loaded with weights_only=True: {str(exc)[:300]}") from None
-
-
-def _flatten(obj, prefix: str = ""):
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            yield from _flatten(v, key + ".")
-        else:
-            yield key, v
 
 
 def _read_dcp(src: Path):
@@ -154,7 +180,8 @@ def _read_dcp(src: Path):
              for fqn, t in md.state_dict_metadata.items()}
     planner = _planners()[1]()
     try:
-        dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+        with _quiet():
+            dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
     except CheckpointException as exc:  # a BaseException: the command's handler would miss it
         first = next(iter(exc.failures.values()), (exc, None))[0]
         raise CasckptError(f"cannot read the DCP checkpoint {src}: {type(first).__name__}: {first}") from None
@@ -199,15 +226,19 @@ def _join(fqn: str, keys: list[str], arrays: dict[str, np.ndarray]) -> np.ndarra
 def _write_dcp(tensors: dict, dst: Path) -> int:
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(dst)), planner=_planners()[0](), no_dist=True)
+    with _quiet():
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(dst)), planner=_planners()[0](), no_dist=True)
     return sum(f.stat().st_size for f in dst.iterdir())
 
 
-def _write_torch(tensors: dict, dst: Path) -> int:
+def _write_torch(tensors: dict, dst: Path, paths: dict | None) -> int:
+    """``torch.save`` of the state dict, nested again as it was saved when the snapshot says how."""
     import torch
 
     obj = {k: (_load_value(k, v.data) if isinstance(v, RawBytes) else v)
            for k, v in tensors.items()}
+    if paths:
+        obj = nest.nest(obj, paths)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
@@ -215,6 +246,14 @@ def _write_torch(tensors: dict, dst: Path) -> int:
     finally:
         fsutil.unlink_quiet(tmp)
     return dst.stat().st_size
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence DCP's warning that it runs in one process: that is what import/export asks for."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+        yield
 
 
 # -- torch <-> numpy, without copies where possible -------------------------------------------------

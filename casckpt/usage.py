@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+from .errors import CasckptError, SnapshotNotFoundError
+from .manifest import resumable, tags_of
 from .store import Store
 
 
@@ -22,9 +24,13 @@ class SnapshotUsage:
     logical_bytes: int
     chunks: int
     unique_bytes: int
+    tags: tuple[str, ...] = ()
+    meta: dict | None = None  # the user metadata of casckpt.save(meta=...)
+    origin: str = "save"  # "import" for snapshots `casckpt import` made (never "latest" then)
+    damaged: str | None = None  # why the manifest cannot be read (sizes then from the registry, or 0)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "tags": list(self.tags)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +97,37 @@ class SnapshotDetail:
 
 
 def ls(store: Store) -> list[SnapshotUsage]:
-    """Every snapshot, oldest first, with the stored bytes only it holds."""
-    snaps = store.snapshots()
+    """Every snapshot, oldest first, with the stored bytes only it holds. A snapshot whose manifest
+    cannot be read is listed with ``damaged`` set (and 0 unique bytes: its chunks are unknown)."""
+    snaps = {s.name: s for s in store.snapshots()}
+    ms, damaged = {}, {}
+    for name in store.snapshot_names():
+        try:
+            ms[name] = store.manifest(name)
+        except SnapshotNotFoundError:
+            continue  # deleted meanwhile
+        except CasckptError as exc:
+            damaged[name] = str(exc)
     entries = dict(store.index.chunks())
     # NOTE: a snapshot holds the bases its delta chunks need too: deleting it frees a base only
     # when no other snapshot's chunks are built on it.
-    refs = {s.name: store.live(store.manifest(s.name).digests(), entries=entries) for s in snaps}
+    refs = {n: store.live(m.digests(), entries=entries) for n, m in ms.items()}
     owners = Counter(d for ds in refs.values() for d in ds)
     sizes = {d: info.stored_len for d, info in entries.items()}
-    return [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
-                          sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1)) for s in snaps]
+    rows = [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
+                          sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1), *_labels(ms[s.name]))
+            for s in snaps.values() if s.name in ms]
+    for name, why in damaged.items():
+        s = snaps.get(name)
+        rows.append(SnapshotUsage(name, s.created if s else "", s.logical_bytes if s else 0,
+                                  s.chunks if s else 0, 0, damaged=why))
+    return sorted(rows, key=lambda r: (r.created, r.name))
+
+
+def _labels(m) -> tuple:
+    user = m.meta.get("user")
+    return (tuple(tags_of(m)), user if isinstance(user, dict) else None,
+            "save" if resumable(m) else "import")
 
 
 def du(store: Store) -> Usage:

@@ -9,14 +9,19 @@ references (orphans, reclaimed by ``gc``) are counted but are not a problem.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from . import delta
 from .digest import Digest
-from .errors import CasckptError, ChunkError, MissingChunkError, SnapshotNotFoundError
+from .errors import (CasckptError, ChunkError, IndexDamagedError, MissingChunkError, SnapshotNotFoundError,
+                     StoreIOError)
+from .pipeline import Tally
 from .store import Store
+
+log = logging.getLogger("casckpt")
 
 Progress = Callable[[int, int], None]
 
@@ -50,6 +55,7 @@ class VerifyReport:
     problems: tuple[ChunkProblem, ...] = ()
     bad_manifests: dict[str, str] = field(default_factory=dict)
     orphans: int | None = None  # counted only when every snapshot was checked
+    stray_files: tuple[str, ...] = ()  # names in snapshots/ that are not manifests: left alone
 
     @property
     def ok(self) -> bool:
@@ -64,13 +70,23 @@ class VerifyReport:
                 "chunks_checked": self.chunks_checked, "broken_snapshots": self.broken_snapshots,
                 "missing": [p.to_json() for p in self.problems if p.kind == "missing"],
                 "corrupt": [p.to_json() for p in self.problems if p.kind == "corrupt"],
-                "bad_manifests": dict(self.bad_manifests), "orphans": self.orphans}
+                "bad_manifests": dict(self.bad_manifests), "orphans": self.orphans,
+                "stray_files": list(self.stray_files)}
 
 
 def verify(store: Store, names: Iterable[str] | None = None, *, quick: bool = False,
            progress: Progress | None = None) -> VerifyReport:
     """Check the snapshots ``names`` (default: all). ``quick`` checks only that chunk files exist;
-    otherwise each distinct chunk is read once and its content hashed. Reads nothing it need not."""
+    otherwise each distinct chunk is read once and its content hashed. Reads nothing it need not.
+
+    Holds the store's shared lock throughout, so a gc cannot delete chunks under it (which
+    would look like missing chunks) and the index is only changed while no gc runs.
+    ``progress`` is called from one thread at a time."""
+    with store.reading():
+        return _verify(store, names, quick, progress)
+
+
+def _verify(store: Store, names: Iterable[str] | None, quick: bool, progress: Progress | None) -> VerifyReport:
     every = names is None
     names = sorted(store.snapshot_names()) if every else [store.resolve(n) for n in names]
     for name in names:
@@ -88,26 +104,33 @@ def verify(store: Store, names: Iterable[str] | None = None, *, quick: bool = Fa
             for c in item.chunks:
                 refs.setdefault(c.digest, []).append((name, key))
     digests = sorted(refs, key=lambda d: d.raw)  # NOTE: digest order ~ directory order: kinder to disks
-    done = [0]
+    tally = Tally(progress, len(digests))  # NOTE: called from the pool's threads
 
     def check(d: Digest) -> ChunkProblem | None:
         problem = _check(store, d, refs[d], quick)
-        done[0] += 1
-        if progress:
-            progress(done[0], len(digests))
+        tally.add(1)
         return problem
 
     problems = tuple(p for p in store.pipeline.map(check, digests) if p is not None)
     if problems:
-        # NOTE: an index entry vouches for a good file; dropped, the next save of that data
-        # writes the chunk again instead of reusing the bad one (and so heals these snapshots).
-        store.index.remove_chunks(Digest(bytes.fromhex(h)) for p in problems for h in (p.digest, p.base) if h)
+        _unvouch(store, problems)
     if every and not bad:
         live = store.live(refs)  # bases of delta chunks are not orphans
         orphans = sum(1 for d in store.chunks if d not in live)
     else:
         orphans = None
-    return VerifyReport(tuple(names), len(digests), quick, problems, bad, orphans)
+    return VerifyReport(tuple(names), len(digests), quick, problems, bad, orphans,
+                        tuple(store.stray_files()) if every else ())
+
+
+def _unvouch(store: Store, problems: tuple[ChunkProblem, ...]) -> None:
+    # NOTE: an index entry vouches for a good file; dropped, the next save of that data
+    # writes the chunk again instead of reusing the bad one (and so heals these snapshots);
+    # a damaged base loses its entry too.
+    try:
+        store.index.remove_chunks(Digest(bytes.fromhex(h)) for p in problems for h in (p.digest, p.base) if h)
+    except (StoreIOError, IndexDamagedError) as exc:  # a read-only store: report, change nothing
+        log.warning("casckpt: verify could not drop the bad chunks' index entries: %s", exc)
 
 
 def _check(store: Store, d: Digest, refs: list[tuple[str, str]], quick: bool) -> ChunkProblem | None:

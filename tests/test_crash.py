@@ -22,12 +22,12 @@ POINTS = [
     ("link", 1, "after", False),           # one chunk linked into place, its temp left behind
     ("link", 9, "after", False),           # every chunk linked, nothing synced or indexed
     ("fsync_dir", 1, "before", False),     # while making the chunks durable
-    ("add_chunks", 1, "before", False),    # chunks durable, index not updated
-    ("add_chunks", 1, "after", False),     # index commit done, no manifest
+    ("index_chunks", 1, "before", False),  # chunks durable, index not updated
+    ("index_chunks", 1, "after", False),   # index commit done, no manifest
     ("write_parts", 10, "after", False),   # manifest temp written, not renamed
     ("publish", 1, "before", False),
     ("publish", 1, "after", True),         # manifest in place, registry row not written
-    ("put_snapshot", 1, "before", True),
+    ("index_registry", 1, "before", True),  # the registry row's LMDB commit
 ]
 
 
@@ -103,8 +103,8 @@ DELTA_POINTS = [
     ("link", 1, "after", False),           # one delta linked, its temp left behind
     ("link", 9, "after", False),           # every delta linked, nothing synced or indexed
     ("fsync_dir", 1, "before", False),
-    ("add_chunks", 1, "before", False),    # deltas durable, not indexed
-    ("add_chunks", 1, "after", False),     # deltas indexed (after their bases), no manifest
+    ("index_chunks", 1, "before", False),  # deltas durable, not indexed
+    ("index_chunks", 1, "after", False),   # deltas indexed (after their bases), no manifest
     ("publish", 1, "after", True),         # manifest in place
 ]
 

@@ -7,6 +7,7 @@ dim 1; the test process then loads the same snapshot alone (1 rank) and re-saves
 from __future__ import annotations
 
 import json
+import os
 import socket
 import warnings
 from pathlib import Path
@@ -114,6 +115,56 @@ def test_ranks_save_sharded_load_resharded_and_on_one_rank(tmp_path, world):
     stats = casckpt.save({"w": full_tensor()}, root, "whole")
     assert stats.new_chunks == 0
     assert store.manifest("whole").items["w"].chunks == sum((m.items[k].chunks for k in shards), ())
+
+
+def _failing_rank_job(rank: int, world: int, port: int, root: str, out: str) -> None:
+    """Rank 1's disk fills while it writes its chunks; rank 0 (the coordinator) holds the lock."""
+    import errno
+
+    warnings.filterwarnings("ignore")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        sd = {f"w{rank}": torch.randn(ROWS, COLS, generator=torch.Generator().manual_seed(rank))}
+        bad = {f"w{rank}": torch.randn(ROWS, COLS, generator=torch.Generator().manual_seed(100 + rank))}
+        real = casckpt.fsutil.write_parts
+
+        def disk_full(path, *a, **k):  # the I/O boundary: every file rank 1 writes
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        if rank == 1:
+            casckpt.fsutil.write_parts = disk_full
+        try:
+            casckpt.save(bad, root, "bad", chunk_size=CHUNK)
+            got = "saved"
+        except casckpt.StoreIOError as exc:
+            got = f"StoreIOError {exc.errno}"
+        except BaseException as exc:  # reported, so the test shows what escaped
+            got = f"{type(exc).__name__}: {exc}"
+        casckpt.fsutil.write_parts = real
+        dist.barrier()
+        again = casckpt.save(sd, root, "good")  # the next save of the same job works
+        outs = [None] * world
+        dist.all_gather_object(outs, got)
+        if rank == 0:
+            Path(out).write_text(json.dumps({"errors": outs, "good": again.new_chunks}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_failing_in_write_data_while_the_coordinator_holds_the_lock(tmp_path):
+    from casckpt.lock import EXCLUSIVE
+
+    root, out = tmp_path / "store", tmp_path / "result.json"
+    casckpt.Store.open(root, create=True, chunk_size=CHUNK).close()
+    mp.spawn(_failing_rank_job, args=(2, free_port(), str(root), str(out)), nprocs=2, join=True)
+    res = json.loads(out.read_text())
+    assert res["errors"] == [f"StoreIOError {28}"] * 2  # typed, on every rank
+    with casckpt.Store.open(root) as store:
+        assert store.snapshot_names() == ["good"] and res["good"] > 0
+        with store.lock(EXCLUSIVE, timeout=0):  # nobody holds the lock any more
+            pass
+        # the coordinator reclaimed what the failed save had written: only "good"'s chunks remain
+        assert {p.name for p in (root / "chunks").glob("*/*")} == {d.hex for d in store.manifest("good").digests()}
+        assert os.listdir(root / "tmp") == []
 
 
 def nudged_tensor(step: int) -> torch.Tensor:

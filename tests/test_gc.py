@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
-import sys
-import time
+import threading
 
 import pytest
 
 import casckpt
-from casckpt import chunks as chunks_mod
+import casckpt.lock
+from casckpt import fsutil
 from casckpt.gc import gc, plan_gc, retained
 from casckpt.lock import SHARED
 from clikit import REPO, cli, cli_json, disk_bytes, state
@@ -49,7 +50,7 @@ def test_dry_run_changes_nothing(tmp_path):
         fill(store, 5)
         store.chunks.put(casckpt.digest.digest_of(b"orphan"), memoryview(b"orphan"), group=0,
                          config=store.config.codec)
-    (root / "tmp" / "junk.chunk").write_bytes(b"x" * 100)
+    fsutil.temp_path(root / "tmp", ".chunk").write_bytes(b"x" * 100)  # left by a killed save
     before = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
                     if p.is_file() and p.parent.name != "index")
     plan = cli_json("gc", root, "--keep-last", "1", "--dry-run")
@@ -95,7 +96,7 @@ def test_gc_reclaims_orphans_and_temp_files_and_keeps_all_snapshots(tmp_path):
         saved = fill(store, 3)
         orphan = casckpt.digest.digest_of(b"left by a crashed save")
         store.chunks.put(orphan, memoryview(b"left by a crashed save"), group=0, config=store.config.codec)
-        (root / "tmp" / "dead.chunk").write_bytes(b"x" * 1000)
+        fsutil.temp_path(root / "tmp", ".chunk").write_bytes(b"x" * 1000)
         plan = gc(store)
         assert plan.executed and plan.drop == () and plan.orphans == 1 and list(plan.chunks) == [orphan]
         assert plan.tmp_bytes == 1000 and os.listdir(root / "tmp") == []
@@ -108,11 +109,17 @@ def test_gc_reads_no_chunk_contents(tmp_path, monkeypatch):
     """Mark from manifests, sweep by listing: a read of any chunk file would raise here."""
     with new_store(tmp_path / "s") as store:
         fill(store, 6)
+        real_read, real_open = fsutil.read_file, os.open
 
-        def boom(*a, **k):
-            raise AssertionError("gc read a chunk")
-        monkeypatch.setattr(chunks_mod.ChunkDir, "read_payload", boom)
-        monkeypatch.setattr(chunks_mod.ChunkDir, "get", boom)
+        def read(path):  # the file reader every chunk read goes through
+            assert path.parent.parent.name != "chunks", "gc read a chunk"
+            return real_read(path)
+
+        def open_(path, flags, *a, **k):  # and os.open, for any other way in
+            assert "chunks" not in str(path) or flags & os.O_DIRECTORY, f"gc opened {path}"
+            return real_open(path, flags, *a, **k)
+        monkeypatch.setattr(fsutil, "read_file", read)
+        monkeypatch.setattr(os, "open", open_)
         plan = gc(store, keep_last=2)
         assert plan.executed and len(plan.drop) == 4 and plan.chunks
 
@@ -127,13 +134,32 @@ def test_gc_no_wait_exits_3_while_a_save_holds_the_lock_and_waits_otherwise(tmp_
             assert r.returncode == 3, r.stderr
             assert "lock" in r.stderr and chunk_names(root) == names
             assert cli("rm", root, "step-000", "--no-wait").returncode == 3
-            child = subprocess.Popen([sys.executable, "-m", "casckpt", "gc", str(root), "--keep-last", "1"],
-                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            time.sleep(1.0)
-            assert child.poll() is None  # gc waits for the save
-            assert chunk_names(root) == names
-        assert child.wait(timeout=60) == 0
-        assert store.snapshot_names() == ["step-002"]
+
+
+def test_gc_waits_for_a_save_then_runs(tmp_path, monkeypatch):
+    """gc (in another thread, its own lock) finds the lock busy, waits, and runs once it is free."""
+    root = tmp_path / "s"
+    with new_store(root) as store:
+        fill(store, 3)
+        names = chunk_names(root)
+        busy, real = threading.Event(), fcntl.flock
+
+        def flock(fd, op):  # the lock's I/O boundary: note that gc found the lock taken
+            try:
+                return real(fd, op)
+            except BlockingIOError:
+                if threading.current_thread().name == "gc":
+                    busy.set()
+                raise
+        monkeypatch.setattr(casckpt.lock.fcntl, "flock", flock)
+        out = []
+        with store.lock(SHARED):  # what a save in progress holds
+            t = threading.Thread(target=lambda: out.append(gc(store, keep_last=1)), name="gc")
+            t.start()
+            assert busy.wait(60)  # gc reached the lock and is waiting on it
+            assert t.is_alive() and chunk_names(root) == names and not out
+        t.join(60)
+        assert out and out[0].executed and store.snapshot_names() == ["step-002"]
 
 
 def test_plan_matches_execution(tmp_path):

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import casckpt
+from casckpt import gc as gc_mod
 from storekit import CHUNK, assert_same, chunk_names, open_store, referenced
 
-gc_mod = pytest.importorskip("casckpt.gc")
 
 NAMES = st.sampled_from(["a", "b", "c", "d"])
 # a handful of contents, overlapping in chunks, so dedup and gc interact

@@ -14,8 +14,9 @@ from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlan
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from .. import checkpoint_id as ids
+from ..nest import optimizer_states
 from ..config import CONFIG
-from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, SnapshotExistsError
+from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, LoadWarning, SnapshotExistsError
 from ..manifest import check_name
 from ..store import SaveStats, Store
 from .planner import DedupSavePlanner, SafeLoadPlanner
@@ -25,7 +26,8 @@ from .writer import CasWriter
 
 def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str | None = None, *,
          overwrite: bool = False, chunk_size: int | None = None, sync_files: bool = True,
-         process_group: dist.ProcessGroup | None = None, delta: bool | None = None) -> SaveStats:
+         process_group: dist.ProcessGroup | None = None, meta: dict | None = None,
+         tags: list[str] | tuple[str, ...] = (), delta: bool | None = None) -> SaveStats:
     """Save ``state_dict`` as snapshot ``name`` with :class:`CasWriter` and :class:`DedupSavePlanner`.
 
     Call it on every rank (like ``dcp.save``). Without ``name``, ``store`` is a checkpoint path
@@ -35,6 +37,9 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     Returns the save's statistics on every rank. Raises casckpt's typed errors
     (InvalidNameError, SnapshotExistsError, CorruptChunkError...) rather than DCP's
     CheckpointException; other failures become CheckpointFailedError.
+
+    ``meta`` (a JSON object: loss, config, git commit...) and ``tags`` are recorded in the
+    snapshot's manifest (the coordinator's are kept) and shown by ``casckpt ls``.
     """
     if name is None:
         if isinstance(store, Store):
@@ -45,7 +50,7 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     if not overwrite and os.path.exists(os.path.join(path, "snapshots", f"{name}.json")):
         raise SnapshotExistsError(f"snapshot {name!r} already exists in store {path}")
     writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size, sync_files=sync_files,
-                       delta=delta)
+                       meta=meta, tags=tags, delta=delta)
     try:
         with _quiet():
             dcp.save(state_dict, storage_writer=writer, planner=DedupSavePlanner(), process_group=process_group)
@@ -59,33 +64,71 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
 
 def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str = "latest", *,
          allow_pickle: bool = False, allow_partial_load: bool = False,
-         process_group: dist.ProcessGroup | None = None) -> str:
+         process_group: dist.ProcessGroup | None = None) -> "LoadResult":
     """Load snapshot ``name`` (default the newest) into ``state_dict`` in place, on every rank.
 
     Byte items (non-tensor state) load with ``torch.load(weights_only=True)``; pass
-    ``allow_pickle=True`` only for stores you trust. Returns the snapshot name loaded. Checks
-    that the snapshot exists before DCP starts and raises casckpt's typed errors. ``store`` may
-    also be a checkpoint path (``/ckpt/run/step-100``, a folder that is not itself a store, in
-    a store ``/ckpt/run``): that snapshot is loaded.
+    ``allow_pickle=True`` only for stores you trust. Returns the snapshot name loaded (a
+    :class:`LoadResult`, a ``str``). Checks that the snapshot exists before DCP starts and raises
+    casckpt's typed errors. ``store`` may also be a checkpoint path (``/ckpt/run/step-100``, a
+    folder that is not itself a store, in a store ``/ckpt/run``): that snapshot is loaded.
+
+    DCP loads only what ``state_dict`` has a place for and casts to its dtypes, silently; this
+    says so. Saved items the template lacks (a fresh optimizer's ``state_dict()`` has an empty
+    ``state``) are listed in ``LoadResult.not_loaded`` and tensors loaded into another dtype in
+    ``LoadResult.cast``, each with a :class:`casckpt.errors.LoadWarning`.
     """
     if not isinstance(store, Store) and name == "latest":
         store, name = _store_and_name(os.fspath(store))
     st = store if isinstance(store, Store) else Store.open(store)
     try:
-        resolved = st.resolve(name)
-        resolved = _from_coordinator(resolved, process_group)
-        st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
-        reader = CasReader(st, snapshot=resolved)
-        planner = SafeLoadPlanner(allow_pickle=allow_pickle, allow_partial_load=allow_partial_load)
-        try:
-            with _quiet():
-                dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
-        except CheckpointException as exc:
-            _reraise(exc, reader.metadata_error)
-        return resolved
+        with st.reading():  # NOTE: from resolving "latest" to the last chunk read, gc waits
+            resolved = st.resolve(name)
+            resolved = _from_coordinator(resolved, process_group)
+            st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
+            reader = CasReader(st, snapshot=resolved)
+            planner = SafeLoadPlanner(allow_pickle=allow_pickle, allow_partial_load=allow_partial_load)
+            try:
+                with _quiet():
+                    dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
+            except CheckpointException as exc:
+                _reraise(exc, reader.metadata_error)
+            finally:
+                reader.close()
+        return _report(resolved, planner)
     finally:
         if st is not store:
             st.close()
+
+
+class LoadResult(str):
+    """The name of the snapshot :func:`load` loaded (a ``str``, so existing callers are served),
+    with ``not_loaded``: saved FQNs the template had no place for, and ``cast``:
+    ``{fqn: (saved dtype, loaded dtype)}`` for tensors DCP cast on the way in."""
+
+    not_loaded: tuple[str, ...]
+    cast: dict[str, tuple[str, str]]
+
+    def __new__(cls, name: str, not_loaded: tuple[str, ...] = (), cast: dict | None = None) -> "LoadResult":
+        self = super().__new__(cls, name)
+        self.not_loaded, self.cast = tuple(not_loaded), dict(cast or {})
+        return self
+
+
+def _report(name: str, planner: SafeLoadPlanner) -> LoadResult:
+    """Warn about, and return, what the load left out or cast."""
+    out = LoadResult(name, getattr(planner, "not_loaded", ()), getattr(planner, "casts", {}))
+    if out.not_loaded:
+        shown = ", ".join(out.not_loaded[:8]) + (f", … ({len(out.not_loaded) - 8} more)" if len(out.not_loaded) > 8 else "")
+        hint = (" (a fresh optimizer's state_dict() has an empty 'state': load into one that has "
+                "stepped, or its saved state is lost)" if any(".state." in f for f in out.not_loaded) else "")
+        warnings.warn(f"casckpt.load: {len(out.not_loaded)} items saved in snapshot {name!r} were not loaded: "
+                      f"the state dict given has no place for them: {shown}{hint}", LoadWarning, stacklevel=3)
+    if out.cast:
+        shown = ", ".join(f"{k} {a}->{b}" for k, (a, b) in list(out.cast.items())[:8])
+        warnings.warn(f"casckpt.load: {len(out.cast)} tensors of snapshot {name!r} were cast to the "
+                      f"template's dtype: {shown}", LoadWarning, stacklevel=3)
+    return out
 
 
 def read_state(store: Store | str | os.PathLike, name: str = "latest", *,
@@ -111,30 +154,10 @@ def read_state(store: Store | str | os.PathLike, name: str = "latest", *,
                                  no_dist=True)
         except CheckpointException as exc:
             _reraise(exc, reader.metadata_error)
-        return _optimizer_keys(sd)
+        return optimizer_states(sd)
     finally:
         if st is not store:
             st.close()
-
-
-def _optimizer_keys(obj: Any) -> Any:
-    """Give torch.optim state dicts their integer parameter ids back.
-
-    DCP turns every dict key into a string when it flattens a state dict, so an optimizer's
-    ``{"state": {0: ...}, "param_groups": [...]}`` comes back with ``"0"``, which
-    ``Optimizer.load_state_dict`` silently ignores, and it saves no empty dict at all (a fresh
-    optimizer's ``state``). A mapping holding ``param_groups`` is taken for an optimizer's: its
-    ``state`` is restored if missing, and its all-decimal state keys become ints.
-    """
-    if isinstance(obj, list):
-        return [_optimizer_keys(v) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    out = {k: _optimizer_keys(v) for k, v in obj.items()}
-    state = out.setdefault("state", {}) if "param_groups" in out else None  # DCP drops empty dicts
-    if isinstance(state, dict) and all(isinstance(k, str) and k.isdecimal() for k in state):
-        out["state"] = {int(k): v for k, v in state.items()}
-    return out
 
 
 class _RebuildPlanner(SafeLoadPlanner, _EmptyStateDictLoadPlanner):
@@ -180,15 +203,18 @@ def _reraise(exc: CheckpointException, extra: BaseException | None = None) -> No
 
 
 def _cause(exc: CheckpointException, extra: BaseException | None = None) -> BaseException:
-    """The error to raise instead of DCP's CheckpointException (a BaseException): our typed
-    cause from the lowest failing rank if there is one, else CheckpointFailedError."""
+    """The error to raise instead of DCP's CheckpointException (a BaseException): a
+    KeyboardInterrupt, SystemExit or other non-Exception from the lowest failing rank unchanged
+    (``except KeyboardInterrupt`` must still work), else our typed cause from the lowest failing
+    rank if there is one, else CheckpointFailedError."""
     causes = [e for _, (e, _tb) in sorted(exc.failures.items())]
     if extra is not None:
         causes.append(extra)
     for e in causes:
+        if not isinstance(e, Exception):
+            return e
+    for e in causes:
         if isinstance(e, CasckptError):
             return e
-    if all(isinstance(e, Exception) for e in causes):
-        first = causes[0] if causes else exc
-        return CheckpointFailedError(f"DCP checkpoint failed: {type(first).__name__}: {first}")
-    return exc
+    first = causes[0] if causes else exc
+    return CheckpointFailedError(f"DCP checkpoint failed: {type(first).__name__}: {first}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
-from torch.distributed.checkpoint.metadata import StorageMeta
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import ReadItem, SavePlan
 from torch.distributed.checkpoint._nested_dict import FLATTEN_MAPPING
 from torch.distributed.checkpoint._traverse import set_element
@@ -115,6 +115,10 @@ class SafeLoadPlanner(DefaultLoadPlanner):
                          allow_partial_load=allow_partial_load)
         self.allow_pickle = allow_pickle
 
+    def set_up_planner(self, state_dict, metadata: Metadata | None = None, is_coordinator: bool = False) -> None:
+        super().set_up_planner(state_dict, metadata, is_coordinator)
+        self.not_loaded, self.casts = _mismatch(self.state_dict, metadata)
+
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
         obj = torch.load(value, weights_only=not self.allow_pickle)
         fqn = read_item.dest_index.fqn
@@ -123,3 +127,19 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             set_element(self.original_state_dict, mappings[fqn], obj)
         else:
             self.state_dict[fqn] = obj
+
+
+def _mismatch(flat: dict, metadata: Metadata | None) -> tuple[tuple[str, ...], dict[str, tuple[str, str]]]:
+    """What a load into ``flat`` (a flattened template) leaves behind: saved FQNs the template has
+    no place for (DCP skips them silently), and tensors whose dtype differs from the saved one
+    (DCP casts them silently): ``{fqn: (saved dtype, template dtype)}``."""
+    if metadata is None:
+        return (), {}
+    saved = metadata.state_dict_metadata
+    casts = {}
+    for fqn, value in flat.items():
+        md = saved.get(fqn)
+        if isinstance(md, TensorStorageMetadata) and isinstance(value, torch.Tensor) \
+                and md.properties.dtype != value.dtype:
+            casts[fqn] = (str(md.properties.dtype).removeprefix("torch."), str(value.dtype).removeprefix("torch."))
+    return tuple(sorted(set(saved) - set(flat))), casts

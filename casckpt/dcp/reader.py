@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch.futures import Future
 
 from .. import checkpoint_id as ids, dtypes
 from ..errors import CasckptError, ManifestError
+from ..lock import SHARED
 from ..manifest import Item, Manifest
 from ..store import Store
 from .meta import metadata_from_items, metadata_from_json, storage_key, torch_dtype
@@ -43,6 +45,11 @@ class CasReader(StorageReader):
        chunks overlapping the requested region, copies it into ``planner.resolve_tensor`` and
        calls ``planner.commit_tensor``; byte items go to ``planner.load_bytes``.
 
+    Each rank holds the store's shared lock from step 1 to the end of step 4 (restic's readers
+    do the same), so a gc cannot delete the snapshot's chunks while they load; a failure, or
+    ``reset``/``close``, releases it. A thread that already holds the lock (``casckpt.load``)
+    takes it no second time.
+
     No rank opens the LMDB index: loading needs only manifests and chunk files. Nothing read
     from the store is unpickled by the reader (byte items are handed to the planner; use
     :class:`SafeLoadPlanner` or ``casckpt.load`` to keep those from unpickling arbitrary objects).
@@ -62,8 +69,10 @@ class CasReader(StorageReader):
         self.metadata_error: BaseException | None = None
         self._manifest: Manifest | None = None
         self._metadata: Metadata | None = None
+        self._lock_release: weakref.finalize | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
+        self.release()
         if checkpoint_id is not None:
             path, self.snapshot = ids.split(checkpoint_id, self._given, allow_latest=True)
             if self._own and path != self._path:
@@ -84,6 +93,7 @@ class CasReader(StorageReader):
         # NOTE: no **kwargs here: DCP would then retry with rank= and turn collectives off.
         try:
             store = self.store
+            self._hold(store)
             self.resolved = store.resolve(self.snapshot)
             m = store.manifest(self.resolved)
             source = f"snapshot {m.name!r} in {store.root}"
@@ -92,6 +102,7 @@ class CasReader(StorageReader):
             md.storage_meta.load_id = self.load_id or uuid.uuid4().hex
         except BaseException as exc:
             self.metadata_error = exc  # DCP turns this into a plain AssertionError; casckpt.load re-raises it
+            self.release()
             raise
         self._manifest, self._metadata = m, md
         return md
@@ -112,6 +123,13 @@ class CasReader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        try:
+            self._hold(self.store)  # NOTE: a no-op after read_metadata; DCP may skip that on reuse
+            return self._read_data(plan, planner)
+        finally:
+            self.release()  # the last call DCP makes on a reader
+
+    def _read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         tensors = []
         for ri in plan.items:
             if ri.type == LoadItemType.BYTE_IO:
@@ -137,7 +155,19 @@ class CasReader(StorageReader):
             self._store = Store.open(self._path)
         return self._store
 
+    def _hold(self, store: Store) -> None:
+        if self._lock_release is None and not store.holds_lock:
+            lock = store.lock(SHARED).acquire()
+            self._lock_release = weakref.finalize(self, lock.release)
+
+    def release(self) -> None:
+        """Release the store's shared lock if this reader holds it."""
+        if self._lock_release is not None:
+            self._lock_release()
+            self._lock_release = None
+
     def close(self) -> None:
+        self.release()
         if self._own and self._store is not None:
             self._store.close()
             self._store = None

@@ -22,7 +22,8 @@ from ..digest import Digest
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
 from ..lock import SHARED
 from ..delta import same_place
-from ..manifest import ChunkRef, Item, Manifest, check_name, utc_now
+from ..manifest import ChunkRef, Item, Manifest, check_name, user_meta, utc_now
+from ..reclaim import reclaim
 from ..store import ChunkTask, SaveStats, Store
 from .host import Layout, host_batches, layout, write_key
 from .meta import metadata_to_json
@@ -76,12 +77,16 @@ class CasWriter(StorageWriter):
     Only the coordinator opens the LMDB index, so ranks on other hosts need only the chunk and
     snapshot directories. ``stats`` holds the last save's :class:`casckpt.SaveStats` (coordinator);
     ``chunks_written`` counts the chunk files this rank wrote in its last ``write_data``.
+    ``meta`` (a JSON object) and ``tags`` (strings) are recorded in the manifest (``meta["user"]``,
+    ``meta["tags"]``); ``casckpt ls`` shows them and filters by tag.
     """
 
     def __init__(self, store: Store | str | os.PathLike | None = None, *, snapshot: str | None = None,
                  chunk_size: int | None = None, overwrite: bool = False, sync_files: bool = True,
-                 index_path: str | os.PathLike | None = None, delta: bool | None = None) -> None:
+                 index_path: str | os.PathLike | None = None, meta: dict | None = None,
+                 tags: list[str] | tuple[str, ...] = (), delta: bool | None = None) -> None:
         super().__init__()
+        self.user_meta = user_meta(meta, tags)  # checked now: a bad value fails before any work
         self.sync_files, self.index_path, self.delta = sync_files, index_path, delta
         self._own = not isinstance(store, Store)
         self._given = None if store is None else store.root if isinstance(store, Store) else os.fspath(store)
@@ -98,6 +103,7 @@ class CasWriter(StorageWriter):
         self.chunks_written = 0
         self._lock_release: weakref.finalize | None = None
         self._started = 0.0
+        self._unclaimed: set[bytes] = set()  # chunks this save planned or wrote, until it commits
 
     # -- DCP interface --------------------------------------------------------------------------
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
@@ -161,6 +167,7 @@ class CasWriter(StorageWriter):
             known = {d for loc in local if loc for it in loc.values() for d in it.digests}
             stored = {d.raw for d in store.stored(Digest(d) for d in known)}
             writes = _assign(local, stored)
+            self._unclaimed.update(*writes)
             hints = self._latest_hints(store, plans, local)
             bases = _delta_bases(store, local, writes)
         return [dataclasses.replace(p, storage_data=RankPlan(loc, frozenset(w), hints if loc is None else frozenset(),
@@ -173,7 +180,10 @@ class CasWriter(StorageWriter):
 
     def _write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         rp = plan.storage_data if isinstance(plan.storage_data, RankPlan) else _NO_PLAN
-        rw = _RankWrite(self._open(create=False), rp, self.is_coordinator)
+        # NOTE: the coordinator reclaims every rank's planned chunks; a rank reclaims only what it
+        # hashed and wrote itself (DCP's default planner), which the coordinator never saw.
+        mine = self._unclaimed if self.is_coordinator or rp.digests is None else set()
+        rw = _RankWrite(self._open(create=False), rp, self.is_coordinator, mine)
         results = rw.run(plan.items, planner)
         self.chunks_written = len(rw.infos)
         if not self.is_coordinator and rw.store.sync:
@@ -198,9 +208,10 @@ class CasWriter(StorageWriter):
                 new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
             sm = StorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id)
             md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
-            meta = {"dcp": metadata_to_json(md)}
+            meta = {"dcp": metadata_to_json(md), **self.user_meta}
             m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
             self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
+            self._unclaimed = set()  # committed: nothing to reclaim
         finally:
             self.close()  # the lock, threads and index handle of a store this writer opened
 
@@ -222,8 +233,13 @@ class CasWriter(StorageWriter):
             raise
 
     def close(self) -> None:
-        """Release the lock and close the store if this writer opened it."""
+        """Release the lock and close the store if this writer opened it. After a save that did
+        not commit, first reclaim the chunks it wrote (:mod:`casckpt.reclaim`): the coordinator
+        those of every rank it planned, each rank those it wrote itself."""
         self.release()
+        if self._unclaimed and self._store is not None:
+            reclaim(self._store, (Digest(d) for d in self._unclaimed))
+        self._unclaimed = set()
         if self._own and self._store is not None:
             self._store.close()
             self._store = None
@@ -308,9 +324,10 @@ class _RankWrite:
     """``write_data`` of one rank: fetch host bytes of items that have chunks to write, write
     them, and describe every item (layout, digests, new chunk infos) for the coordinator."""
 
-    def __init__(self, store: Store, plan: RankPlan, is_coordinator: bool) -> None:
+    def __init__(self, store: Store, plan: RankPlan, is_coordinator: bool, attempted: set[bytes]) -> None:
         self.store, self.plan, self.is_coordinator = store, plan, is_coordinator
         self.infos: dict[bytes, ChunkInfo] = {}  # chunks this rank wrote (or found unindexed)
+        self.attempted = attempted  # every chunk this rank set out to write (the writer's, kept)
 
     def run(self, items: list[WriteItem], planner: SavePlanner) -> list[WriteResult]:
         known = self.plan.digests or {}
@@ -348,6 +365,7 @@ class _RankWrite:
         if self.is_coordinator and self.plan.digests is None:
             have = {d.raw for d in self.store.stored(t.digest for t in tasks.values())}
             tasks = {d: t for d, t in tasks.items() if d not in have}
+        self.attempted.update(tasks)
         written = self.store.write_chunks(list(tasks.values()))
         self.infos.update({d.raw: i for d, i in written.items()})
         return [self._result(item, lay, digs) for item, lay, digs in described]

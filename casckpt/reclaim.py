@@ -1,0 +1,65 @@
+"""Reclaim at once what a failed save wrote, when that is safe; otherwise leave it to ``gc``.
+
+A save that fails (a full disk, most often) leaves chunk files no snapshot references. Left in
+place they keep the disk full, so the next, smaller save fails too. The failed save knows which
+chunks it meant to write; after releasing its shared lock it tries the exclusive lock *without
+waiting*. Holding it, no other save is in progress (every save holds the shared lock from its
+first chunk write to its commit), so a chunk file no committed manifest references is garbage
+even if another save wrote or reused it: that save has finished, committed (then the chunk is
+referenced and stays) or failed. If another save holds the lock, or a manifest cannot be read
+(it may reference anything: the rule gc follows), nothing is deleted and ``gc`` reclaims later.
+The order is gc's: index entries first (an entry must never outlive its file), then files.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from . import fsutil
+from .digest import Digest
+from .errors import CasckptError, IndexDamagedError, LockTimeoutError, SnapshotNotFoundError, StoreIOError
+from .lock import EXCLUSIVE
+
+log = logging.getLogger("casckpt")
+
+
+def reclaim(store, digests: Iterable[Digest]) -> int:
+    """Delete those of ``digests`` (chunks a failed save meant to write) that no snapshot references,
+    if no other save is running. Returns how many chunk files went. Never raises a CasckptError."""
+    digests = set(digests)
+    if not digests or store.holds_lock:
+        return 0
+    try:
+        with store.lock(EXCLUSIVE, timeout=0):
+            return _sweep(store, digests)
+    except LockTimeoutError:
+        reason = "another save holds the store"
+    except (CasckptError, OSError) as exc:
+        reason = str(exc)
+    log.warning("casckpt: chunks written by the failed save stay until `casckpt gc` (%s)", reason)
+    return 0
+
+
+def _sweep(store, digests: set[Digest]) -> int:
+    live: set[Digest] = set()
+    for name in store.snapshot_names():
+        try:
+            live |= store.manifest(name).digests()
+        except SnapshotNotFoundError:
+            continue
+        except CasckptError:
+            return 0  # a damaged manifest may reference any chunk
+    live = store.live(live)  # and the bases their delta chunks need
+    doomed = [d for d in digests - live if store.chunks.exists(d)]
+    try:
+        store.index.remove_chunks(doomed)
+    except (StoreIOError, IndexDamagedError):  # a full disk can refuse even this write
+        indexed = store.index.has_many(doomed)
+        doomed = [d for d in doomed if d not in indexed]
+    for d in doomed:
+        store.chunks.delete(d)
+    if store.sync and doomed:
+        for folder in {store.chunks.path(d).parent for d in doomed}:
+            fsutil.fsync_dir(folder)
+    return len(doomed)

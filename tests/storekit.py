@@ -20,6 +20,27 @@ REPO = TESTS.parent
 CHUNK = 4096  # the smallest chunk size: small arrays span many chunk files
 
 
+def lock_busy_event(monkeypatch, thread_name: str):
+    """An Event set when the thread named ``thread_name`` finds the store lock taken: a wrapper at
+    the lock's I/O boundary (``flock``), so a test can wait for "is waiting" instead of sleeping."""
+    import fcntl
+    import threading
+
+    import casckpt.lock
+
+    busy, real = threading.Event(), fcntl.flock
+
+    def flock(fd, op):
+        try:
+            return real(fd, op)
+        except BlockingIOError:
+            if threading.current_thread().name == thread_name:
+                busy.set()
+            raise
+    monkeypatch.setattr(casckpt.lock.fcntl, "flock", flock)
+    return busy
+
+
 def arrays(seed: int, *, n: int = 6000) -> dict[str, np.ndarray]:
     """A small state dict; ``shared`` is the same for every seed, so saves dedup against each other."""
     rng = np.random.default_rng(seed)

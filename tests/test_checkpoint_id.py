@@ -3,7 +3,6 @@ storage_meta ids, writer reuse, use_collectives=False, statistics under DCP's de
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch.distributed.checkpoint as dcp
 
 import casckpt
 from casckpt import checkpoint_id as ids
-from casckpt.errors import InvalidNameError, SnapshotExistsError
+from casckpt.errors import InvalidNameError
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is:UserWarning")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import threading
@@ -10,12 +9,11 @@ import threading
 import pytest
 
 import casckpt
-import casckpt.lock
 from casckpt import fsutil
 from casckpt.gc import gc, plan_gc, retained
 from casckpt.lock import SHARED
 from clikit import REPO, cli, cli_json, disk_bytes, state
-from storekit import assert_same, chunk_names, new_store, referenced
+from storekit import assert_same, chunk_names, lock_busy_event, new_store, referenced
 
 
 def fill(store, n: int) -> dict[str, dict]:
@@ -142,16 +140,7 @@ def test_gc_waits_for_a_save_then_runs(tmp_path, monkeypatch):
     with new_store(root) as store:
         fill(store, 3)
         names = chunk_names(root)
-        busy, real = threading.Event(), fcntl.flock
-
-        def flock(fd, op):  # the lock's I/O boundary: note that gc found the lock taken
-            try:
-                return real(fd, op)
-            except BlockingIOError:
-                if threading.current_thread().name == "gc":
-                    busy.set()
-                raise
-        monkeypatch.setattr(casckpt.lock.fcntl, "flock", flock)
+        busy = lock_busy_event(monkeypatch, "gc")
         out = []
         with store.lock(SHARED):  # what a save in progress holds
             t = threading.Thread(target=lambda: out.append(gc(store, keep_last=1)), name="gc")

@@ -4,7 +4,6 @@ all-or-none even when a snapshot goes while it waits for the lock."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -14,10 +13,9 @@ import threading
 import pytest
 
 import casckpt
-import casckpt.lock
 from casckpt import cli
 from casckpt.lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
-from storekit import arrays, new_store
+from storekit import arrays, lock_busy_event, new_store
 
 
 @pytest.fixture
@@ -100,17 +98,7 @@ def test_rm_is_all_or_none_when_a_snapshot_goes_while_it_waits(tmp_path, monkeyp
     with new_store(root) as s:
         s.put_arrays("a", arrays(1))
         s.put_arrays("b", arrays(2))
-    waiting = threading.Event()
-    real = fcntl.flock
-
-    def flock(fd, op):  # the I/O boundary of the lock: note when rm finds it busy
-        try:
-            return real(fd, op)
-        except BlockingIOError:
-            if threading.current_thread().name == "rm":
-                waiting.set()
-            raise
-    monkeypatch.setattr(casckpt.lock.fcntl, "flock", flock)
+    waiting = lock_busy_event(monkeypatch, "rm")
     gc_lock = StoreLock(root / "lock", EXCLUSIVE).acquire()  # as a gc in another process holds it
     rc = []
     t = threading.Thread(target=lambda: rc.append(cli.main(["rm", str(root), "a", "b"])), name="rm")

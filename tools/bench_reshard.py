@@ -35,7 +35,6 @@ def _model(world: int) -> torch.nn.Module:
 
 def _job(rank: int, world: int, port: int, root: str, name: str, load: str, out: str) -> None:
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     import casckpt

@@ -1,13 +1,17 @@
 """The chunk directory: one file per chunk, named by the BLAKE3 digest of its uncompressed bytes.
 
-Layout: ``chunks/<first two hex digits>/<64 hex digits>``. Each file is a 16-byte header followed
-by the payload (see :mod:`casckpt.codec`)::
+Layout: ``chunks/<first two hex digits>/<64 hex digits>``. Each file is a header followed by the
+payload (see :mod:`casckpt.codec`). A full chunk has a 16-byte version 1 header; a delta chunk
+(its raw bytes XOR its base's, see :mod:`casckpt.delta`) a 48-byte version 2 header::
 
-    magic  b"CCK1" | version u8 = 1 | codec u8 | reserved u16 = 0 | raw_len u64 LE
+    v1: magic b"CCK1" | version u8 = 1 | codec u8 | reserved u16 = 0 | raw_len u64 LE
+    v2: magic b"CCK1" | version u8 = 2 | codec u8 | depth u8 | reserved u8 = 0 | raw_len u64 LE
+        | base digest (32 bytes)
 
 Files are written under a temp name and hard-linked into place, so a chunk that is already present
 is never rewritten (a concurrent writer of the same chunk loses the race harmlessly). Every read
-decodes the payload and checks its digest: wrong bytes are never returned.
+decodes the payload (a delta: its base first, then XOR) and checks the digest of the bytes it
+returns: wrong bytes are never returned, whatever the base holds.
 """
 
 from __future__ import annotations
@@ -19,23 +23,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import codec, fsutil
+from . import codec, delta, fsutil
 from .digest import Digest, digest_of
 from .errors import CorruptChunkError, MissingChunkError, UnsafePathError
 
 MAGIC = b"CCK1"
-VERSION = 1
+VERSION = 1  # a full chunk
+DELTA_VERSION = 2  # a delta chunk: the header also names its base
 HEADER = struct.Struct("<4sBBHQ")
+HEADER2 = struct.Struct("<4sBBBBQ32s")
 _FANOUT = [f"{i:02x}" for i in range(256)]
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkInfo:
-    """What the index records per chunk: sizes and codec (stored_len includes the header)."""
+    """What the index records per chunk: sizes and codec (stored_len includes the header), and
+    for a delta chunk its base and depth (links to the full chunk its chain starts from)."""
 
     raw_len: int
     stored_len: int
     codec: int
+    base: Digest | None = None
+    depth: int = 0
+
+    def to_tuple(self) -> tuple:
+        """Plain values (the base as raw bytes) for DCP's gather of write results."""
+        return (self.raw_len, self.stored_len, self.codec, self.base.raw if self.base else None, self.depth)
+
+    @classmethod
+    def from_tuple(cls, t) -> "ChunkInfo":
+        raw_len, stored_len, kind, base, depth = t
+        return cls(raw_len, stored_len, kind, Digest(base) if base else None, depth)
 
 
 class ChunkDir:
@@ -52,8 +70,12 @@ class ChunkDir:
     def exists(self, digest: Digest) -> bool:
         return os.path.lexists(self.path(digest))
 
-    def put(self, digest: Digest, raw: memoryview, *, group: int, config: codec.CodecConfig) -> ChunkInfo:
+    def put(self, digest: Digest, raw: memoryview, *, group: int, config: codec.CodecConfig,
+            base: tuple[Digest, int, bytes] | None = None) -> ChunkInfo:
         """Store one chunk unless a good copy is already there. Returns its info either way.
+
+        ``base`` is ``(digest, depth, raw bytes)`` of a durable chunk of the same length: the
+        chunk is then stored as a delta against it (whether that pays is the caller's choice).
 
         The file is not fsynced here; the caller makes a batch durable with :meth:`sync` before it
         commits anything that references the batch. A file already present that the index does
@@ -66,8 +88,7 @@ class ChunkDir:
                 return self.check(digest)
             except (CorruptChunkError, UnsafePathError):
                 replace = True  # a torn file from a crash, or a planted link: replace it
-        kind, parts = codec.encode(raw, group=group, config=config)
-        header = HEADER.pack(MAGIC, VERSION, kind, 0, raw.nbytes)
+        header, kind, parts, link = self._encode(raw, group, config, base)
         tmp = fsutil.temp_path(self.tmp_dir, ".chunk")
         try:
             size = fsutil.write_parts(tmp, [header, *parts], sync=False)
@@ -77,7 +98,18 @@ class ChunkDir:
                 _link_into_place(tmp, final)
         finally:
             fsutil.unlink_quiet(tmp)
-        return ChunkInfo(raw.nbytes, size, kind)
+        return ChunkInfo(raw.nbytes, size, kind, *link)
+
+    @staticmethod
+    def _encode(raw: memoryview, group: int, config: codec.CodecConfig, base) -> tuple:
+        """``(header, codec, payload parts, (base, depth))`` of a new chunk file: a delta when a
+        base of the same length is given, else a full chunk."""
+        if base is not None and len(base[2]) == raw.nbytes and raw.nbytes:
+            kind, parts = codec.encode(delta.xor(raw, base[2]), group=group, config=config)
+            depth = base[1] + 1
+            return HEADER2.pack(MAGIC, DELTA_VERSION, kind, depth, 0, raw.nbytes, base[0].raw), kind, parts, (base[0], depth)
+        kind, parts = codec.encode(raw, group=group, config=config)
+        return HEADER.pack(MAGIC, VERSION, kind, 0, raw.nbytes), kind, parts, (None, 0)
 
     def sync(self, digests, *, map=map) -> None:
         """fsync the given chunk files, then their fan-out directories (``map`` may be parallel)."""
@@ -87,8 +119,9 @@ class ChunkDir:
         if paths:
             fsutil.fsync_dir(self.root)  # a fan-out folder made by this batch
 
-    def read_payload(self, digest: Digest, *, item: str = "") -> tuple[int, int, memoryview]:
-        """``(codec, raw_len, payload)`` of a chunk file, header checked, payload not yet verified."""
+    def read_payload(self, digest: Digest, *, item: str = "") -> tuple[int, int, memoryview, Digest | None, int]:
+        """``(codec, raw_len, payload, base, depth)`` of a chunk file (``base`` None for a full
+        chunk), header checked, payload not yet verified."""
         path = self.path(digest)
         try:
             data = fsutil.read_file(path)
@@ -97,12 +130,38 @@ class ChunkDir:
                                     digest=digest.hex, path=str(path), item=item) from None
         except UnsafePathError as exc:
             raise CorruptChunkError(f"{exc}{_where(item)}", digest=digest.hex, path=str(path), item=item) from None
+        base, depth, size = self._parse_header(digest, item, data)
+        kind, raw_len = data[5], HEADER.unpack_from(data)[4]  # same offsets in both versions
+        return kind, raw_len, memoryview(data)[size:], base, depth
+
+    def _parse_header(self, digest: Digest, item: str, data: bytes) -> tuple[Digest | None, int, int]:
+        """``(base, depth, header size)`` from the first bytes of a chunk file."""
         if len(data) < HEADER.size:
             raise self._corrupt(digest, item, "file is shorter than its header")
-        magic, version, kind, _, raw_len = HEADER.unpack_from(data)
-        if magic != MAGIC or version != VERSION:
+        magic, version, _, reserved, _ = HEADER.unpack_from(data)
+        if magic == MAGIC and version == VERSION:
+            return None, 0, HEADER.size
+        if magic != MAGIC or version != DELTA_VERSION or len(data) < HEADER2.size:
             raise self._corrupt(digest, item, "bad chunk header")
-        return kind, raw_len, memoryview(data)[HEADER.size:]
+        _, _, _, depth, _, _, base = HEADER2.unpack_from(data)
+        if not 1 <= depth <= delta.MAX_DEPTH_LIMIT or base == digest.raw:
+            raise self._corrupt(digest, item, "bad delta chunk header")
+        return Digest(base), depth, HEADER2.size
+
+    def link(self, digest: Digest) -> tuple[Digest | None, int]:
+        """``(base, depth)`` from the chunk file's header alone (MissingChunkError, CorruptChunkError)."""
+        path = self.path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise MissingChunkError(f"chunk {digest} is missing: {path}", digest=digest.hex, path=str(path)) from None
+        except OSError as exc:
+            raise self._corrupt(digest, "", f"unreadable: {exc.strerror or exc}") from None
+        try:
+            head = os.read(fd, HEADER2.size)
+        finally:
+            os.close(fd)
+        return self._parse_header(digest, "", head)[:2]
 
     def get(self, digest: Digest, *, out: memoryview | None = None, item: str = "") -> memoryview:
         """The chunk's raw bytes, decoded into ``out`` if given, after checking the digest."""
@@ -114,9 +173,11 @@ class ChunkDir:
         return self._read(digest, None, "")[1]
 
     def _read(self, digest: Digest, out: memoryview | None, item: str) -> tuple[memoryview, ChunkInfo]:
-        kind, raw_len, payload = self.read_payload(digest, item=item)
+        kind, raw_len, payload, base, depth = self.read_payload(digest, item=item)
         if out is not None and out.nbytes != raw_len:
             raise self._corrupt(digest, item, f"holds {raw_len} bytes where {out.nbytes} are expected")
+        if base is not None:
+            return self._read_delta(digest, out, item, (kind, raw_len, payload, base, depth))
         try:
             # NOTE: raw and zstd chunks are checked before they touch ``out``; a byte-grouped
             # chunk is decoded into ``out`` column by column and checked there (a failed load
@@ -131,6 +192,57 @@ class ChunkDir:
             out[:] = raw
             raw = out
         return raw, ChunkInfo(raw_len, payload.nbytes + HEADER.size, kind)
+
+    def _read_delta(self, digest: Digest, out: memoryview | None, item: str, parsed) -> tuple[memoryview, ChunkInfo]:
+        """Decode the base chain into the destination, XOR this chunk's payload in, check the
+        digest once at the end; if it fails, find out whether a base is to blame."""
+        kind, raw_len, payload, base, depth = parsed
+        dest = memoryview(bytearray(raw_len)) if out is None else out
+        self._decode_into(digest, dest, item, parsed, 0)
+        if digest_of(dest) != digest:
+            self._blame_base(digest, base, item)
+            raise self._corrupt(digest, item, "content does not hash to its name")
+        return dest, ChunkInfo(raw_len, payload.nbytes + HEADER2.size, kind, base, depth)
+
+    def _decode_into(self, digest: Digest, dest: memoryview, item: str, parsed, links: int) -> None:
+        """Raw bytes of ``digest`` into ``dest``, unverified: bases first, each delta XORed in."""
+        kind, raw_len, payload, base, _ = parsed
+        if raw_len != dest.nbytes:
+            raise self._corrupt(digest, item, f"holds {raw_len} bytes where {dest.nbytes} are expected")
+        if base is None:
+            try:
+                codec.decode(kind, payload, raw_len, dest)
+            except ValueError as exc:
+                raise self._corrupt(digest, item, str(exc)) from None
+            return
+        if links >= delta.MAX_DEPTH_LIMIT:
+            raise self._corrupt(digest, item, f"its chain of bases is longer than {delta.MAX_DEPTH_LIMIT}")
+        try:
+            below = self.read_payload(base, item=item)
+            self._decode_into(base, dest, item, below, links + 1)
+        except (MissingChunkError, CorruptChunkError) as exc:
+            raise self._base_error(digest, base, item, exc) from None
+        try:
+            diff = codec.decode(kind, payload, raw_len)
+        except ValueError as exc:
+            raise self._corrupt(digest, item, str(exc)) from None
+        delta.xor_into(dest, diff)
+
+    def _blame_base(self, digest: Digest, base: Digest, item: str) -> None:
+        """Raise the base's own error if the base chain does not verify (the delta is then fine
+        as far as anyone can tell, and the message names the chunk actually damaged)."""
+        try:
+            self.check(base)
+        except (MissingChunkError, CorruptChunkError) as exc:
+            raise self._base_error(digest, base, item, exc) from None
+
+    def _base_error(self, digest: Digest, base: Digest, item: str, exc) -> MissingChunkError | CorruptChunkError:
+        kind = MissingChunkError if isinstance(exc, MissingChunkError) else CorruptChunkError
+        what = "missing" if kind is MissingChunkError else "corrupt"
+        path = self.path(digest)
+        why = str(exc.args[0]) if exc.args else ""
+        return kind(f"chunk {digest} cannot be decoded{_where(item)}: its base is {what} ({why}): {path}",
+                    digest=digest.hex, path=str(path), item=item, base=exc.base or exc.digest)
 
     def delete(self, digest: Digest) -> None:
         fsutil.unlink_quiet(self.path(digest))

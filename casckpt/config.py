@@ -9,11 +9,14 @@ from pathlib import Path
 
 from . import chunking, fsutil
 from .codec import CodecConfig
+from .delta import DeltaConfig
 from .errors import CasckptError, StoreNotEmptyError, UnsafePathError, UnsupportedFormatError
 
 CONFIG = "casckpt.json"
 FORMAT = "casckpt.store"
-VERSION = 1
+# 2: the store may hold delta chunks (chunk header version 2) and index entries with bases. A
+# version 1 store is upgraded in place the first time this casckpt writes a chunk into it.
+VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +24,12 @@ class StoreConfig:
     chunk_size: int = chunking.DEFAULT_CHUNK_SIZE
     codec: CodecConfig = CodecConfig()
     store_id: str = ""  # random, made at creation: ties an index kept elsewhere to its store
+    delta: DeltaConfig = DeltaConfig()
+    version: int = VERSION  # of the file as read; new stores are made at VERSION
 
     def to_bytes(self) -> bytes:
-        doc = {"format": FORMAT, "version": VERSION, "id": self.store_id, "chunk_size": self.chunk_size,
-               "codec": self.codec.to_json()}
+        doc = {"format": FORMAT, "version": self.version, "id": self.store_id, "chunk_size": self.chunk_size,
+               "codec": self.codec.to_json(), "delta": self.delta.to_json()}
         return (json.dumps(doc, indent=2) + "\n").encode()
 
     @classmethod
@@ -41,7 +46,30 @@ class StoreConfig:
         store_id = doc.get("id", "")
         if not isinstance(store_id, str) or len(store_id) > 64:
             raise CasckptError(f"{source} has a bad store id")
-        return cls(check_chunk_size(doc.get("chunk_size")), _codec_config(doc.get("codec", {}), source), store_id)
+        return cls(check_chunk_size(doc.get("chunk_size")), _codec_config(doc.get("codec", {}), source), store_id,
+                   _delta_config(doc.get("delta", {}), source), max(1, doc["version"]))
+
+
+def _delta_config(obj: object, source: str) -> DeltaConfig:
+    try:
+        if not isinstance(obj, dict):
+            raise TypeError(obj)
+        return DeltaConfig.from_json(obj)
+    except (TypeError, ValueError):
+        raise CasckptError(f"{source} has a bad delta setting {str(obj)[:80]!r}") from None
+
+
+def upgrade(root: Path, *, sync: bool = True) -> None:
+    """Raise the store's format version to :data:`VERSION` before the first chunk of the newer
+    format is written: one atomic replace of the config, every other field kept as it is on disk.
+    From then on an older casckpt refuses the store (UnsupportedFormatError) instead of misreading
+    a delta chunk. Concurrent upgrades write the same bytes."""
+    path = root / CONFIG
+    doc = json.loads(fsutil.read_file(path))
+    if doc.get("version", VERSION) >= VERSION:
+        return
+    doc["version"] = VERSION
+    fsutil.atomic_write(path, [(json.dumps(doc, indent=2) + "\n").encode()], tmp_dir=root / "tmp", sync=sync)
 
 
 def _codec_config(obj: object, source: str) -> CodecConfig:

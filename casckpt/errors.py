@@ -41,16 +41,18 @@ class SnapshotExistsError(CasckptError, FileExistsError):
 
 
 class ChunkError(CasckptError):
-    """A chunk could not be returned; carries the digest, path and (if known) item."""
+    """A chunk could not be returned; carries the digest, path and (if known) item, and for a
+    delta chunk whose base is missing or corrupt, ``base``: the digest of the damaged base."""
 
-    def __init__(self, message: str, *, digest: str = "", path: str = "", item: str = "") -> None:
+    def __init__(self, message: str, *, digest: str = "", path: str = "", item: str = "",
+                 base: str = "") -> None:
         super().__init__(message)
-        self.digest, self.path, self.item = digest, path, item
+        self.digest, self.path, self.item, self.base = digest, path, item, base
 
     def within(self, snapshot: str, store: object) -> "ChunkError":
         """The same error, its message also naming the snapshot and store it breaks."""
         return type(self)(f"{self.args[0]} (snapshot {snapshot!r} in store {store})",
-                          digest=self.digest, path=self.path, item=self.item)
+                          digest=self.digest, path=self.path, item=self.item, base=self.base)
 
 
 class MissingChunkError(ChunkError, FileNotFoundError):

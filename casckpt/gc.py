@@ -4,7 +4,8 @@ Plan, then execute. :func:`plan_gc` decides what goes (snapshots, chunks, temp f
 that frees; :func:`gc` takes the store's exclusive lock, plans again under it, and executes.
 
 Mark and sweep without reading chunk contents: the live set is the union of the kept manifests'
-digests; the sweep lists the chunk directory and the index. The cost grows with the number of
+digests and, transitively, the bases their delta chunks need (links from the index; a chunk
+without an entry has its 48-byte header read); the sweep lists the chunk directory and the index. The cost grows with the number of
 snapshots (manifests read) and with what is deleted (one ``stat`` and one ``unlink`` per chunk).
 
 Execution order is the crash-safety argument; a crash at any point leaves a store whose committed
@@ -113,8 +114,9 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
     for name in names:
         if name in kept:
             live |= (thinned[name] if name in thinned else ms[name]).digests()
+    live = store.live(live)  # with the bases their delta chunks need, transitively
     doomed = [] if damaged else [d for d in store.chunks if d not in live]
-    referenced = {d for n in names if n not in kept or n in thinned for d in ms[n].digests()}
+    referenced = store.live({d for n in names if n not in kept or n in thinned for d in ms[n].digests()})
     indexed = set() if damaged else {d for d, _ in store.index.chunks()}
     present = set(doomed)
     index_only = tuple(d for d in indexed if d not in live and d not in present)

@@ -3,9 +3,12 @@ reading manifests. The only module that imports lmdb.
 
 Sub-databases:
 
-* ``meta``: ``b"version"`` → ``b"1"``.
-* ``chunks``: 32-byte digest → ``<QQB`` (raw_len, stored_len, codec). An entry is only ever added
-  after its chunk file is durable, so an entry means "this chunk is safely stored".
+* ``meta``: ``b"version"`` → ``b"2"``.
+* ``chunks``: 32-byte digest → ``<QQB`` (raw_len, stored_len, codec) for a full chunk, or
+  ``<QQBB`` + 32 bytes (…, depth, base digest) for a delta chunk. An entry is only ever added
+  after its chunk file is durable, so an entry means "this chunk is safely stored"; a delta's
+  entry is added only once its base has one, so gc can keep bases without reading chunk files.
+  A version 1 index (full entries only, which version 2 reads as they are) is upgraded in place.
 * ``snapshots``: UTF-8 name → JSON totals (created, logical_bytes, chunks).
 * ``unsynced``: 32-byte digest → boot id, for chunks a ``sync=False`` save committed without
   fsync. Such an entry vouches for its chunk only during the boot that wrote it (a power loss
@@ -34,8 +37,10 @@ from .chunks import ChunkInfo
 from .digest import Digest
 from .errors import IndexDamagedError, StoreIOError
 
-VERSION = b"1"
+VERSION = b"2"
+_UPGRADABLE = {b"1"}  # version 1 entries are version 2 full-chunk entries
 _ENTRY = struct.Struct("<QQB")
+_DELTA_ENTRY = struct.Struct("<QQBB32s")
 DEFAULT_MAP_SIZE = 256 << 20
 T = TypeVar("T")
 
@@ -59,10 +64,13 @@ class Index:
                                                      for name in (b"meta", b"chunks", b"snapshots"))
             self._unsynced = self._open_unsynced()
             version = self._read(lambda txn: txn.get(b"version", db=self._meta))
-            if version is None and self.readonly:
-                pass  # a new, empty index that this process may not write: nothing to stamp
-            elif version is None:
-                self._write(lambda txn: txn.put(b"version", VERSION, db=self._meta))
+            if version is not None:
+                version = bytes(version)
+            if version is None or version in _UPGRADABLE:
+                # NOTE: version 1 entries read as version 2 ones; a read-only process leaves the
+                # stamp to the next writer (and an empty new index has nothing to stamp)
+                if not self.readonly:
+                    self._write(lambda txn: txn.put(b"version", VERSION, db=self._meta))
             elif version != VERSION:
                 raise IndexDamagedError(f"index {path} has version {version!r}; run `casckpt reindex`")
             self._check_owner(owner.encode())
@@ -173,7 +181,18 @@ class Index:
 
     def get(self, digest: Digest) -> ChunkInfo | None:
         raw = self._read(lambda txn: txn.get(digest.raw, db=self._chunks))
-        return None if raw is None else ChunkInfo(*_ENTRY.unpack(raw))
+        return None if raw is None else _unpack(raw)
+
+    def get_many(self, digests: Iterable[Digest]) -> dict[Digest, ChunkInfo]:
+        """Entries of those ``digests`` that are indexed (one read transaction)."""
+        def probe(txn):
+            out = {}
+            for d in digests:
+                raw = txn.get(d.raw, db=self._chunks)
+                if raw is not None:
+                    out[d] = _unpack(raw)
+            return out
+        return self._read(probe)
 
     def add_chunks(self, infos: dict[Digest, ChunkInfo], *, synced: bool = True) -> None:
         """Record chunks as stored; ``synced=False``: their files were not fsynced (see ``unsynced``)."""
@@ -181,7 +200,7 @@ class Index:
 
         def put(txn):
             for d, i in infos.items():
-                txn.put(d.raw, _ENTRY.pack(i.raw_len, i.stored_len, i.codec), db=self._chunks)
+                txn.put(d.raw, _pack(i), db=self._chunks)
                 if mark is not None:
                     txn.put(d.raw, mark, db=self._unsynced)
                 else:
@@ -199,8 +218,7 @@ class Index:
 
     def chunks(self) -> Iterator[tuple[Digest, ChunkInfo]]:
         def scan(txn):
-            return [(Digest(bytes(k)), ChunkInfo(*_ENTRY.unpack(v)))
-                    for k, v in txn.cursor(db=self._chunks)]
+            return [(Digest(bytes(k)), _unpack(v)) for k, v in txn.cursor(db=self._chunks)]
         return iter(self._read(scan))
 
     def totals(self) -> tuple[int, int, int]:
@@ -226,6 +244,21 @@ class Index:
         except (ValueError, UnicodeDecodeError):
             raise IndexDamagedError(f"index {self.path} has a damaged snapshot registry; "
                                     "run `casckpt reindex`") from None
+
+
+def _pack(i: ChunkInfo) -> bytes:
+    if i.base is None:
+        return _ENTRY.pack(i.raw_len, i.stored_len, i.codec)
+    return _DELTA_ENTRY.pack(i.raw_len, i.stored_len, i.codec, i.depth, i.base.raw)
+
+
+def _unpack(raw) -> ChunkInfo:
+    if len(raw) == _DELTA_ENTRY.size:
+        raw_len, stored_len, kind, depth, base = _DELTA_ENTRY.unpack(raw)
+        return ChunkInfo(raw_len, stored_len, kind, Digest(base), depth)
+    if len(raw) != _ENTRY.size:
+        raise IndexDamagedError(f"index has a chunk entry of {len(raw)} bytes; run `casckpt reindex`")
+    return ChunkInfo(*_ENTRY.unpack(raw))
 
 
 def _errno(exc: lmdb.Error, path: Path) -> int:

@@ -50,6 +50,7 @@ def _sweep(store, digests: set[Digest]) -> int:
             continue
         except CasckptError:
             return 0  # a damaged manifest may reference any chunk
+    live = store.live(live)  # and the bases their delta chunks need
     doomed = [d for d in digests - live if store.chunks.exists(d)]
     try:
         store.index.remove_chunks(doomed)

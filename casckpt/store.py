@@ -31,9 +31,11 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from . import chunking, dtypes, fsutil
+from . import chunking, config as config_mod, delta, dtypes, fsutil
 from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
+from .bases import DeltaWrites, delta_config
+from .delta import DeltaConfig
 from .digest import Digest, digest_of
 from .config import CONFIG, StoreConfig, check_chunk_size, check_empty, check_layout, create_layout
 from .errors import (CasckptError, ChunkError, IndexDamagedError, ManifestError, SnapshotExistsError,
@@ -84,15 +86,17 @@ class SnapshotInfo:
 
 @dataclass(frozen=True, slots=True)
 class ChunkTask:
-    """One chunk to store: its digest, its bytes (a view into the caller's memory) and the element
-    size to group bytes by (0 for no grouping)."""
+    """One chunk to store: its digest, its bytes (a view into the caller's memory), the element
+    size to group bytes by (0 for no grouping), and the ``(digest, depth)`` of an indexed chunk to
+    store it as a delta against (from :meth:`Store.delta_bases`), if any."""
 
     digest: Digest
     data: memoryview
     group: int = 0
+    base: tuple[Digest, int] | None = None
 
 
-class Store:
+class Store(DeltaWrites):
     """A casckpt store. Open with :meth:`open`; use as a context manager or call :meth:`close`."""
 
     def __init__(self, root: Path, config: StoreConfig, *, index_path: Path | None,
@@ -116,13 +120,17 @@ class Store:
              level: int | None = None, byte_grouping: bool | None = None,
              index_path: str | os.PathLike | None = None, sync: bool = True,
              workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT,
-             lock_timeout: float | None = None) -> "Store":
+             lock_timeout: float | None = None, delta: bool | None = None,
+             max_depth: int | None = None) -> "Store":
         """Open the store at ``path``; with ``create=True`` make it first if it does not exist.
 
         ``chunk_size`` applies when creating. ``level`` / ``byte_grouping`` override the store's
         codec settings for this session. ``index_path`` keeps the LMDB index elsewhere (a local
         disk when the store is on a network file system). ``sync=False`` skips fsync (faster,
         not durable across power loss). ``lock_timeout`` bounds waits for the store lock.
+        ``delta=False`` stores every new chunk whole instead of as a delta against the chunk at the
+        same place in the previous snapshot; ``max_depth`` bounds chains of deltas. Both are store
+        defaults when creating and session overrides otherwise, like ``level``.
         """
         root = Path(path).absolute()
         cfg_path = root / CONFIG
@@ -133,7 +141,7 @@ class Store:
             config = StoreConfig(check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
                                  CodecConfig(level=1 if level is None else level,
                                              byte_grouping=True if byte_grouping is None else byte_grouping),
-                                 uuid.uuid4().hex)
+                                 uuid.uuid4().hex, delta_config(DeltaConfig(), delta, max_depth))
             create_layout(root, config)
             fresh = True
         else:
@@ -145,7 +153,8 @@ class Store:
                                    f"chunk_size={chunk_size} applies only when creating a store")
             codec = replace(config.codec, level=config.codec.level if level is None else level,
                             byte_grouping=config.codec.byte_grouping if byte_grouping is None else byte_grouping)
-            config = StoreConfig(config.chunk_size, codec, config.store_id)
+            config = StoreConfig(config.chunk_size, codec, config.store_id,
+                                 delta_config(config.delta, delta, max_depth), config.version)
         return cls(root, config, index_path=Path(index_path).absolute() if index_path else None,
                    sync=sync, workers=workers, inflight_bytes=inflight_bytes, lock_timeout=lock_timeout,
                    fresh=fresh)
@@ -357,18 +366,22 @@ class Store:
         """
         unique = list({t.digest: t for t in tasks}.values())
         cfg = self.config.codec
+        if unique and self.config.version < config_mod.VERSION:
+            self._upgrade_format()
         tally = tally or Tally(None)
         tally.grow(sum(t.data.nbytes for t in unique))
 
         def put(t: ChunkTask) -> ChunkInfo:
             # NOTE: put() also returns the info of a good file that is already there but not
             # indexed (left by a crashed save, or a concurrent save of the same chunk).
-            info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg)
+            base, hopeless = self._delta_base(t, cfg)
+            info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg, base=base)
+            self._remember(t, info, hopeless)
             tally.add(t.data.nbytes)
             return info
 
         try:
-            infos = self.pipeline.map(put, unique, cost=lambda t: 2 * t.data.nbytes)
+            infos = self.pipeline.map(put, unique, cost=lambda t: (4 if t.base else 2) * t.data.nbytes)
         except OSError as exc:
             raise fsutil.io_error(exc, f"writing chunks into store {self.root}") from exc
         return {t.digest: i for t, i in zip(unique, infos)}
@@ -387,6 +400,7 @@ class Store:
         if "seq" not in manifest.meta:  # NOTE: a save number, for retention (casckpt.retention)
             manifest = dataclasses.replace(manifest, meta={**manifest.meta, "seq": self._next_seq()})
         path = self.manifest_path(manifest.name)
+        new = self._with_bases(new)
         try:
             if self.sync:
                 self.sync_chunks(new)
@@ -464,7 +478,8 @@ class Store:
                 tally.add(items[str(key)].nbytes)
             have = self.stored(t.digest for t in tasks)
             attempted.update(t.digest for t in tasks if t.digest not in have)
-            new = self.write_chunks([t for t in tasks if t.digest not in have], tally=tally)
+            todo = self._with_delta_bases([t for t in tasks if t.digest not in have], items)
+            new = self.write_chunks(todo, tally=tally)
             m = Manifest(name, utc_now(), self.config.chunk_size, items, meta or {})
             return self.commit(m, new, overwrite=overwrite, started=started)
 
@@ -568,6 +583,7 @@ class Store:
                 continue
             referenced |= m.digests()
             self._index.put_snapshot(name, _registry_row(m))
+        referenced = delta.closure(referenced, self._header_base)  # with bases, from headers
         infos, bad, orphans = {}, 0, 0
         files = list(self.chunks)
         for i, d in enumerate(files, 1):
@@ -583,6 +599,7 @@ class Store:
         self._index.add_chunks(infos)
         return {"chunks": len(infos), "unreadable_chunks": bad, "orphan_chunks": orphans,
                 "snapshots": len(names)}
+
 
 
 def _empty_or_missing(path: Path) -> bool:

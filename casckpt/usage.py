@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from .digest import Digest
 from .errors import CasckptError, SnapshotNotFoundError
 from .manifest import resumable, tags_of
 from .store import Store
@@ -109,9 +108,12 @@ def ls(store: Store) -> list[SnapshotUsage]:
             continue  # deleted meanwhile
         except CasckptError as exc:
             damaged[name] = str(exc)
-    refs = {n: m.digests() for n, m in ms.items()}
+    entries = dict(store.index.chunks())
+    # NOTE: a snapshot holds the bases its delta chunks need too: deleting it frees a base only
+    # when no other snapshot's chunks are built on it.
+    refs = {n: store.live(m.digests(), entries=entries) for n, m in ms.items()}
     owners = Counter(d for ds in refs.values() for d in ds)
-    sizes = _stored_sizes(store)
+    sizes = {d: info.stored_len for d, info in entries.items()}
     rows = [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
                           sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1), *_labels(ms[s.name]))
             for s in snaps.values() if s.name in ms]
@@ -143,10 +145,6 @@ def show(store: Store, name: str) -> SnapshotDetail:
                             sum(sizes[d] for d in {c.digest for c in it.chunks}))
                   for k, it in m.items.items())
     return SnapshotDetail(m.name, m.created, m.logical_bytes, sum(sizes.values()), items, tuple(m.meta))
-
-
-def _stored_sizes(store: Store) -> dict[Digest, int]:
-    return {d: info.stored_len for d, info in store.index.chunks()}
 
 
 def _ratio(a: int, b: int) -> float | None:

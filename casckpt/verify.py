@@ -1,6 +1,8 @@
 """Check that snapshots are whole: every referenced chunk exists and (unless quick) hashes to its name.
 
-Problems are reported with the snapshots and items they break, and their chunks are dropped
+A delta chunk is checked by decoding it from its base, so a missing or corrupt base shows as a
+problem of every referenced chunk built on it (``base`` names the damaged base). Problems are
+reported with the snapshots and items they break, and their chunks are dropped
 from the index so that the next save of the same data writes them again. Chunk files that no snapshot
 references (orphans, reclaimed by ``gc``) are counted but are not a problem.
 """
@@ -12,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from . import delta
 from .digest import Digest
 from .errors import (CasckptError, ChunkError, IndexDamagedError, MissingChunkError, SnapshotNotFoundError,
                      StoreIOError)
@@ -32,6 +35,7 @@ class ChunkProblem:
     reason: str
     path: str
     refs: tuple[tuple[str, str], ...]
+    base: str = ""  # a delta chunk whose base (this digest) is missing or corrupt
 
     @property
     def snapshots(self) -> list[str]:
@@ -39,6 +43,7 @@ class ChunkProblem:
 
     def to_json(self) -> dict:
         return {"digest": self.digest, "kind": self.kind, "reason": self.reason, "path": self.path,
+                "base": self.base or None,
                 "snapshots": self.snapshots, "items": [{"snapshot": s, "item": i} for s, i in self.refs]}
 
 
@@ -109,16 +114,21 @@ def _verify(store: Store, names: Iterable[str] | None, quick: bool, progress: Pr
     problems = tuple(p for p in store.pipeline.map(check, digests) if p is not None)
     if problems:
         _unvouch(store, problems)
-    orphans = sum(1 for d in store.chunks if d not in refs) if every and not bad else None
+    if every and not bad:
+        live = store.live(refs)  # bases of delta chunks are not orphans
+        orphans = sum(1 for d in store.chunks if d not in live)
+    else:
+        orphans = None
     return VerifyReport(tuple(names), len(digests), quick, problems, bad, orphans,
                         tuple(store.stray_files()) if every else ())
 
 
 def _unvouch(store: Store, problems: tuple[ChunkProblem, ...]) -> None:
     # NOTE: an index entry vouches for a good file; dropped, the next save of that data
-    # writes the chunk again instead of reusing the bad one (and so heals these snapshots).
+    # writes the chunk again instead of reusing the bad one (and so heals these snapshots);
+    # a damaged base loses its entry too.
     try:
-        store.index.remove_chunks(Digest(bytes.fromhex(p.digest)) for p in problems)
+        store.index.remove_chunks(Digest(bytes.fromhex(h)) for p in problems for h in (p.digest, p.base) if h)
     except (StoreIOError, IndexDamagedError) as exc:  # a read-only store: report, change nothing
         log.warning("casckpt: verify could not drop the bad chunks' index entries: %s", exc)
 
@@ -129,11 +139,26 @@ def _check(store: Store, d: Digest, refs: list[tuple[str, str]], quick: bool) ->
         if quick:
             if not os.path.lexists(path):
                 raise MissingChunkError(f"chunk {d} is missing: {path}", digest=d.hex, path=str(path))
+            _bases_exist(store, d)
         else:
             store.chunks.get(d)
     except ChunkError as exc:
         kind = "missing" if isinstance(exc, MissingChunkError) else "corrupt"
-        return ChunkProblem(d.hex, kind, str(exc), str(path), tuple(sorted(set(refs))))
+        return ChunkProblem(d.hex, kind, str(exc), str(path), tuple(sorted(set(refs))), exc.base)
     except OSError as exc:
         return ChunkProblem(d.hex, "corrupt", f"unreadable: {exc}", str(path), tuple(sorted(set(refs))))
     return None
+
+
+def _bases_exist(store: Store, d: Digest) -> None:
+    """Quick check of a delta chunk: its chain of bases is present (headers read, not contents)."""
+    cur = d
+    for _ in range(delta.MAX_DEPTH_LIMIT):
+        base = store.chunks.link(cur)[0]
+        if base is None:
+            return
+        if not os.path.lexists(store.chunks.path(base)):
+            raise MissingChunkError(f"chunk {d} cannot be decoded: its base {base} is missing: "
+                                    f"{store.chunks.path(base)}", digest=d.hex,
+                                    path=str(store.chunks.path(d)), base=base.hex)
+        cur = base

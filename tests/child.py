@@ -3,7 +3,8 @@
 Run as ``python tests/child.py '<json spec>'``. Spec keys:
 
 * ``root``: the store; ``action``: ``save`` | ``save_loop`` | ``gc_loop`` | ``admin``.
-* ``save``: ``name`` and ``seed`` of one snapshot; optional ``crash``: ``[target, n, when]`` kills
+* ``save``: ``name`` and ``seed`` of one snapshot (``step``: ``nudged(seed, step)`` instead of
+  ``arrays(seed)``, so the save writes delta chunks); optional ``crash``: ``[target, n, when]`` kills
   this process with SIGKILL at the ``n``-th call of ``target`` (``when`` = ``before`` | ``after``).
   Every target is at the I/O boundary: ``write_parts`` (every file written), ``link`` (``os.link``
   of a chunk file into ``chunks/``), ``fsync_dir``, ``index_chunks`` (the commit of an LMDB write
@@ -30,7 +31,7 @@ import lmdb
 
 import casckpt
 from casckpt import fsutil
-from storekit import arrays
+from storekit import arrays, nudged
 
 def counted(target: str, n: int, when: str):
     """``hit(fn, *args)``: run fn, killing this process before or after the n-th hit."""
@@ -128,8 +129,9 @@ class _Txn:
 def save(spec: dict) -> None:
     if spec.get("crash"):
         install_crash(*spec["crash"])
+    data = nudged(spec["seed"], spec["step"]) if "step" in spec else arrays(spec["seed"])
     with casckpt.Store.open(spec["root"], workers=2) as s:
-        s.put_arrays(spec["name"], arrays(spec["seed"]))
+        s.put_arrays(spec["name"], data)
     print(json.dumps({"saved": spec["name"]}))
 
 

@@ -49,6 +49,17 @@ def arrays(seed: int, *, n: int = 6000) -> dict[str, np.ndarray]:
             "shared": np.arange(n, dtype=np.float32)}
 
 
+def nudged(seed: int, step: int) -> dict[str, np.ndarray]:
+    """``arrays(seed)`` after ``step`` training-like steps: every weight of ``w`` moved a little,
+    one in 50 entries of ``b`` changed; new chunks of a save are deltas against the step before."""
+    out = arrays(seed)
+    rng = np.random.default_rng(1000 + seed)
+    for _ in range(step):
+        out["w"] = out["w"] + (rng.standard_normal(out["w"].size) * 1e-3).astype(np.float32)
+        out["b"][::50] += 1
+    return out
+
+
 def assert_same(expected: dict, got: dict) -> None:
     """Bit-exact equality of two state dicts (same keys, dtypes, shapes and bytes)."""
     assert sorted(expected) == sorted(got)
@@ -77,8 +88,25 @@ def chunk_names(root: Path) -> set[str]:
 
 
 def referenced(store: casckpt.Store) -> set[str]:
-    """Hex digests every committed manifest references."""
-    return {d.hex for n in store.snapshot_names() for d in store.manifest(n).digests()}
+    """Hex digests every committed manifest references, with the bases their delta chunks need
+    (read straight from the chunk files' headers, bypassing the store)."""
+    out = {d.hex for n in store.snapshot_names() for d in store.manifest(n).digests()}
+    todo = list(out)
+    while todo:
+        base = base_of(store.root, todo.pop())
+        if base and base not in out:
+            out.add(base)
+            todo.append(base)
+    return out
+
+
+def base_of(root: Path, hexdigest: str) -> str | None:
+    """The base digest a delta chunk file names in its header (version 2), else None."""
+    try:
+        head = (Path(root) / "chunks" / hexdigest[:2] / hexdigest).read_bytes()[:48]
+    except FileNotFoundError:
+        return None
+    return head[16:48].hex() if len(head) == 48 and head[4] == 2 else None
 
 
 def tree(path: Path) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from storekit import (arrays, assert_same, chunk_names, gc_module, new_store, open_store, referenced,
+from storekit import (arrays, assert_same, chunk_names, gc_module, new_store, nudged, open_store, referenced,
                       run_child, tmp_files, verify_module)
 
 EARLIER = {"s1": 1, "s2": 2}
@@ -94,3 +94,40 @@ def test_leftovers_before_gc_are_only_in_tmp_and_chunks(tmp_path):
     assert {p.parts[0] for p in after - before} <= {"tmp", "chunks"}
     left = tmp_files(root)  # the fifth chunk's temp (linked, not yet removed), maybe one in flight
     assert 1 <= len(left) <= 2 and all(f.endswith(".chunk") for f in left)
+
+
+# A delta save: "d1" is nudged(1, 1), saved on top of s1 = nudged(1, 0): its w and b chunks are
+# written as deltas against s1's (6 + 3 chunks; "shared" is unchanged).
+DELTA_POINTS = [
+    ("write_parts", 1, "before", False),   # before the first delta chunk
+    ("link", 1, "after", False),           # one delta linked, its temp left behind
+    ("link", 9, "after", False),           # every delta linked, nothing synced or indexed
+    ("fsync_dir", 1, "before", False),
+    ("index_chunks", 1, "before", False),  # deltas durable, not indexed
+    ("index_chunks", 1, "after", False),   # deltas indexed (after their bases), no manifest
+    ("publish", 1, "after", True),         # manifest in place
+]
+
+
+@pytest.mark.parametrize("point", DELTA_POINTS, ids=lambda p: f"{p[0]}-{p[1]}-{p[2]}")
+def test_kill9_mid_delta_save_loses_nothing(tmp_path, point):
+    target, n, when, committed = point
+    root = tmp_path / "store"
+    with new_store(root) as s:
+        s.put_arrays("s1", nudged(1, 0))
+    proc = run_child("child.py", {"action": "save", "root": str(root), "name": "d1", "seed": 1, "step": 1,
+                                  "crash": [target, n, when]})
+    assert proc.returncode == -signal.SIGKILL, f"child did not die at {point}: {proc.stderr}"
+    expected = {"s1": nudged(1, 0), **({"d1": nudged(1, 1)} if committed else {})}
+    with open_store(root) as s:
+        assert sorted(s.snapshot_names()) == sorted(expected)
+        for name, want in expected.items():
+            assert_same(want, s.get_arrays(name))
+        report = verify_module().verify(s)
+        assert report.ok, report.to_json()
+        s.put_arrays("next", nudged(1, 1))  # on top of whatever the crash left
+        assert any(i.base is not None for _, i in s.index.chunks())
+        gc_module().gc(s)
+        assert chunk_names(root) == referenced(s) and tmp_files(root) == []
+        for name, want in {**expected, "next": nudged(1, 1)}.items():
+            assert_same(want, s.get_arrays(name))

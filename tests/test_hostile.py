@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 import casckpt
+from casckpt import config
 from casckpt.store import CONFIG
 from storekit import arrays, assert_same, new_store, open_store, tree
 
@@ -198,7 +199,7 @@ def test_store_folder_replaced_by_a_symlink_outside(env, sub):
 
 
 CONFIGS = {
-    "newer": (lambda d: {**d, "version": 2}, casckpt.UnsupportedFormatError),
+    "newer": (lambda d: {**d, "version": config.VERSION + 1}, casckpt.UnsupportedFormatError),
     "not-json": (lambda d: b"{nope", casckpt.CasckptError),
     "a-list": (lambda d: [d], casckpt.CasckptError),
     "other-format": (lambda d: {**d, "format": "zarr"}, casckpt.CasckptError),

@@ -25,7 +25,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import casckpt
-from casckpt import chunking, codec
+from casckpt import chunking, codec, delta
 
 warnings.filterwarnings("ignore")
 MiB = 1 << 20
@@ -72,8 +72,8 @@ def dcp_save(sd, path):
     dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(path)))
 
 
-def cas_save(sd, store, name):
-    w = casckpt.CasWriter(store, snapshot=name)
+def cas_save(sd, store, name, **kw):
+    w = casckpt.CasWriter(store, snapshot=name, **kw)
     dcp.save(sd, storage_writer=w, planner=casckpt.DedupSavePlanner())
     return w.stats
 
@@ -89,7 +89,7 @@ def cas_load(sd, store, name):
 # -- a) to d): speed -----------------------------------------------------------------------------
 def speed(work: Path, mib: int, repeat: int) -> dict:
     sd = model_state(mib)
-    runs = {k: [] for k in ("dcp_save", "cold", "unchanged", "changed5", "dcp_load", "load")}
+    runs = {k: [] for k in ("dcp_save", "cold", "unchanged", "changed5", "changed5_nodelta", "dcp_load", "load")}
     changed_frac = []
     for r in range(repeat):
         # Alternate the order so drifting machine load hits both sides alike.
@@ -100,15 +100,23 @@ def speed(work: Path, mib: int, repeat: int) -> dict:
                 runs["dcp_load"].append(timed(lambda: dcp_load(sd, d)))
                 shutil.rmtree(d)
             else:
-                s = work / f"cas{r}"
+                s, off = work / f"cas{r}", work / f"cas-off{r}"
+                delta.CACHE.clear()
                 runs["cold"].append(timed(lambda: cas_save(sd, s, "cold")))
                 runs["unchanged"].append(timed(lambda: cas_save(sd, s, "same")))
                 runs["load"].append(timed(lambda: cas_load(sd, s, "same")))
+                cas_save(sd, off, "cold", delta=False)
                 change_chunks(sd, 0.05, casckpt.Store.open(s).config.chunk_size, seed=r)
                 stats = []
-                runs["changed5"].append(timed(lambda: stats.append(cas_save(sd, s, "changed"))))
+                # the same 5 % change saved with deltas (default) and without, in either order
+                for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                    if mode == "on":
+                        runs["changed5"].append(timed(lambda: stats.append(cas_save(sd, s, "changed"))))
+                    else:
+                        runs["changed5_nodelta"].append(timed(lambda: cas_save(sd, off, "changed", delta=False)))
                 changed_frac.append(stats[0].new_chunks / stats[0].chunks)
                 shutil.rmtree(s)
+                shutil.rmtree(off)
     med = {k: statistics.median(v) for k, v in runs.items()}
     return {
         "state_mib": mib, "repeat": repeat, "seconds_median": med, "seconds_all": runs,
@@ -118,6 +126,7 @@ def speed(work: Path, mib: int, repeat: int) -> dict:
             "unchanged_save": med["unchanged"] / med["dcp_save"],
             "changed5_save": med["changed5"] / med["dcp_save"],
             "load": med["load"] / med["dcp_load"],
+            "changed5_delta_vs_nodelta": med["changed5"] / med["changed5_nodelta"],
         },
     }
 
@@ -125,14 +134,18 @@ def speed(work: Path, mib: int, repeat: int) -> dict:
 # -- e) peak RSS, each in a fresh process ------------------------------------------------------
 def rss_child(mode: str, path: str, mib: int) -> None:
     sd = model_state(mib)
+    if mode == "cas_delta_save":  # one dense step on top of snapshot "rss": every chunk a delta
+        for t in sd.values():
+            t.add_(1e-4 * torch.sign(torch.randn(t.shape, generator=torch.Generator().manual_seed(1))))
     base = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current RSS: measure the operation alone
     {"dcp_save": lambda: dcp_save(sd, Path(path)),
      "cas_save": lambda: cas_save(sd, Path(path), "rss"),
+     "cas_delta_save": lambda: cas_save(sd, Path(path), "rss-delta"),
      "dcp_load": lambda: dcp_load(sd, Path(path)),
      "cas_load": lambda: cas_load(sd, Path(path), "rss")}[mode]()
-    print(json.dumps({"base": base, "peak": _status("VmHWM")}))
+    print(json.dumps({"base": base, "peak": _status("VmHWM"), "cache": delta.CACHE._held}))
 
 
 def _status(field: str) -> int:
@@ -147,14 +160,17 @@ def peak_rss(work: Path, mib: int) -> dict:
     dcp_save(model_state(mib), work / "rss-dcp")
     cas_save(model_state(mib), work / "rss-cas", "rss")
     for mode, path in (("dcp_save", work / "rss-dcp-new"), ("cas_save", work / "rss-cas-new"),
+                       ("cas_delta_save", work / "rss-cas"),
                        ("dcp_load", work / "rss-dcp"), ("cas_load", work / "rss-cas")):
         res = subprocess.run([sys.executable, __file__, "--rss-child", mode, str(path), str(mib)],
                              capture_output=True, text=True)
         if res.returncode:
             raise RuntimeError(f"rss child {mode} failed:\n{res.stderr[-3000:]}")
         doc = json.loads(res.stdout.strip().splitlines()[-1])
-        out[mode] = {"peak_mib": doc["peak"] / MiB, "extra_mib": (doc["peak"] - doc["base"]) / MiB}
+        out[mode] = {"peak_mib": doc["peak"] / MiB, "extra_mib": (doc["peak"] - doc["base"]) / MiB,
+                     "base_cache_mib": doc["cache"] / MiB}
     out["save_extra_vs_dcp_mib"] = out["cas_save"]["peak_mib"] - out["dcp_save"]["peak_mib"]
+    out["delta_save_extra_vs_dcp_mib"] = out["cas_delta_save"]["peak_mib"] - out["dcp_save"]["peak_mib"]
     out["load_extra_vs_dcp_mib"] = out["cas_load"]["peak_mib"] - out["dcp_load"]["peak_mib"]
     return out
 
@@ -189,17 +205,117 @@ def scenario_states(kind: str, rng: np.random.Generator):
             sd["emb.weight"][torch.from_numpy(perm[ids])] += 1e-3
             sd["mlp.weight"].add_(trained_like(rng, (1024, 1024), 1e-4))
             yield sd
-    else:  # dense
-        sd = {f"layers.{i}.weight": trained_like(rng, (1024, 1024), 0.02) for i in range(16)}
-        for step in range(10):
-            for v in sd.values():
-                v.add_(trained_like(rng, v.shape, 1e-4))
-            yield sd
+    else:
+        raise ValueError(kind)
+
+
+# -- the dense scenario: an AdamW fine-tune of real trained weights --------------------------------
+LR = 1e-4  # a typical fine-tuning learning rate for a BERT-sized model
+# NOTE: optimizer steps before the first checkpoint. exp_avg_sq (β2 = 0.999) remembers ~1000
+# steps: 20 steps in it still grows ~5 % per step, which no checkpoint of a real fine-tune sees.
+WARMUP = 100
+
+
+def minilm_run(steps: int = 10, seed: int = 0):
+    """Yield ``(fp32_state, bf16_state)`` after each of ``steps`` AdamW steps on MiniLM's real
+    weights (tools/realweights.py, 90.9 MB fp32), one optimizer step between checkpoints.
+
+    fp32 state: master weights plus AdamW's exp_avg and exp_avg_sq (3 × 90.9 MB); bf16 state: the
+    weights alone cast to bfloat16. The loss is synthetic, with a fixed pull and fresh minibatch
+    noise of equal size (gradient signal-to-noise 1):
+    ``L = Σ ½‖p − p₀ − δ‖² + ⟨ξ_t, p⟩``, δ ~ N(0, (0.01 σ_p)²) fixed, ξ_t ~ N(0, (0.01 σ_p)²)
+    drawn each step, so ``∇L = p − p₀ − δ + ξ_t`` (set directly: no graph to build).
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from realweights import minilm
+
+    gen = torch.Generator().manual_seed(seed)
+    params = {k: torch.nn.Parameter(torch.from_numpy(v)) for k, v in minilm().items()}
+    anchor = {k: p.detach().clone() for k, p in params.items()}
+    scale = {k: 0.01 * float(p.detach().std()) if p.numel() > 1 else 1e-4 for k, p in params.items()}
+    pull = {k: anchor[k] + torch.randn(p.shape, generator=gen) * scale[k] for k, p in params.items()}
+    opt = torch.optim.AdamW(params.values(), lr=LR, fused=True)  # fused: the same update, ~10x faster on CPU
+    for step in range(WARMUP + steps):
+        for k, p in params.items():
+            p.grad = p.detach() - pull[k] + torch.randn(p.shape, generator=gen) * scale[k]
+        opt.step()
+        if step >= WARMUP:
+            fp32 = {f"model.{k}": p.detach() for k, p in params.items()}
+            for k, p in params.items():
+                fp32[f"optim.{k}.exp_avg"] = opt.state[p]["exp_avg"]
+                fp32[f"optim.{k}.exp_avg_sq"] = opt.state[p]["exp_avg_sq"]
+            yield fp32, {k: p.detach().to(torch.bfloat16) for k, p in params.items()}
+
+
+def minilm_checkpoints(work: Path, configs: dict[str, dict], *, loads: int = 3) -> dict:
+    """Checkpoint every step of :func:`minilm_run` into one pair of stores (fp32 + AdamW, bf16
+    weights) per config (``Store.open`` keywords; ``cache=False``: no base cache): cumulative
+    storage, each save's time, and the time to load the last snapshot. One training run feeds
+    every config, each with its own base cache (so they cannot evict each other's bases)."""
+    saved_cache = delta.CACHE
+    runs = {}
+    for name, kw in configs.items():
+        kw = dict(kw)
+        cache = delta.BaseCache(delta.DEFAULT_CACHE_BYTES if kw.pop("cache", True) else 0)
+        stores = {kind: casckpt.Store.open(work / f"mini-{len(runs)}-{kind}", create=True, **kw)
+                  for kind in ("fp32", "bf16")}
+        runs[name] = (cache, stores, {kind: {"bytes": [], "save_s": []} for kind in stores})
+    last, one_dcp = {}, {}
+    try:
+        for step, states in enumerate(minilm_run()):
+            for kind, sd in zip(("fp32", "bf16"), states):
+                if step == 0:
+                    d = work / f"mini-dcp-{kind}"
+                    dcp_save(sd, d)
+                    one_dcp[kind] = dir_bytes(d)
+                    shutil.rmtree(d)
+                for cache, stores, res in runs.values():
+                    delta.CACHE = cache
+                    res[kind]["save_s"].append(timed(lambda: cas_save(sd, stores[kind], f"step-{step}")))
+                    res[kind]["bytes"].append(store_bytes(stores[kind].root))
+                last[kind] = {k: v.clone() for k, v in sd.items()}
+        out = {}
+        for name, (cache, stores, res) in runs.items():
+            delta.CACHE = cache
+            for kind, store in stores.items():
+                r = res[kind]
+                r["one_dcp_snapshot"] = one_dcp[kind]
+                r["load_s"] = statistics.median(timed(lambda: cas_load(last[kind], store, "latest"))
+                                                for _ in range(loads))
+                r["save_step_s"] = statistics.median(r["save_s"][1:])
+                r["vs_one_dcp_snapshot"] = r["bytes"][-1] / one_dcp[kind]
+            out[name] = res
+    finally:
+        delta.CACHE = saved_cache
+        for _, stores, _ in runs.values():
+            for store in stores.values():
+                store.close()
+                shutil.rmtree(store.root, ignore_errors=True)
+    return out
+
+
+def delta_sweep(work: Path, depths: list[int]) -> dict:
+    """Chain depth and base source vs storage, step-save time and load time (README, Performance)."""
+    runs = {"off": dict(delta=False)}
+    for k in depths:
+        runs[f"depth {k}"] = dict(max_depth=k)
+    runs[f"depth {depths[0]}, no cache"] = dict(max_depth=depths[0], cache=False)
+    return minilm_checkpoints(work, runs)
 
 
 def storage(work: Path) -> dict:
     out = {}
-    for kind in ("frozen_base", "sparse_embedding_clustered", "sparse_embedding_scattered", "dense"):
+    dense = minilm_checkpoints(work, {"on": {}, "off": {"delta": False}})
+    for kind in ("fp32", "bf16"):
+        r = dense["on"][kind]
+        ref = [r["one_dcp_snapshot"] * (i + 1) for i in range(len(r["bytes"]))]
+        out[f"dense_{kind}" + ("_adamw" if kind == "fp32" else "")] = {
+            "casckpt_bytes": r["bytes"], "dcp_bytes": ref, "one_dcp_snapshot": ref[0],
+            "casckpt_vs_one_dcp_snapshot": r["bytes"][-1] / ref[0], "casckpt_vs_dcp_10": r["bytes"][-1] / ref[-1],
+            "delta_off_vs_one_dcp_snapshot": dense["off"][kind]["vs_one_dcp_snapshot"],
+            "step_save_s": {"on": r["save_step_s"], "off": dense["off"][kind]["save_step_s"]},
+            "load_s": {"delta": r["load_s"], "full": dense["off"][kind]["load_s"]}}
+    for kind in ("frozen_base", "sparse_embedding_clustered", "sparse_embedding_scattered"):
         store, rng = work / f"st-{kind}", np.random.default_rng(7)
         cas, ref = [], []
         for step, sd in enumerate(scenario_states(kind, rng)):
@@ -212,7 +328,7 @@ def storage(work: Path) -> dict:
         out[kind] = {"casckpt_bytes": cas, "dcp_bytes": ref, "one_dcp_snapshot": ref[0],
                      "casckpt_vs_one_dcp_snapshot": cas[-1] / ref[0], "casckpt_vs_dcp_10": cas[-1] / ref[-1]}
         shutil.rmtree(store)
-    return out
+    return dict(sorted(out.items(), key=lambda kv: kv[0].startswith("dense")))
 
 
 # -- chunk size sweep (docs/FORMAT.md, "Chunk size"; run with --chunk-sizes) ----------------------
@@ -302,24 +418,43 @@ def report(res: dict) -> None:
     rows = [("cold save (empty store)", m["cold"], m["dcp_save"], "≤ 1.20"),
             ("unchanged-state save", m["unchanged"], m["dcp_save"], "≤ 0.15"),
             (f"~5%-changed save ({s['changed_chunk_fraction']:.1%} of chunks)", m["changed5"], m["dcp_save"], "≤ 0.25"),
-            ("load", m["load"], m["dcp_load"], "≤ 1.30")]
-    print(f"{'':44s} {'casckpt':>9s} {'DCP':>9s} {'ratio':>7s}  target")
+            ("load", m["load"], m["dcp_load"], "≤ 1.30"),
+            ("~5%-changed save: deltas on / off", m["changed5"], m["changed5_nodelta"], "≤ 1.50")]
+    print(f"{'':44s} {'casckpt':>9s} {'DCP':>9s} {'ratio':>7s}  target   (last row: on, off)")
     for name, a, b, target in rows:
         print(f"{name:44s} {a:8.3f}s {b:8.3f}s {a / b:7.3f}  {target}")
     if "rss" in res:
         r = res["rss"]
         print("\n== peak RSS (fresh process each; state dict included) ==")
-        for mode in ("dcp_save", "cas_save", "dcp_load", "cas_load"):
-            print(f"{mode:10s} peak {r[mode]['peak_mib']:8.1f} MiB   above the state: {r[mode]['extra_mib']:7.1f} MiB")
-        print(f"casckpt save peak − DCP save peak: {r['save_extra_vs_dcp_mib']:+.1f} MiB (target ≤ +256)")
+        for mode in ("dcp_save", "cas_save", "cas_delta_save", "dcp_load", "cas_load"):
+            print(f"{mode:14s} peak {r[mode]['peak_mib']:8.1f} MiB   above the state: {r[mode]['extra_mib']:7.1f} MiB"
+                  f"   base cache {r[mode]['base_cache_mib']:5.1f} MiB")
+        print(f"casckpt save peak − DCP save peak: {r['save_extra_vs_dcp_mib']:+.1f} MiB (target ≤ +256); "
+              f"a delta save's: {r['delta_save_extra_vs_dcp_mib']:+.1f} MiB, of which the base cache holds "
+              f"{r['cas_delta_save']['base_cache_mib']:.1f} MiB (bounded on its own: 256 MiB)")
     print("\n== storage after 10 checkpoints ==")
     for kind, r in res["storage"].items():
         print(f"{kind:28s} casckpt {r['casckpt_bytes'][-1] / MiB:8.1f} MiB   DCP {r['dcp_bytes'][-1] / MiB:8.1f} MiB"
               f"   casckpt / one DCP snapshot {r['casckpt_vs_one_dcp_snapshot']:5.2f}   casckpt / DCP {r['casckpt_vs_dcp_10']:5.3f}")
+    for kind, r in res["storage"].items():
+        if "step_save_s" in r:
+            sv, ld = r["step_save_s"], r["load_s"]
+            print(f"{kind:28s} deltas off: {r['delta_off_vs_one_dcp_snapshot']:5.2f} DCP snapshots;  step save on/off "
+                  f"{sv['on']:.3f}s/{sv['off']:.3f}s = {sv['on'] / sv['off']:.2f} (≤ 1.5);  load delta/full "
+                  f"{ld['delta']:.3f}s/{ld['full']:.3f}s = {ld['delta'] / ld['full']:.2f} (≤ 1.5)")
     print(f"\n== compression of trained-like weights (zstd level 1, {chunking.DEFAULT_CHUNK_SIZE >> 20} MiB chunks) ==")
     for k, v in res["compression"].items():
         print(f"{k:18s} stored/raw {v['stored_over_raw']:.3f}   compress {v['compress_mb_s']:7.0f} MB/s"
               f"   decompress {v['decompress_mb_s']:7.0f} MB/s")
+
+
+def report_sweep(sweep: dict) -> None:
+    print(f"{'':22s} {'storage after 10, in DCP snapshots':>36s}   {'step save (median)':>20s}   {'load last':>18s}")
+    print(f"{'':22s} {'fp32+AdamW':>18s} {'bf16':>17s}   {'fp32':>9s} {'bf16':>10s}   {'fp32':>8s} {'bf16':>9s}")
+    for name, r in sweep.items():
+        f, b = r["fp32"], r["bf16"]
+        print(f"{name:22s} {f['vs_one_dcp_snapshot']:18.2f} {b['vs_one_dcp_snapshot']:17.2f}   "
+              f"{f['save_step_s']:8.3f}s {b['save_step_s']:9.3f}s   {f['load_s']:7.3f}s {b['load_s']:8.3f}s")
 
 
 def main() -> None:
@@ -334,11 +469,22 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["speed", "rss", "storage", "compression"])
     ap.add_argument("--chunk-sizes", nargs="+", type=int, metavar="KIB", default=None,
                     help="only sweep these chunk sizes (KiB) and print the table behind the default")
+    ap.add_argument("--delta-depths", nargs="+", type=int, metavar="K", default=None,
+                    help="only sweep these delta chain depths on the MiniLM AdamW run (and delta off, and "
+                         "the first depth without the base cache) and print the table behind the default")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="casckpt-bench-", dir=args.dir or "."))
     res = {"torch": torch.__version__, "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if args.delta_depths:
+        try:
+            res["delta_depths"] = delta_sweep(work, args.delta_depths)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        (out / "delta-depths.json").write_text(json.dumps(res, indent=2))
+        report_sweep(res["delta_depths"])
+        return
     if args.chunk_sizes:
         try:
             res["chunk_sizes"] = chunk_sizes(work, args.chunk_sizes, args.repeat)

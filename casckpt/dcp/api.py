@@ -27,13 +27,15 @@ from .writer import CasWriter
 def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str | None = None, *,
          overwrite: bool = False, chunk_size: int | None = None, sync_files: bool = True,
          process_group: dist.ProcessGroup | None = None, meta: dict | None = None,
-         tags: list[str] | tuple[str, ...] = ()) -> SaveStats:
+         tags: list[str] | tuple[str, ...] = (), delta: bool | None = None) -> SaveStats:
     """Save ``state_dict`` as snapshot ``name`` with :class:`CasWriter` and :class:`DedupSavePlanner`.
 
     Call it on every rank (like ``dcp.save``). Without ``name``, ``store`` is a checkpoint path
     as frameworks pass it: ``save(sd, "/ckpt/run/step-100")`` saves snapshot ``step-100`` into
-    the store ``/ckpt/run``. Returns the save's statistics on every rank. Raises casckpt's typed
-    errors (InvalidNameError, SnapshotExistsError, CorruptChunkError...) rather than DCP's
+    the store ``/ckpt/run``. ``delta=False`` stores new chunks whole rather than as deltas
+    against the latest snapshot (default: the store's setting; applies when ``store`` is a path).
+    Returns the save's statistics on every rank. Raises casckpt's typed errors
+    (InvalidNameError, SnapshotExistsError, CorruptChunkError...) rather than DCP's
     CheckpointException; other failures become CheckpointFailedError.
 
     ``meta`` (a JSON object: loss, config, git commit...) and ``tags`` are recorded in the
@@ -48,7 +50,7 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     if not overwrite and os.path.exists(os.path.join(path, "snapshots", f"{name}.json")):
         raise SnapshotExistsError(f"snapshot {name!r} already exists in store {path}")
     writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size, sync_files=sync_files,
-                       meta=meta, tags=tags)
+                       meta=meta, tags=tags, delta=delta)
     try:
         with _quiet():
             dcp.save(state_dict, storage_writer=writer, planner=DedupSavePlanner(), process_group=process_group)

@@ -49,11 +49,14 @@ class RankPlan:
     ``digests``: this rank's item digests from planning (None: hash in write_data).
     ``write``: new digests this rank writes (each new digest goes to exactly one rank).
     ``stored``: digests known to be stored (hints for ranks that hash in write_data).
+    ``bases``: new digest → ``(base digest, base depth)``: write that chunk as a delta against
+    the base (an indexed chunk at the same place in the latest snapshot; see docs/FORMAT.md).
     """
 
     digests: dict[str, ItemDigests] | None
     write: frozenset[bytes]
     stored: frozenset[bytes]
+    bases: dict[bytes, tuple[bytes, int]] = dataclasses.field(default_factory=dict)
 
 
 class DedupSavePlanner(DefaultSavePlanner):

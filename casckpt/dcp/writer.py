@@ -21,6 +21,7 @@ from ..chunks import ChunkInfo
 from ..digest import Digest
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
 from ..lock import SHARED
+from ..delta import same_place
 from ..manifest import ChunkRef, Item, Manifest, check_name, user_meta, utc_now
 from ..reclaim import reclaim
 from ..store import ChunkTask, SaveStats, Store
@@ -45,7 +46,8 @@ class CasWriter(StorageWriter):
     own, so each rank needs its own ``checkpoint_id``.
     ``sync_files=False`` (as DCP's FileSystemWriter) skips fsync: faster, but a power loss may
     lose the newest snapshots. ``index_path`` keeps the LMDB index elsewhere (a local disk when
-    the store is on a network file system); these two apply only when ``store`` is a path.
+    the store is on a network file system); ``delta=False`` stores every new chunk whole (default:
+    the store's setting, delta chunks on); these apply only when ``store`` is a path.
     Pair it with :class:`DedupSavePlanner` so dedup is decided at global planning; with DCP's
     default planner it still works (each rank hashes in ``write_data`` and skips chunks of the
     latest snapshot that are still stored).
@@ -59,8 +61,9 @@ class CasWriter(StorageWriter):
        and checks the name is free. Other ranks do not touch the store.
     2. all ranks: ``prepare_local_plan(plan)``: nothing to add.
     3. coordinator: ``prepare_global_plan(plans)``: takes the store's shared lock (so gc cannot
-       run until the commit), looks every planned digest up in the index, drops stored chunks and
-       assigns each new digest to one rank.
+       run until the commit), looks every planned digest up in the index, drops stored chunks,
+       assigns each new digest to one rank, and gives it a delta base (the indexed chunk at the
+       same place in the latest snapshot) that the rank reads back from the chunk directory.
     4. all ranks: ``write_data(plan, planner)``: writes this rank's chunk files (never the index)
        and fsyncs them.
     5. coordinator: ``finish(metadata, results)``: builds the manifest (DCP's Metadata as JSON)
@@ -81,10 +84,10 @@ class CasWriter(StorageWriter):
     def __init__(self, store: Store | str | os.PathLike | None = None, *, snapshot: str | None = None,
                  chunk_size: int | None = None, overwrite: bool = False, sync_files: bool = True,
                  index_path: str | os.PathLike | None = None, meta: dict | None = None,
-                 tags: list[str] | tuple[str, ...] = ()) -> None:
+                 tags: list[str] | tuple[str, ...] = (), delta: bool | None = None) -> None:
         super().__init__()
         self.user_meta = user_meta(meta, tags)  # checked now: a bad value fails before any work
-        self.sync_files, self.index_path = sync_files, index_path
+        self.sync_files, self.index_path, self.delta = sync_files, index_path, delta
         self._own = not isinstance(store, Store)
         self._given = None if store is None else store.root if isinstance(store, Store) else os.fspath(store)
         self._path = None if isinstance(store, Store) else self._given
@@ -166,7 +169,9 @@ class CasWriter(StorageWriter):
             writes = _assign(local, stored)
             self._unclaimed.update(*writes)
             hints = self._latest_hints(store, plans, local)
-        return [dataclasses.replace(p, storage_data=RankPlan(loc, frozenset(w), hints if loc is None else frozenset()))
+            bases = _delta_bases(store, local, writes)
+        return [dataclasses.replace(p, storage_data=RankPlan(loc, frozenset(w), hints if loc is None else frozenset(),
+                                                             {d: bases[d] for d in w if d in bases}))
                 for p, loc, w in zip(plans, local, writes)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
@@ -243,7 +248,7 @@ class CasWriter(StorageWriter):
         if self._store is None:
             exists = os.path.exists(os.path.join(self._path, "casckpt.json"))
             self._store = Store.open(self._path, create=create, sync=self.sync_files,
-                                     index_path=self.index_path,
+                                     index_path=self.index_path, delta=self.delta,
                                      chunk_size=None if exists else self.chunk_size)
         return self._store
 
@@ -277,6 +282,23 @@ class CasWriter(StorageWriter):
             return frozenset()
         ds = {c.digest for k in keys & m.items.keys() for c in m.items[k].chunks}
         return frozenset(d.raw for d in store.stored(ds))
+
+
+def _delta_bases(store: Store, local: list[dict[str, ItemDigests] | None],
+                 writes: list[set[bytes]]) -> dict[bytes, tuple[bytes, int]]:
+    """Base of each new chunk, from the latest snapshot's chunk at the same item and position."""
+    new = set().union(*writes) if writes else set()
+    if not new or not store.config.delta.enabled:
+        return {}
+    try:
+        prev = store.manifest("latest")
+    except CasckptError:  # no snapshot yet (or a damaged newest one): every chunk goes whole
+        return {}
+    items = {k: Item(it.layout.dtype, it.layout.shape, tuple(ChunkRef(Digest(d), n) for d, (_, n)
+                                                            in zip(it.digests, it.layout.spans)))
+             for loc in local if loc for k, it in loc.items()}
+    cands = {d: b for d, b in same_place(prev.items, items).items() if d.raw in new}
+    return {d.raw: (b.raw, depth) for d, (b, depth) in store.delta_bases(cands).items()}
 
 
 def _assign(local: list[dict[str, ItemDigests] | None], stored: set[bytes]) -> list[set[bytes]]:
@@ -337,7 +359,8 @@ class _RankWrite:
                 todo = [d not in self.plan.stored for d in digs]
             for d, (o, n), t in zip(digs, lay.spans, todo):
                 if t and d not in self.infos and d not in tasks:
-                    tasks[d] = ChunkTask(Digest(d), data[o:o + n], lay.group)
+                    b = self.plan.bases.get(d)
+                    tasks[d] = ChunkTask(Digest(d), data[o:o + n], lay.group, b and (Digest(b[0]), b[1]))
             described.append((item, lay, digs))
         if self.is_coordinator and self.plan.digests is None:
             have = {d.raw for d in self.store.stored(t.digest for t in tasks.values())}
@@ -348,7 +371,7 @@ class _RankWrite:
         return [self._result(item, lay, digs) for item, lay, digs in described]
 
     def _result(self, item: WriteItem, lay: Layout, digs: tuple[bytes, ...]) -> WriteResult:
-        new = {d: dataclasses.astuple(self.infos[d]) for d in set(digs) if d in self.infos}
+        new = {d: self.infos[d].to_tuple() for d in set(digs) if d in self.infos}
         data = {"key": lay.key, "dtype": lay.dtype, "shape": list(lay.shape),
                 "chunks": [(d, n) for d, (_, n) in zip(digs, lay.spans)], "new": new}
         return WriteResult(index=item.index, size_in_bytes=lay.nbytes, storage_data=data)
@@ -362,5 +385,5 @@ def _collect(results: list[list[WriteResult]]) -> tuple[dict[str, Item], dict[Di
             sd = wr.storage_data
             items[sd["key"]] = Item(sd["dtype"], tuple(sd["shape"]),
                                     tuple(ChunkRef(Digest(d), n) for d, n in sd["chunks"]))
-            new.update({Digest(d): ChunkInfo(*info) for d, info in sd["new"].items()})
+            new.update({Digest(d): ChunkInfo.from_tuple(info) for d, info in sd["new"].items()})
     return items, new

@@ -472,7 +472,15 @@ def main() -> None:
     ap.add_argument("--delta-depths", nargs="+", type=int, metavar="K", default=None,
                     help="only sweep these delta chain depths on the MiniLM AdamW run (and delta off, and "
                          "the first depth without the base cache) and print the table behind the default")
+    ap.add_argument("--reshard", action="store_true",
+                    help="only measure what an unchanged re-save writes after a world-size change "
+                         "(FSDP2 on gloo: saved on 2 ranks, re-saved on 3 and 4; tools/bench_reshard.py)")
     args = ap.parse_args()
+    if args.reshard:
+        import bench_reshard  # tools/ is on sys.path when bench runs as a script
+
+        bench_reshard.main()
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="casckpt-bench-", dir=args.dir or "."))

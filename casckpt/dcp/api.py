@@ -78,27 +78,19 @@ def load(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
     ``state``) are listed in ``LoadResult.not_loaded`` and tensors loaded into another dtype in
     ``LoadResult.cast``, each with a :class:`casckpt.errors.LoadWarning`.
     """
-    if not isinstance(store, Store) and name == "latest":
-        store, name = _store_and_name(os.fspath(store))
-    st = store if isinstance(store, Store) else Store.open(store)
-    try:
-        with st.reading():  # NOTE: from resolving "latest" to the last chunk read, gc waits
-            resolved = st.resolve(name)
-            resolved = _from_coordinator(resolved, process_group)
-            st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
-            reader = CasReader(st, snapshot=resolved)
-            planner = SafeLoadPlanner(allow_pickle=allow_pickle, allow_partial_load=allow_partial_load)
-            try:
-                with _quiet():
-                    dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
-            except CheckpointException as exc:
-                _reraise(exc, reader.metadata_error)
-            finally:
-                reader.close()
-        return _report(resolved, planner)
-    finally:
-        if st is not store:
-            st.close()
+    # NOTE: the shared lock is held from resolving "latest" to the last chunk read: gc waits.
+    with _opened(store, name) as (st, name), st.reading():
+        resolved = st.resolve(name)
+        resolved = _from_coordinator(resolved, process_group)
+        st.manifest(resolved)  # missing or damaged: a typed error now, not DCP's AssertionError
+        reader = CasReader(st, snapshot=resolved)
+        planner = SafeLoadPlanner(allow_pickle=allow_pickle, allow_partial_load=allow_partial_load)
+        try:
+            with _quiet():
+                dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
+        except CheckpointException as exc:
+            _reraise(exc, reader.metadata_error)
+    return _report(resolved, planner)
 
 
 class LoadResult(str):
@@ -140,10 +132,7 @@ def read_state(store: Store | str | os.PathLike, name: str = "latest", *,
     checkpoint path, as for :func:`load`. Byte items load with ``torch.load(weights_only=True)``
     unless ``allow_pickle=True`` (trusted stores only).
     """
-    if not isinstance(store, Store) and name == "latest":
-        store, name = _store_and_name(os.fspath(store))
-    st = store if isinstance(store, Store) else Store.open(store)
-    try:
+    with _opened(store, name) as (st, name), st.reading():
         reader = CasReader(st, snapshot=st.resolve(name))
         sd: dict[str, Any] = {}
         try:
@@ -154,14 +143,28 @@ def read_state(store: Store | str | os.PathLike, name: str = "latest", *,
                                  no_dist=True)
         except CheckpointException as exc:
             _reraise(exc, reader.metadata_error)
-        return optimizer_states(sd)
-    finally:
-        if st is not store:
-            st.close()
+    return optimizer_states(sd)
 
 
 class _RebuildPlanner(SafeLoadPlanner, _EmptyStateDictLoadPlanner):
     """Rebuilds the nested state dict from the snapshot's DCP metadata; byte items load safely."""
+
+
+@contextlib.contextmanager
+def _opened(store: Store | str | os.PathLike, name: str):
+    """``(Store, name)`` for a load: an open Store as it is; a path opened here and closed after,
+    where a checkpoint path ``STORE/NAME`` (with ``name`` left at "latest") names that snapshot."""
+    if isinstance(store, Store):
+        yield store, name
+        return
+    path = os.fspath(store)
+    if name == "latest":
+        path, name = _store_and_name(path)
+    st = Store.open(path)
+    try:
+        yield st, name
+    finally:
+        st.close()
 
 
 def _store_and_name(path: str) -> tuple[str, str]:

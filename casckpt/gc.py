@@ -34,9 +34,7 @@ from typing import Callable, Iterable
 
 from . import fsutil, retention, thin
 from .digest import Digest
-from .errors import CasckptError, SnapshotNotFoundError
 from .lock import EXCLUSIVE
-from .manifest import Manifest
 from .store import Store
 
 Progress = Callable[[int, int], None]
@@ -102,7 +100,7 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
     policy drops and temp files still go); ``casckpt rm`` of the damaged snapshot, or restoring
     its manifest, lets the next gc reclaim chunks again.
     """
-    ms, damaged = read_manifests(store, progress)
+    ms, damaged = store.read_manifests(progress)  # each parsed once: the bulk of planning's time
     infos = [s for s in store.snapshots() if s.name in ms]
     names = [s.name for s in infos]
     policy = policy or retention.Policy(last=keep_last, every=keep_every, keep=tuple(keep))
@@ -114,10 +112,13 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
     for name in names:
         if name in kept:
             live |= (thinned[name] if name in thinned else ms[name]).digests()
-    live = store.live(live)  # with the bases their delta chunks need, transitively
+    # NOTE: one scan of the index serves the base links of both closures and the index-only entries.
+    entries = dict(store.index.chunks())
+    live = store.live(live, entries=entries)  # with the bases their delta chunks need, transitively
     doomed = [] if damaged else [d for d in store.chunks if d not in live]
-    referenced = store.live({d for n in names if n not in kept or n in thinned for d in ms[n].digests()})
-    indexed = set() if damaged else {d for d, _ in store.index.chunks()}
+    referenced = store.live({d for n in names if n not in kept or n in thinned for d in ms[n].digests()},
+                            entries=entries)
+    indexed = set() if damaged else entries.keys()
     present = set(doomed)
     index_only = tuple(d for d in indexed if d not in live and d not in present)
     tmp = _tmp_files(store)
@@ -126,23 +127,6 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
                   chunk_bytes=sum(_size(store.chunks.path(d)) for d in doomed), index_only=index_only,
                   tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp),
                   thinned=thinned, reasons=reasons, damaged=tuple(sorted(damaged)))
-
-
-def read_manifests(store: Store, progress: Progress | None = None) -> tuple[dict[str, Manifest], dict[str, str]]:
-    """Every committed manifest that parses (each parsed once: the bulk of planning's time), and
-    ``{name: why}`` for those that do not."""
-    good, bad = {}, {}
-    names = store.snapshot_names()
-    for i, name in enumerate(names, 1):
-        try:
-            good[name] = store.manifest(name)
-        except SnapshotNotFoundError:
-            pass  # deleted meanwhile (a dry run holds no lock)
-        except CasckptError as exc:
-            bad[name] = str(exc)
-        if progress:
-            progress(i, len(names))
-    return good, bad
 
 
 def _thin(ms: dict, snaps, kept: list[str], older_than: int | None, patterns: tuple[str, ...]) -> dict:

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from . import fsutil
 from .digest import Digest
-from .errors import CasckptError, IndexDamagedError, LockTimeoutError, SnapshotNotFoundError, StoreIOError
+from .errors import CasckptError, IndexDamagedError, LockTimeoutError, StoreIOError
 from .lock import EXCLUSIVE
 
 log = logging.getLogger("casckpt")
@@ -42,15 +42,10 @@ def reclaim(store, digests: Iterable[Digest]) -> int:
 
 
 def _sweep(store, digests: set[Digest]) -> int:
-    live: set[Digest] = set()
-    for name in store.snapshot_names():
-        try:
-            live |= store.manifest(name).digests()
-        except SnapshotNotFoundError:
-            continue
-        except CasckptError:
-            return 0  # a damaged manifest may reference any chunk
-    live = store.live(live)  # and the bases their delta chunks need
+    ms, damaged = store.read_manifests()
+    if damaged:
+        return 0  # a damaged manifest may reference any chunk
+    live = store.live(set().union(*(m.digests() for m in ms.values())))  # and their bases
     doomed = [d for d in digests - live if store.chunks.exists(d)]
     try:
         store.index.remove_chunks(doomed)

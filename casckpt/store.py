@@ -298,6 +298,23 @@ class Store(DeltaWrites):
                     continue
         return names
 
+    def read_manifests(self, progress: Callable[[int, int], None] | None = None
+                       ) -> tuple[dict[str, Manifest], dict[str, str]]:
+        """Every committed manifest that parses, and ``{name: why}`` for those that do not (a
+        snapshot deleted meanwhile is in neither). ``progress(done, total)`` counts manifests."""
+        good, bad = {}, {}
+        names = self.snapshot_names()
+        for i, name in enumerate(names, 1):
+            try:
+                good[name] = self.manifest(name)
+            except SnapshotNotFoundError:
+                pass  # deleted meanwhile (a reader without the lock)
+            except CasckptError as exc:
+                bad[name] = str(exc)
+            if progress:
+                progress(i, len(names))
+        return good, bad
+
     def snapshots(self) -> list[SnapshotInfo]:
         """Every committed snapshot, oldest first (registry totals; manifests fill any gap).
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from .errors import CasckptError, SnapshotNotFoundError
 from .manifest import resumable, tags_of
 from .store import Store
 
@@ -100,14 +99,7 @@ def ls(store: Store) -> list[SnapshotUsage]:
     """Every snapshot, oldest first, with the stored bytes only it holds. A snapshot whose manifest
     cannot be read is listed with ``damaged`` set (and 0 unique bytes: its chunks are unknown)."""
     snaps = {s.name: s for s in store.snapshots()}
-    ms, damaged = {}, {}
-    for name in store.snapshot_names():
-        try:
-            ms[name] = store.manifest(name)
-        except SnapshotNotFoundError:
-            continue  # deleted meanwhile
-        except CasckptError as exc:
-            damaged[name] = str(exc)
+    ms, damaged = store.read_manifests()
     entries = dict(store.index.chunks())
     # NOTE: a snapshot holds the bases its delta chunks need too: deleting it frees a base only
     # when no other snapshot's chunks are built on it.

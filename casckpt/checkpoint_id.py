@@ -52,10 +52,8 @@ def split(checkpoint_id: str | os.PathLike, store: str | os.PathLike | None = No
 
 
 def is_valid(checkpoint_id: str | os.PathLike, *, allow_latest: bool = False) -> bool:
-    try:
-        raw = os.fspath(checkpoint_id)
-        last = raw.rstrip("/" + os.sep).replace(os.sep, "/").rpartition("/")[2] if is_path(checkpoint_id) else raw
-        _name(last, allow_latest)
+    try:  # NOTE: a bare name is checked as if a store were given: only the name is in question
+        split(checkpoint_id, None if is_path(checkpoint_id) else ".", allow_latest=allow_latest)
     except (InvalidNameError, TypeError):
         return False
     return True

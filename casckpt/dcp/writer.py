@@ -200,7 +200,7 @@ class CasWriter(StorageWriter):
             items, new = _collect(results)
             # NOTE: a rank without the index (DCP's default planner) reports a chunk it found
             # already on disk as handled; the index knows which of those the store had before.
-            for d in store.index.has_many(new):
+            for d in store.index.has_many(new, synced_only=store.sync):  # as Store.stored() trusts
                 del new[d]
             refs = {c.digest for it in items.values() for c in it.chunks}
             unknown = refs - new.keys()

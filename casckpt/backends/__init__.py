@@ -1,0 +1,137 @@
+"""The storage seam: the few operations casckpt needs on named blobs, whatever holds them.
+
+Everything a store keeps (config, chunks, manifests, temp files) is a *blob* under a *key*: a
+relative, ``/``-separated name such as ``chunks/ab/ab12…`` or ``snapshots/step-1.json``. A
+:class:`Backend` stores blobs under one root: a folder (:mod:`casckpt.backends.local`) or a
+bucket prefix (object storage). Nothing above this module knows which.
+
+The contract, which ``tests/test_backend_conformance.py`` checks for every back-end:
+
+- ``get`` returns a whole blob; ``get_range`` the bytes ``[start, end)``, cut at the blob's end
+  (a range past the end is empty). A missing key raises :class:`BlobNotFoundError`.
+- ``put_if_absent`` creates a blob only if the key is free, and says whether this call created
+  it. When several writers race on one key (threads, processes, hosts), exactly one wins, and
+  nobody ever sees a partly written blob under the key.
+- ``replace`` writes a blob whether or not the key exists; readers see the old blob or the whole
+  new one, never a mix.
+- ``delete`` removes a blob (a missing key is not an error) and says whether it was there.
+- ``list`` yields the blobs whose key starts with a prefix, with their sizes.
+- ``sync`` makes earlier writes made with ``sync=False`` durable, where the medium has such a step
+  (fsync on a file system; nothing on object storage, where a completed PUT is durable).
+
+Keys are checked by :func:`check_key` before any back-end sees them, so a hostile name (``..``,
+an absolute path, a NUL byte, a very long name) is refused with :class:`UnsafePathError` and can
+never reach outside the root.
+
+Locking is not part of the seam: a file system has ``flock``; object storage needs lock objects
+(see the store's lock module for each).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import CasckptError, UnsafePathError
+
+# A component: letters, digits and . _ - + = @ (the snapshot-name alphabet; hex digests fit; '.'
+# and '..' alone are refused below). 255 bytes per component and 1024 per key are what file systems and
+# S3 allow.
+_PART = re.compile(r"[A-Za-z0-9._+=@-]{1,255}")
+MAX_KEY = 1024
+
+
+class BlobNotFoundError(CasckptError, FileNotFoundError):
+    """No blob under that key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """One listed blob: its key and size in bytes."""
+
+    key: str
+    size: int
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative key, else raise :class:`UnsafePathError`."""
+    if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY:
+        raise UnsafePathError(f"blob key {key!r:.80} is empty, not a string or longer than {MAX_KEY} bytes")
+    for part in key.split("/"):
+        if part in (".", "..") or not _PART.fullmatch(part):
+            raise UnsafePathError(f"blob key {key!r:.80} has an unsafe component {part!r:.40}; keys are "
+                                  "relative names of letters, digits and . _ - + = @ joined by '/'")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: empty, or a key optionally ending in ``/``."""
+    if prefix:
+        check_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    return prefix
+
+
+class Backend(ABC):
+    """Blobs under one root. Subclasses implement the ``_``-free abstract methods; callers pass
+    keys already checked with :func:`check_key` (the methods of this class check them again where
+    it is cheap; implementations must not rely on callers alone).
+
+    ``parts`` arguments are iterables of bytes-like objects (``bytes``, ``memoryview``), written
+    in order, so a header and a payload need not be joined in memory first.
+    """
+
+    #: Where the medium is a local file system, its root folder (the default home of the LMDB
+    #: index and the flock target); None for object storage.
+    local_path: Path | None = None
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """A printable name of the root for messages (``/data/ckpt``, ``s3://bucket/prefix``).
+        Never holds a secret."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The whole blob. Raises BlobNotFoundError."""
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the blob, cut at its end. Raises BlobNotFoundError."""
+
+    @abstractmethod
+    def put_if_absent(self, key: str, parts: Iterable, *, sync: bool = True) -> bool:
+        """Create the blob if ``key`` is free: True if this call created it, False if a blob was
+        there already (left untouched). With ``sync=False`` the write may not be durable until
+        :meth:`sync` names the key."""
+
+    @abstractmethod
+    def replace(self, key: str, parts: Iterable, *, sync: bool = True) -> None:
+        """Write the blob atomically, replacing any blob under ``key``."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove the blob; True if it was there."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[Blob]:
+        """Every blob whose key starts with ``prefix``, in no particular order."""
+
+    def size(self, key: str) -> int | None:
+        """The blob's size, or None if there is none under ``key``. Back-ends override this
+        with a cheaper call (``lstat``, ``HEAD``)."""
+        try:
+            return len(self.get(key))
+        except BlobNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make earlier ``sync=False`` writes of ``keys`` durable. Nothing to do by default."""
+
+    def close(self) -> None:
+        """Release connections or handles."""

@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from . import chunking, config as config_mod, delta, dtypes, fsutil
+from .backends import Backend, BlobNotFoundError, open_backend
 from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
 from .bases import DeltaWrites, delta_config
@@ -50,6 +51,7 @@ log = logging.getLogger("casckpt")
 
 # Seconds of clock skew between hosts that "latest" tolerates (see Store._latest).
 LATEST_SKEW = 60.0
+SNAPSHOTS = "snapshots/"  # manifests: snapshots/NAME.json
 
 @dataclass(frozen=True, slots=True)
 class SaveStats:
@@ -99,18 +101,20 @@ class ChunkTask:
 class Store(DeltaWrites):
     """A casckpt store. Open with :meth:`open`; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, root: Path, config: StoreConfig, *, index_path: Path | None,
+    def __init__(self, backend: Backend, config: StoreConfig, *, index_path: Path | None,
                  sync: bool, workers: int | None, inflight_bytes: int, lock_timeout: float | None,
                  fresh: bool = False) -> None:
-        self.root = root
+        self.backend = backend
+        # NOTE: the root folder on a local back-end (tests and messages use it), else the URL
+        self.root = backend.local_path or backend.url
         self.config = config
         self.sync = sync
         self.lock_timeout = lock_timeout
-        self.tmp_dir = root / "tmp"
-        self.snap_dir = root / "snapshots"
-        self.chunks = ChunkDir(root / "chunks", self.tmp_dir)
+        self.chunks = ChunkDir(backend)
         self.pipeline = Pipeline(workers=workers, inflight_bytes=inflight_bytes)
-        self.index_path = index_path or root / "index"
+        if index_path is None and backend.local_path is None:
+            raise CasckptError(f"a store at {backend.url} needs index_path (a local folder for its index)")
+        self.index_path = index_path or backend.local_path / "index"
         self._index: Index | None = Index(self.index_path, create=True, owner=self.config.store_id) if fresh else None
         self._parsed: OrderedDict[tuple, Manifest] = OrderedDict()  # see manifest()
 
@@ -132,30 +136,29 @@ class Store(DeltaWrites):
         same place in the previous snapshot; ``max_depth`` bounds chains of deltas. Both are store
         defaults when creating and session overrides otherwise, like ``level``.
         """
-        root = Path(path).absolute()
-        cfg_path = root / CONFIG
-        if not cfg_path.exists():
+        backend = open_backend(path)
+        config = _read_config(backend)
+        if config is None:
             if not create:
-                raise StoreNotFoundError(f"{root} is not a casckpt store (no {CONFIG})")
-            check_empty(root)
+                raise StoreNotFoundError(f"{backend.url} is not a casckpt store (no {CONFIG})")
+            check_empty(backend)
             config = StoreConfig(check_chunk_size(chunk_size or chunking.DEFAULT_CHUNK_SIZE),
                                  CodecConfig(level=1 if level is None else level,
                                              byte_grouping=True if byte_grouping is None else byte_grouping),
                                  uuid.uuid4().hex, delta_config(DeltaConfig(), delta, max_depth))
-            create_layout(root, config)
+            create_layout(backend, config)
             fresh = True
         else:
             fresh = False
-            config = StoreConfig.from_bytes(fsutil.read_file(cfg_path), str(cfg_path))
-            check_layout(root)
+            check_layout(backend)
             if chunk_size is not None and chunk_size != config.chunk_size:
-                raise CasckptError(f"store {root} has chunk size {config.chunk_size}; "
+                raise CasckptError(f"store {backend.url} has chunk size {config.chunk_size}; "
                                    f"chunk_size={chunk_size} applies only when creating a store")
             codec = replace(config.codec, level=config.codec.level if level is None else level,
                             byte_grouping=config.codec.byte_grouping if byte_grouping is None else byte_grouping)
             config = StoreConfig(config.chunk_size, codec, config.store_id,
                                  delta_config(config.delta, delta, max_depth), config.version)
-        return cls(root, config, index_path=Path(index_path).absolute() if index_path else None,
+        return cls(backend, config, index_path=Path(index_path).absolute() if index_path else None,
                    sync=sync, workers=workers, inflight_bytes=inflight_bytes, lock_timeout=lock_timeout,
                    fresh=fresh)
 
@@ -179,6 +182,7 @@ class Store(DeltaWrites):
         if self._index is not None:
             self._index.close()
             self._index = None
+        self.backend.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -190,8 +194,15 @@ class Store(DeltaWrites):
         return f"Store({str(self.root)!r})"
 
     def lock(self, mode: int = SHARED, *, timeout: float | None = ...) -> StoreLock:
-        """A hold on the store lock (use as ``with store.lock(EXCLUSIVE): ...``)."""
-        return StoreLock(self.root / "lock", mode, timeout=self.lock_timeout if timeout is ... else timeout)
+        """A hold on the store lock (use as ``with store.lock(EXCLUSIVE): ...``). The one place
+        that knows how the store is locked: ``flock`` on ``lock`` in a local back-end's root."""
+        return StoreLock(self._lock_path, mode, timeout=self.lock_timeout if timeout is ... else timeout)
+
+    @property
+    def _lock_path(self) -> Path:
+        if self.backend.local_path is None:
+            raise CasckptError(f"no lock for a store at {self.backend.url} yet (only local stores lock)")
+        return self.backend.local_path / "lock"
 
     def reading(self) -> contextlib.AbstractContextManager:
         """Hold the shared lock while reading chunks, so gc cannot delete them meanwhile (as
@@ -201,11 +212,26 @@ class Store(DeltaWrites):
     @property
     def holds_lock(self) -> bool:
         """Whether the calling thread holds the store lock now (in either mode)."""
-        return held_by_this_thread(self.root / "lock")
+        return held_by_this_thread(self._lock_path)
 
     # -- snapshots ------------------------------------------------------------------------------
+    @staticmethod
+    def manifest_key(name: str) -> str:
+        return f"{SNAPSHOTS}{check_name(name)}.json"
+
     def manifest_path(self, name: str) -> Path:
-        return self.snap_dir / f"{check_name(name)}.json"
+        """The manifest's file on a local back-end (tests and tools that look at files)."""
+        return self.backend.local_path / self.manifest_key(name)
+
+    @property
+    def snap_dir(self) -> Path:
+        """The manifests' folder on a local back-end."""
+        return self.backend.local_path / SNAPSHOTS
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The temp folder on a local back-end."""
+        return self.backend.local_path / "tmp"
 
     def resolve(self, name: str) -> str:
         """``"latest"`` → the newest committed snapshot's name; other names are checked and returned."""
@@ -221,12 +247,8 @@ class Store(DeltaWrites):
         seen, files last modified more than ``LATEST_SKEW`` seconds before C cannot be newer and
         are not read (the margin absorbs clock skew between hosts sharing the store).
         """
-        paths = []
-        for name in self.snapshot_names():
-            try:
-                paths.append((os.stat(self.manifest_path(name)).st_mtime, name))
-            except FileNotFoundError:
-                continue  # deleted meanwhile
+        # NOTE: a listing without times (None) sorts last and is never skipped.
+        paths = [(mtime if mtime is not None else math.inf, name) for name, mtime in self._listed()]
         best: tuple[str, str] | None = None
         for mtime, name in sorted(paths, reverse=True):
             if best is not None and mtime < _timestamp(best[0]) - LATEST_SKEW:
@@ -249,31 +271,35 @@ class Store(DeltaWrites):
         return best[1]
 
     def exists(self, name: str) -> bool:
-        return self.manifest_path(name).exists()
+        return self.backend.exists(self.manifest_key(name))
 
     def manifest(self, name: str) -> Manifest:
         """The committed manifest of ``name`` (or ``"latest"``), fully validated.
 
-        A committed manifest never changes in place (overwrite replaces the file), so parses are
-        kept for the few most recent files, keyed by the file's identity: resolving "latest" and
-        then loading it parses the manifest once.
+        A committed manifest never changes in place (overwrite replaces it), so parses are kept for
+        the few most recent ones, keyed by the blob's version (:meth:`Backend.version`: a file's
+        identity), or by its bytes where the back-end has none: resolving "latest" and then
+        loading it reads and parses the manifest once.
         """
         name = self.resolve(name)
-        path = self.manifest_path(name)
+        path = self.manifest_key(name)
         try:
-            st = os.stat(path, follow_symlinks=False)
-            key = (name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if key in self._parsed:
-                self._parsed.move_to_end(key)
-                return self._parsed[key]
-            data = fsutil.read_file(path)
-        except FileNotFoundError:
+            tag = self.backend.version(path)
+            if tag is not None and (name, tag) in self._parsed:
+                self._parsed.move_to_end((name, tag))
+                return self._parsed[(name, tag)]
+            data = self.backend.get(path)
+        except BlobNotFoundError:
             raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
         except CasckptError:
             raise  # a symlink planted in the store (UnsafePathError)
         except OSError as exc:  # a folder where the manifest should be, an I/O error
             raise ManifestError(f"manifest of snapshot {name!r} in {self.root} is unreadable: "
                                 f"{exc.strerror or exc}") from None
+        key = (name, data if tag is None else tag)  # NOTE: without a version, equal bytes
+        if key in self._parsed:
+            self._parsed.move_to_end(key)
+            return self._parsed[key]
         try:
             m = Manifest.from_bytes(data, source=f"manifest of snapshot {name!r} in {self.root}")
         except ManifestError as exc:
@@ -281,22 +307,24 @@ class Store(DeltaWrites):
                 raise
             raise ManifestError(f"manifest of snapshot {name!r} in {self.root}: {exc}") from None
         if m.name != name:
-            raise ManifestError(f"manifest {path} names snapshot {m.name!r}, not {name!r}")
+            raise ManifestError(f"manifest {self.backend.url}/{path} names snapshot {m.name!r}, not {name!r}")
         self._parsed[key] = m
         while len(self._parsed) > 8:
             self._parsed.popitem(last=False)
         return m
 
     def snapshot_names(self) -> list[str]:
-        """Names of committed snapshots, from the manifest directory (the source of truth)."""
-        names = []
-        for f in os.listdir(self.snap_dir):
-            if f.endswith(".json"):
-                try:
-                    names.append(check_name(f[:-5]))
-                except CasckptError:
-                    continue
-        return names
+        """Names of committed snapshots, from the manifests (the source of truth)."""
+        return [name for name, _ in self._listed()]
+
+    def _listed(self) -> list[tuple[str, float | None]]:
+        """``(name, mtime)`` of every manifest: one listing of ``snapshots/``."""
+        out = []
+        for blob in self.backend.list(SNAPSHOTS):
+            f = blob.key[len(SNAPSHOTS):]
+            if f.endswith(".json") and is_valid_name(f[:-5]):
+                out.append((f[:-5], blob.mtime))
+        return out
 
     def read_manifests(self, progress: Callable[[int, int], None] | None = None
                        ) -> tuple[dict[str, Manifest], dict[str, str]]:
@@ -347,8 +375,8 @@ class Store(DeltaWrites):
     def stray_files(self) -> list[str]:
         """Names in ``snapshots/`` that are not manifests casckpt could have written (reported by
         verify, never read, never deleted)."""
-        return sorted(f for f in os.listdir(self.snap_dir)
-                      if not (f.endswith(".json") and is_valid_name(f[:-5])))
+        names = {b.key[len(SNAPSHOTS):].split("/")[0] for b in self.backend.list(SNAPSHOTS)}
+        return sorted(f for f in names if not (f.endswith(".json") and is_valid_name(f[:-5])))
 
     # -- writing --------------------------------------------------------------------------------
     def hash_spans(self, data: memoryview, spans: list[tuple[int, int]]) -> list[Digest]:
@@ -368,7 +396,7 @@ class Store(DeltaWrites):
             self._index.close()
             self._index = None
         have = self.index.has_many(digests, synced_only=self.sync)  # see Index: ``unsynced``
-        lost = {d for d in have if not os.path.lexists(self.chunks.path(d))}
+        lost = {d for d in have if not self.chunks.exists(d)}
         if lost:
             log.warning("casckpt: %d indexed chunks are missing from %s; writing them again",
                         len(lost), self.root)
@@ -416,13 +444,13 @@ class Store(DeltaWrites):
         """
         if "seq" not in manifest.meta:  # NOTE: a save number, for retention (casckpt.retention)
             manifest = dataclasses.replace(manifest, meta={**manifest.meta, "seq": self._next_seq()})
-        path = self.manifest_path(manifest.name)
+        key = self.manifest_key(manifest.name)
         new = self._with_bases(new)
         try:
             if self.sync:
                 self.sync_chunks(new)
             self.index.add_chunks(dict(new), synced=self.sync)
-            self._publish(path, manifest.to_bytes(), overwrite=overwrite)
+            self._publish(key, manifest.to_bytes(), overwrite=overwrite)
         except OSError as exc:
             if isinstance(exc, CasckptError):  # SnapshotExistsError, StoreIOError, ...
                 raise
@@ -444,21 +472,12 @@ class Store(DeltaWrites):
         seqs = [r.get("seq") for r in rows if type(r.get("seq")) is int]
         return max(seqs) + 1 if seqs else len(rows)
 
-    def _publish(self, path: Path, data: bytes, *, overwrite: bool) -> None:
-        tmp = fsutil.temp_path(self.tmp_dir, ".manifest")
-        try:
-            fsutil.write_parts(tmp, [data], sync=self.sync)
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                try:
-                    os.link(tmp, path)  # fails if the name was committed meanwhile
-                except FileExistsError:
-                    raise SnapshotExistsError(f"snapshot {path.stem!r} already exists in store {self.root}") from None
-        finally:
-            fsutil.unlink_quiet(tmp)
-        if self.sync:
-            fsutil.fsync_dir(path.parent)
+    def _publish(self, key: str, data: bytes, *, overwrite: bool) -> None:
+        if overwrite:
+            self.backend.replace(key, [data], sync=self.sync)
+        elif not self.backend.put_if_absent(key, [data], sync=self.sync):  # committed meanwhile
+            name = key[len(SNAPSHOTS):-len(".json")]
+            raise SnapshotExistsError(f"snapshot {name!r} already exists in store {self.root}")
 
     def put_arrays(self, name: str, arrays: Mapping[str, np.ndarray], *, meta: dict | None = None,
                    overwrite: bool = False, dtype_names: Mapping[str, str] | None = None,
@@ -557,17 +576,22 @@ class Store(DeltaWrites):
         each must exist before any goes. A damaged manifest can be deleted. Returns the names."""
         names = list(dict.fromkeys(check_name(n) for n in names))
         with self.lock(EXCLUSIVE):
-            missing = [n for n in names if not os.path.lexists(self.manifest_path(n))]
+            missing = [n for n in names if not self.backend.exists(self.manifest_key(n))]
             if missing:
                 raise SnapshotNotFoundError(f"no snapshot {', '.join(map(repr, missing))} in store "
                                             f"{self.root}; nothing removed")
-            for n in names:
-                fsutil.unlink_quiet(self.manifest_path(n))
-            if self.sync:
-                fsutil.fsync_dir(self.snap_dir)
+            self.unpublish(names)
             for n in names:
                 self.index.remove_snapshot(n)
         return names
+
+    def unpublish(self, names: Iterable[str]) -> None:
+        """Delete manifests, durably (the caller holds the exclusive lock)."""
+        keys = [self.manifest_key(n) for n in names]
+        for k in keys:
+            self.backend.delete(k)
+        if self.sync and keys:
+            self.backend.sync(keys)
 
     def reindex(self, *, progress: Callable[[int, int], None] | None = None) -> dict:
         """Rebuild the LMDB index from chunk files and manifests. Returns counts.
@@ -617,6 +641,31 @@ class Store(DeltaWrites):
         return {"chunks": len(infos), "unreadable_chunks": bad, "orphan_chunks": orphans,
                 "snapshots": len(names)}
 
+
+
+def is_store(location: str | os.PathLike) -> bool:
+    """Whether ``location`` holds a casckpt store (its config), without opening it."""
+    try:
+        return open_backend(location).exists(CONFIG)
+    except OSError:  # unreadable, or an unsafe path: not a store we can open
+        return False
+
+
+def has_snapshot(location: str | os.PathLike, name: str) -> bool:
+    """Whether the store at ``location`` holds snapshot ``name``, without opening it."""
+    try:
+        return open_backend(location).exists(Store.manifest_key(name))
+    except OSError:
+        return False
+
+
+def _read_config(backend: Backend) -> StoreConfig | None:
+    try:
+        return config_mod.read(backend)
+    except OSError as exc:
+        if isinstance(exc, CasckptError):
+            raise
+        raise fsutil.io_error(exc, f"cannot read the config of the store at {backend.url}") from None
 
 
 def _empty_or_missing(path: Path) -> bool:

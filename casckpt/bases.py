@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from . import config as config_mod, delta
@@ -22,7 +21,7 @@ from .errors import CasckptError, ChunkError, SnapshotNotFoundError
 
 if TYPE_CHECKING:
     from .manifest import Item
-    from .store import ChunkTask
+    from .saving import ChunkTask
 
 log = logging.getLogger("casckpt")
 

@@ -166,9 +166,7 @@ def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> 
     """Carry out ``plan`` in crash-safe order. The caller holds the exclusive lock."""
     for m in plan.thinned.values():  # NOTE: atomic rewrites first: their freed chunks go below
         store.commit(m, {}, overwrite=True)
-    store.unpublish(plan.drop)
-    for name in plan.drop:
-        store.index.remove_snapshot(name)
+    store.forget(plan.drop)  # manifests (the commit point), then registry rows
     store.index.remove_chunks([*plan.chunks, *plan.index_only])
     for i, d in enumerate(plan.chunks, 1):
         store.chunks.delete(d)

@@ -136,15 +136,10 @@ class LocalBackend(Backend):
 
     def replace(self, key: str, parts: Iterable, *, sync: bool = True) -> None:
         final = self.path(key)
-        tmp = self._write_temp(parts, sync)
-        try:
-            _make_parent(final)
-            os.replace(tmp, final)
-        except BaseException:
-            fsutil.unlink_quiet(tmp)
-            raise
-        if sync:
-            fsutil.fsync_dir(final.parent)
+        _make_parent(final)
+        if not self.tmp_dir.is_dir():
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)  # a bare root (the store makes its own)
+        fsutil.atomic_write(final, parts, tmp_dir=self.tmp_dir, sync=sync)
 
     def delete(self, key: str) -> bool:
         try:

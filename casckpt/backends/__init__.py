@@ -152,9 +152,12 @@ class Backend(ABC):
         """Release connections or handles."""
 
 
-def open_backend(location: str | os.PathLike) -> Backend:
-    """The back-end for a store location. Today every location is a local path; this is the one
-    place where a URL (``s3://…``) would choose another back-end."""
+def open_backend(location: str | os.PathLike | Backend) -> Backend:
+    """The back-end for a store location (a back-end given is used as it is). Today every other
+    location is a local path; this is the one place where a URL (``s3://…``) would choose another
+    back-end."""
+    if isinstance(location, Backend):
+        return location
     from .local import LocalBackend  # NOTE: late: local imports this module
 
     return LocalBackend(location)

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from . import chunking, config as config_mod, delta, dtypes, fsutil
+from . import chunking, config as config_mod, delta, dtypes, fsutil, spotcheck
 from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
 from .bases import DeltaWrites, delta_config
@@ -42,7 +42,7 @@ from .errors import (CasckptError, ChunkError, IndexDamagedError, ManifestError,
                      SnapshotNotFoundError, StoreIOError, StoreNotFoundError)
 from .index import Index
 from .lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
-from .manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, resumable, utc_now
+from .manifest import ChunkRef, Item, Manifest, check_name, is_valid_name, resumable, tags_of, utc_now
 from .pipeline import DEFAULT_INFLIGHT, Pipeline, Tally
 from .reclaim import reclaim
 
@@ -360,7 +360,8 @@ class Store(DeltaWrites):
 
         A chunk the index lists but whose file is gone (deleted by hand, lost with a disk) is not
         stored: its entry is dropped and the save writes the chunk again, rather than committing
-        a snapshot that references nothing. One ``lstat`` per indexed chunk.
+        a snapshot that references nothing. Files are checked by sample, not one ``lstat``
+        per indexed chunk (see :mod:`casckpt.spotcheck` for the trade and what heals a miss).
         """
         if self._index is not None and self._index.replaced():
             # NOTE: a reindex in another process replaced the LMDB file; the old mapping would
@@ -368,7 +369,7 @@ class Store(DeltaWrites):
             self._index.close()
             self._index = None
         have = self.index.has_many(digests, synced_only=self.sync)  # see Index: ``unsynced``
-        lost = {d for d in have if not os.path.lexists(self.chunks.path(d))}
+        lost = spotcheck.lost(have, self.chunks.path)
         if lost:
             log.warning("casckpt: %d indexed chunks are missing from %s; writing them again",
                         len(lost), self.root)
@@ -433,7 +434,7 @@ class Store(DeltaWrites):
             log.warning("casckpt: snapshot %s is committed and whole; its registry row (sizes cached for "
                         "ls/du) was not written (%s), so ls/du read its manifest instead", manifest.name, exc)
         written = sum(i.stored_len for i in new.values())
-        return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
+        return SaveStats(manifest.name, manifest.logical_bytes, manifest.refs,
                          len(new), written, time.perf_counter() - started if started else 0.0)
 
     def _next_seq(self) -> int:
@@ -647,7 +648,8 @@ def _timestamp(created: str) -> float:
 
 
 def _registry_row(m: Manifest) -> dict:
-    seq = m.meta.get("seq")
-    return {"created": m.created, "logical_bytes": m.logical_bytes,
-            "chunks": sum(len(i.chunks) for i in m.items.values()),
-            **({"seq": seq} if type(seq) is int else {})}
+    """A snapshot's registry row: its totals, and the labels ``ls`` shows (so ls reads no manifest)."""
+    seq, user = m.meta.get("seq"), m.meta.get("user")
+    return {"created": m.created, "logical_bytes": m.logical_bytes, "chunks": m.refs,
+            **({"seq": seq} if type(seq) is int else {}), "tags": tags_of(m),
+            "user": user if isinstance(user, dict) else None, "origin": "save" if resumable(m) else "import"}

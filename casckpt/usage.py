@@ -6,10 +6,11 @@ chunk file. ``stored_bytes`` are bytes on disk in chunk files, headers included.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass
 
-from .manifest import resumable, tags_of
+import numpy as np
+
+from . import refcache
 from .store import Store
 
 
@@ -97,29 +98,30 @@ class SnapshotDetail:
 
 def ls(store: Store) -> list[SnapshotUsage]:
     """Every snapshot, oldest first, with the stored bytes only it holds. A snapshot whose manifest
-    cannot be read is listed with ``damaged`` set (and 0 unique bytes: its chunks are unknown)."""
-    snaps = {s.name: s for s in store.snapshots()}
-    ms, damaged = store.read_manifests()
-    entries = dict(store.index.chunks())
+    cannot be read is listed with ``damaged`` set (and 0 unique bytes: its chunks are unknown).
+
+    Rows and reference keys come from the index (:mod:`casckpt.refcache`): only manifests that
+    are new or changed since the last ``ls`` or gc are parsed."""
+    cat = refcache.catalog(store)
+    uni = refcache.Universe(store, files=False)
     # NOTE: a snapshot holds the bases its delta chunks need too: deleting it frees a base only
-    # when no other snapshot's chunks are built on it.
-    refs = {n: store.live(m.digests(), entries=entries) for n, m in ms.items()}
-    owners = Counter(d for ds in refs.values() for d in ds)
-    sizes = {d: info.stored_len for d, info in entries.items()}
-    rows = [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
-                          sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1), *_labels(ms[s.name]))
-            for s in snaps.values() if s.name in ms]
-    for name, why in damaged.items():
-        s = snaps.get(name)
-        rows.append(SnapshotUsage(name, s.created if s else "", s.logical_bytes if s else 0,
-                                  s.chunks if s else 0, 0, damaged=why))
+    # when no other snapshot's chunks are built on it. Marks are kept packed (1 bit per chunk).
+    marks, owners = {}, np.zeros(len(uni.keys), np.int32)
+    for name, keys in cat.keys.items():
+        m = uni.mark([keys])
+        owners += m
+        marks[name] = np.packbits(m)
+    only = owners == 1
+    rows = [SnapshotUsage(n, r["created"], r["logical_bytes"], r["chunks"],
+                          int(uni.stored[np.unpackbits(marks[n], count=len(only)).view(bool) & only].sum()),
+                          tuple(r.get("tags") or ()), r.get("user"), r.get("origin", "save"))
+            for n, r in cat.rows.items()]
+    table = store.index.snapshot_table() if cat.damaged else {}
+    for name, why in cat.damaged.items():
+        s = table.get(name) or {}
+        rows.append(SnapshotUsage(name, s.get("created", ""), s.get("logical_bytes", 0),
+                                  s.get("chunks", 0), 0, damaged=why))
     return sorted(rows, key=lambda r: (r.created, r.name))
-
-
-def _labels(m) -> tuple:
-    user = m.meta.get("user")
-    return (tuple(tags_of(m)), user if isinstance(user, dict) else None,
-            "save" if resumable(m) else "import")
 
 
 def du(store: Store) -> Usage:

@@ -173,6 +173,12 @@ class Universe:
         if base is not None:
             self._link(np.array([p]), keys_of(base.raw))
 
+    def marked(self, live: np.ndarray, d: Digest) -> bool:
+        """Whether ``live`` marks ``d`` (False for a digest the store has no trace of)."""
+        k = keys_of(d.raw)
+        p = int(np.searchsorted(self.keys, k)[0])
+        return p < len(self.keys) and self.keys[p] == k[0] and bool(live[p])
+
     def stale_entries(self, live: np.ndarray) -> tuple[list[Digest], list[Digest]]:
         """Index entries without a chunk file: (not referenced, referenced). Both are dropped:
         the second kind is a lost file (see casckpt.spotcheck), which the next save rewrites."""

@@ -582,8 +582,9 @@ class Store(DeltaWrites):
                 self.index.remove_snapshot(n)
         return names
 
-    def reindex(self, *, progress: Callable[[int, int], None] | None = None) -> dict:
-        """Rebuild the LMDB index from chunk files and manifests. Returns counts.
+    def reindex(self, *, progress: Callable[[int, int], None] | None = None, verify: bool = False) -> dict:
+        """Rebuild the LMDB index from chunk headers and manifests (:mod:`casckpt.reindex`; with
+        ``verify`` every referenced chunk is read and hashed first). Returns counts and seconds.
         ``progress(done, total)`` counts chunk files checked."""
         with self.lock(EXCLUSIVE):
             if self._index is not None:
@@ -593,42 +594,11 @@ class Store(DeltaWrites):
             for f in ("data.mdb", "lock.mdb"):
                 fsutil.unlink_quiet(self.index_path / f)
             self._index = Index(self.index_path, create=True, owner=self.config.store_id)
-            return self._rebuild_index(progress)
+            return self._rebuild_index(progress, verify=verify)
 
-    def _rebuild_index(self, progress: Callable[[int, int], None] | None = None) -> dict:
-        """Index the chunks that committed manifests reference, each read and verified first.
-
-        A chunk that fails (bit rot, a torn file) stays out, so the next save of its data writes
-        it again. Orphans stay out too: one may be torn by a power loss, and an index entry would
-        let a later save skip writing it. A save that needs an orphan verifies it first; gc
-        deletes the rest.
-        """
-        referenced: set[Digest] = set()
-        names = self.snapshot_names()
-        for name in names:
-            try:
-                m = self.manifest(name)
-            except CasckptError as exc:
-                log.warning("casckpt: reindex skipped snapshot %s: %s", name, exc)
-                continue
-            referenced |= m.digests()
-            self._index.put_snapshot(name, _registry_row(m))
-        referenced = delta.closure(referenced, self._header_base)  # with bases, from headers
-        infos, bad, orphans = {}, 0, 0
-        files = list(self.chunks)
-        for i, d in enumerate(files, 1):
-            if progress:
-                progress(i, len(files))
-            if d not in referenced:
-                orphans += 1
-                continue
-            try:
-                infos[d] = self.chunks.check(d)
-            except CasckptError:
-                bad += 1  # unreadable chunk: not indexed, so the next save rewrites it
-        self._index.add_chunks(infos)
-        return {"chunks": len(infos), "unreadable_chunks": bad, "orphan_chunks": orphans,
-                "snapshots": len(names)}
+    def _rebuild_index(self, progress: Callable[[int, int], None] | None = None, *, verify: bool = False) -> dict:
+        from . import reindex  # NOTE: reindex imports this module
+        return reindex.rebuild(self, self._index, verify=verify, progress=progress)
 
 
 

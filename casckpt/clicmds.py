@@ -194,13 +194,18 @@ def cmd_verify(args) -> int:
 def cmd_du(args) -> int:
     from .usage import du
     with open_store(args) as store:
-        u = du(store)
+        u = du(store, disk=True)
     if args.json:
         return emit_json(u.to_json())
+    d = u.disk
     fmt.table(["", ""], [["snapshots", u.snapshots], ["logical", fmt.size(u.logical_bytes)],
                          ["unique (raw)", fmt.size(u.raw_bytes)], ["stored", fmt.size(u.stored_bytes)],
                          ["chunks", u.chunks], ["dedup ratio", fmt.num(u.dedup_ratio)],
-                         ["compression ratio", fmt.num(u.compression_ratio)], ["total ratio", fmt.num(u.ratio)]],
+                         ["compression ratio", fmt.num(u.compression_ratio)], ["total ratio", fmt.num(u.ratio)],
+                         ["on disk (du -sh)", fmt.size(d.total)],
+                         ["  chunk files", f"{fmt.size(d.chunks)} in {fmt.plural(d.chunk_files, 'file')}"],
+                         ["  manifests", fmt.size(d.manifests)], ["  index", fmt.size(d.index)],
+                         ["  other", fmt.size(d.other)]],
               head=False)
     return OK
 

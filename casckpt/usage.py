@@ -6,6 +6,7 @@ chunk file. ``stored_bytes`` are bytes on disk in chunk files, headers included.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -46,6 +47,7 @@ class Usage:
     raw_bytes: int
     stored_bytes: int
     chunks: int
+    disk: "DiskUsage | None" = None  # what ``du -sh`` would see; only when asked (it stats every file)
 
     @property
     def dedup_ratio(self) -> float | None:
@@ -60,7 +62,7 @@ class Usage:
         return _ratio(self.logical_bytes, self.stored_bytes)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "dedup_ratio": self.dedup_ratio,
+        return {**asdict(self), "disk": self.disk.to_json() if self.disk else None, "dedup_ratio": self.dedup_ratio,
                 "compression_ratio": self.compression_ratio, "ratio": self.ratio}
 
 
@@ -124,11 +126,69 @@ def ls(store: Store) -> list[SnapshotUsage]:
     return sorted(rows, key=lambda r: (r.created, r.name))
 
 
-def du(store: Store) -> Usage:
-    """Totals for the whole store, from the snapshot registry and the chunk index."""
+def du(store: Store, *, disk: bool = False) -> Usage:
+    """Totals for the whole store, from the snapshot registry and the chunk index; with ``disk``,
+    also the file-system blocks the store's files take (:func:`disk_usage`)."""
     snaps = store.snapshots()
     n, raw, stored = store.index.totals()
-    return Usage(len(snaps), sum(s.logical_bytes for s in snaps), raw, stored, n)
+    return Usage(len(snaps), sum(s.logical_bytes for s in snaps), raw, stored, n,
+                 disk_usage(store) if disk else None)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    """Bytes of file-system blocks (``st_blocks × 512``, what ``du`` counts) per part of the store.
+    ``chunk_files`` can far exceed ``Usage.stored_bytes``: a chunk of a few hundred bytes still
+    takes a whole block (4 KiB on most file systems), and each file an inode."""
+
+    chunks: int
+    chunk_files: int
+    manifests: int
+    index: int
+    other: int  # config, lock, temp files
+
+    @property
+    def total(self) -> int:
+        return self.chunks + self.manifests + self.index + self.other
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+def disk_usage(store: Store) -> DiskUsage:
+    """Walk the store (one ``lstat`` per file, as ``du`` does) and the index folder if elsewhere."""
+    chunks, files = _blocks(store.root / "chunks")
+    index = _blocks(store.index_path)[0]
+    inside = store.index_path.is_relative_to(store.root)
+    everything = _blocks(store.root)[0]
+    other = everything - chunks - _blocks(store.snap_dir)[0] - (index if inside else 0)
+    return DiskUsage(chunks, files, _blocks(store.snap_dir)[0], index, other)
+
+
+def _blocks(path) -> tuple[int, int]:
+    """(bytes in blocks, files) under ``path``, folders included, links not followed."""
+    try:
+        total = os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0, 0
+    files, todo = 0, [str(path)]
+    while todo:
+        try:
+            it = os.scandir(todo.pop())
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                total += st.st_blocks * 512
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(e.path)
+                else:
+                    files += 1
+    return total, files
 
 
 def show(store: Store, name: str) -> SnapshotDetail:

@@ -33,6 +33,7 @@ from .store import _registry_row
 log = logging.getLogger("casckpt")
 
 Progress = Callable[[int, int], None]
+_BATCH = 256  # chunk headers per task
 _CODECS = frozenset({codec.RAW, codec.ZSTD, codec.BG, codec.BGX})
 
 
@@ -80,11 +81,16 @@ def _check_all(store, check, digests: list[Digest], progress: Progress | None) -
             return check(d)
         except CasckptError:
             return None  # not indexed, so the next save of its data writes it again
-        finally:
-            done[0] += 1  # NOTE: a progress count; a lost increment between threads is harmless
-            if progress:
-                progress(done[0], len(digests))
-    return dict(zip(digests, store.pipeline.map(one, digests)))
+
+    def batch(ds: list[Digest]) -> list[ChunkInfo | None]:
+        out = [one(d) for d in ds]
+        done[0] += len(ds)  # NOTE: a progress count; a lost increment between threads is harmless
+        if progress:
+            progress(min(done[0], len(digests)), len(digests))
+        return out
+    # NOTE: batches, as a header read (~20 µs) costs less than handing a task to a thread
+    batches = [digests[i:i + _BATCH] for i in range(0, len(digests), _BATCH)]
+    return dict(zip(digests, (i for b in store.pipeline.map(batch, batches) for i in b)))
 
 
 def _add_bases(store, check, infos: dict[Digest, ChunkInfo | None]) -> None:

@@ -9,7 +9,8 @@ into ``snapshots/``, as many saves would leave them), and times, median of ``--r
   what one lstat per chunk (the old way) costs on top;
 * ``ls`` and ``gc --dry-run`` over all snapshots: the first run (every manifest parsed, the
   reference-key cache built) and the next ones (cache current: nothing parsed);
-* ``reindex`` of the store of ``--chunks`` chunks (headers only), and ``reindex --verify``.
+* ``reindex`` of the store of ``--chunks`` chunks (headers only), and ``reindex --verify``; and
+  the same for a store of ``--big`` chunks of 2 MiB, where reading bodies is what costs.
 
 Usage: .venv/bin/python tools/bench_meta.py [--chunks 100000] [--refs 500000] [--snapshots 100]
 The machine's load shows in every figure: quote medians from one run.
@@ -78,10 +79,11 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--refs", type=int, default=500_000)
     ap.add_argument("--snapshots", type=int, default=100)
+    ap.add_argument("--big", type=int, default=256, help="2 MiB chunks of the second reindex store")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=None, help="write the figures here as JSON")
     args = ap.parse_args()
-    out: dict = {"chunks": args.chunks, "refs": args.refs, "snapshots": args.snapshots}
+    out: dict = {"chunks": args.chunks, "refs": args.refs, "snapshots": args.snapshots, "big": args.big}
     with tempfile.TemporaryDirectory(prefix="bench-meta-") as tmp:
         root = Path(tmp) / "store"
         t = time.perf_counter()
@@ -92,6 +94,16 @@ def main() -> None:
             out["reindex_s"], r = timed(s.reindex, args.repeat)
             assert r["chunks"] == args.chunks, r
             out["reindex_verify_s"], _ = timed(lambda: s.reindex(verify=True), 1)
+
+        big = Path(tmp) / "big"
+        rng = np.random.default_rng(1)
+        with casckpt.Store.open(big, create=True, sync=False) as s:
+            w = (rng.standard_normal((args.big, 512 * 1024), dtype=np.float32) * 0.02)
+            s.put_arrays("w", {"w": w})
+            del w
+            out["reindex_big_s"], r = timed(s.reindex, args.repeat)
+            assert r["chunks"] == args.big, r
+            out["reindex_big_verify_s"], _ = timed(lambda: s.reindex(verify=True), 1)
 
         m = synthetic("probe", pool, args.refs, 0)
         v2, v1 = m.to_bytes(), m.to_bytes(1)
@@ -134,7 +146,9 @@ def main() -> None:
             ("ls over {snapshots} snapshots", "ls_s"),
             ("gc --dry-run over {snapshots} snapshots", "gc_dry_run_s"),
             ("reindex {chunks} chunks (headers)", "reindex_s"),
-            ("reindex --verify {chunks} chunks", "reindex_verify_s")]
+            ("reindex --verify {chunks} chunks", "reindex_verify_s"),
+            ("reindex {big} chunks of 2 MiB (headers)", "reindex_big_s"),
+            ("reindex --verify {big} chunks of 2 MiB", "reindex_big_verify_s")]
     for label, key in rows:
         print(f"{label.format(**out):<55} {out[key]:8.3f} s")
     print(f"manifest size: {out['manifest_mb']} MB (format 1: {out['manifest_v1_mb']} MB)")

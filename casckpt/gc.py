@@ -103,7 +103,7 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
 
     ``policy`` (a :class:`casckpt.retention.Policy`) replaces ``keep_last``/``keep_every``/``keep``.
     With ``thin_older_than=N`` and ``drop_items`` patterns, kept snapshots but the newest N lose
-    the matching items (see :mod:`casckpt.thin`). ``progress(done, total)`` counts manifests read.
+    the matching items (see :mod:`casckpt.thin`). ``progress(done, total)`` counts snapshots looked at.
 
     A snapshot whose manifest cannot be read (truncated, not JSON, a newer format) is neither kept
     nor dropped by the policy: it is listed in ``damaged`` and left alone. Since it may reference

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import chunking, dtypes
 from .digest import Digest
-from .errors import ChunkError, SnapshotExistsError
+from .errors import ChunkError, ManifestError, SnapshotExistsError
 from .lock import SHARED
 from .manifest import ChunkRef, Item, Manifest, check_name, utc_now
 from .pipeline import Tally
@@ -87,9 +87,21 @@ class Arrays:
 
         def read(i: int) -> None:
             c = item.chunks[i]
-            self.chunks.get(c.digest, out=out[offsets[i]:offsets[i] + c.length], item=key)
+            self.read_ref(c, out[offsets[i]:offsets[i] + c.length], item=key)
 
         self.pipeline.map(read, list(which))
+
+    def read_ref(self, ref: ChunkRef, out: memoryview, *, item: str = "") -> None:
+        """Decode the bytes ``ref`` names into ``out``, verified. A ref into part of a chunk
+        (``ref.offset`` set) decodes and checks the whole chunk, then copies its slice."""
+        if ref.offset is None:
+            self.chunks.get(ref.digest, out=out, item=item)
+            return
+        raw = self.chunks.get(ref.digest, item=item)
+        if ref.offset + ref.length > raw.nbytes:
+            raise ManifestError(f"item {item!r} refers to bytes {ref.offset}-{ref.offset + ref.length} "
+                                f"of chunk {ref.digest}, which holds {raw.nbytes}")
+        out[:] = raw[ref.offset:ref.offset + ref.length]
 
     def get_arrays(self, name: str) -> dict[str, np.ndarray]:
         """Every item of snapshot ``name`` (or ``"latest"``) as a numpy array, bit-exact.

@@ -49,7 +49,9 @@ def add_commands(cmd: Callable) -> None:
     s.add_argument("snapshot", metavar="SNAP", help=SNAP_HELP)
     s.add_argument("dst", metavar="DST", help="where to write: a new file, or a new or empty directory (dcp)")
     s.add_argument("--format", choices=("dcp", "safetensors", "torch"), required=True)
-    cmd("reindex", cmd_reindex, "rebuild the index from chunk files and manifests")
+    s = cmd("reindex", cmd_reindex, "rebuild the index from chunk headers and manifests")
+    s.add_argument("--verify", action="store_true", help="read and hash every referenced chunk first "
+                   "(slow: for a store that lost power after sync=False saves)")
     s = cmd("report", cmd_report, "write an HTML page with plots: storage, dedup, per-module change, retention")
     s.add_argument("--out", metavar="DIR", default="casckpt-report", help="folder for index.html and its "
                    "PNGs (default: ./casckpt-report)")
@@ -192,13 +194,18 @@ def cmd_verify(args) -> int:
 def cmd_du(args) -> int:
     from .usage import du
     with open_store(args) as store:
-        u = du(store)
+        u = du(store, disk=True)
     if args.json:
         return emit_json(u.to_json())
+    d = u.disk
     fmt.table(["", ""], [["snapshots", u.snapshots], ["logical", fmt.size(u.logical_bytes)],
                          ["unique (raw)", fmt.size(u.raw_bytes)], ["stored", fmt.size(u.stored_bytes)],
                          ["chunks", u.chunks], ["dedup ratio", fmt.num(u.dedup_ratio)],
-                         ["compression ratio", fmt.num(u.compression_ratio)], ["total ratio", fmt.num(u.ratio)]],
+                         ["compression ratio", fmt.num(u.compression_ratio)], ["total ratio", fmt.num(u.ratio)],
+                         ["on disk (du -sh)", fmt.size(d.total)],
+                         ["  chunk files", f"{fmt.size(d.chunks)} in {fmt.plural(d.chunk_files, 'file')}"],
+                         ["  manifests", fmt.size(d.manifests)], ["  index", fmt.size(d.index)],
+                         ["  other", fmt.size(d.other)]],
               head=False)
     return OK
 
@@ -321,10 +328,11 @@ def cmd_reindex(args) -> int:
     args.interrupted = lambda a: ("the index is incomplete but nothing else changed; run "
                                   "`casckpt reindex` again (safe) before using the store")
     with open_store(args) as store, Bar("reindex", unit="chunk") as b:
-        r = store.reindex(progress=b)
+        r = store.reindex(progress=b, verify=args.verify)
     if args.json:
         return emit_json(r)
-    print(f"reindexed {fmt.plural(r['chunks'], 'chunk')} and {fmt.plural(r['snapshots'], 'snapshot')}"
+    print(f"reindexed {fmt.plural(r['chunks'], 'chunk')} and {fmt.plural(r['snapshots'], 'snapshot')} "
+          f"in {r['seconds']:.2f} s" + (" (every chunk read and verified)" if r["verified"] else "")
           + (f"; {r['unreadable_chunks']} unreadable chunks skipped" if r.get("unreadable_chunks") else "")
           + (f"; {r['orphan_chunks']} unreferenced chunks left for gc" if r.get("orphan_chunks") else ""))
     return OK

@@ -120,8 +120,7 @@ def _sorted(names) -> tuple[str, ...]:
 
 def _signature(m: Manifest, fqn: str, keys: list[str]) -> tuple:
     """What an FQN holds, its name aside: shard suffixes, dtypes, shapes and chunk digests."""
-    return tuple((k[len(fqn):], m.items[k].dtype, m.items[k].shape, tuple(c.digest for c in m.items[k].chunks))
-                 for k in keys)
+    return tuple((k[len(fqn):], m.items[k]) for k in keys)  # an Item compares dtype, shape, refs
 
 
 def _renames(ma: Manifest, mb: Manifest, ga: dict, gb: dict) -> tuple[tuple[str, str], ...]:
@@ -130,7 +129,7 @@ def _renames(ma: Manifest, mb: Manifest, ga: dict, gb: dict) -> tuple[tuple[str,
     gone: dict[tuple, list[str]] = {}
     for f in _sorted(ga.keys() - gb.keys()):
         sig = _signature(ma, f, ga[f])
-        if any(part[3] for part in sig):
+        if any(len(part[1]) for part in sig):
             gone.setdefault(sig, []).append(f)
     out = []
     for f in _sorted(gb.keys() - ga.keys()):
@@ -227,7 +226,7 @@ def _compare(ia: list[Item], ib: list[Item], same_keys: bool) -> ItemChange | No
                                     for x, y in zip(ia, ib))
     if not same_layout:
         return ItemChange(head.dtype, shape, n, n, nbytes, nbytes, layout_changed=True)
-    diffs = [cb for x, y in zip(ia, ib) for ca, cb in zip(x.chunks, y.chunks) if ca.digest != cb.digest]
+    diffs = [cb for x, y in zip(ia, ib) for ca, cb in zip(x.chunks, y.chunks) if ca != cb]
     if not diffs:
         return None
     return ItemChange(head.dtype, shape, n, len(diffs), nbytes, sum(c.length for c in diffs))
@@ -246,8 +245,8 @@ def _measure(store: Store, ma: Manifest, mb: Manifest, ga: dict[str, list[str]],
             continue
         for key in ga[f]:
             for ca, cb in zip(ma.items[key].chunks, mb.items[key].chunks):
-                if ca.digest != cb.digest:
-                    tasks.append((f, ch.dtype, ca.digest, cb.digest))
+                if ca != cb:  # NOTE: refs, not digests: two parts of one chunk differ
+                    tasks.append((f, ch.dtype, ca, cb))
     tally = Tally(progress, len(tasks))  # NOTE: workers report from their threads
 
     def one(t):
@@ -274,9 +273,10 @@ def _measure(store: Store, ma: Manifest, mb: Manifest, ga: dict[str, list[str]],
     return out, 2 * len(tasks)
 
 
-def _decode(store: Store, name: str, digest, item: str) -> np.ndarray:
+def _decode(store: Store, name: str, ref, item: str) -> np.ndarray:
     dt = dtypes.lookup(name)
-    raw = store.chunks.get(digest, item=item)
+    raw = bytearray(ref.length)
+    store.read_ref(ref, memoryview(raw), item=item)
     return dtypes.to_float64(name, np.frombuffer(raw, dtype=np.dtype(dt.numpy)))
 
 

@@ -23,6 +23,10 @@ class Digest:
         if not isinstance(self.raw, bytes) or len(self.raw) != DIGEST_SIZE:
             raise ValueError(f"a digest is {DIGEST_SIZE} bytes, got {self.raw!r:.80}")
 
+    def __hash__(self) -> int:
+        # NOTE: the dataclass's own hash builds a tuple per call; sets of 500k digests feel it
+        return hash(self.raw)
+
     @property
     def hex(self) -> str:
         return self.raw.hex()

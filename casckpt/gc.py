@@ -5,8 +5,11 @@ that frees; :func:`gc` takes the store's exclusive lock, plans again under it, a
 
 Mark and sweep without reading chunk contents: the live set is the union of the kept manifests'
 digests and, transitively, the bases their delta chunks need (links from the index; a chunk
-without an entry has its 48-byte header read); the sweep lists the chunk directory and the index. The cost grows with the number of
-snapshots (manifests read) and with what is deleted (one ``stat`` and one ``unlink`` per chunk).
+without an entry has its 48-byte header read); the sweep lists the chunk directory and the index.
+What each snapshot references comes from the index's per-snapshot key cache
+(:mod:`casckpt.refcache`): a manifest is parsed only when it is new or changed. The cost grows
+with the references of kept snapshots (a sorted search per reference, in numpy), the chunks in
+the store (one listing) and what is deleted (one ``stat`` and one ``unlink`` per chunk).
 
 Execution order is the crash-safety argument; a crash at any point leaves a store whose committed
 snapshots are whole, and the next ``gc`` finishes the job:
@@ -28,13 +31,18 @@ runs while a save is in progress and never deletes a chunk that save will refere
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
-from . import fsutil, retention, thin
+import numpy as np
+
+from . import fsutil, refcache, retention, thin
 from .digest import Digest
 from .lock import EXCLUSIVE
 from .store import Store
+
+log = logging.getLogger("casckpt")
 
 Progress = Callable[[int, int], None]
 TMP = "tmp/"
@@ -46,7 +54,9 @@ class GcPlan:
 
     ``chunks`` are the chunk files to delete: those only dropped snapshots referenced, plus
     ``orphans`` (files no snapshot references at all, e.g. left by a crashed save).
-    ``index_only`` are index entries whose chunk file is already gone.
+    ``index_only`` are index entries whose chunk file is already gone; ``lost`` are entries of
+    chunks a kept snapshot references whose file is gone (see :mod:`casckpt.spotcheck`): dropped
+    too, so the next save of that data writes the chunk again and heals those snapshots.
     """
 
     keep: tuple[str, ...]
@@ -55,6 +65,7 @@ class GcPlan:
     orphans: int
     chunk_bytes: int
     index_only: tuple[Digest, ...] = ()
+    lost: tuple[Digest, ...] = ()
     tmp_files: tuple[str, ...] = ()
     tmp_bytes: int = 0
     executed: bool = False
@@ -69,7 +80,7 @@ class GcPlan:
     def to_json(self) -> dict:
         return {"keep": list(self.keep), "drop": list(self.drop), "chunks": len(self.chunks),
                 "orphans": self.orphans, "chunk_bytes": self.chunk_bytes,
-                "index_only": len(self.index_only), "tmp_files": len(self.tmp_files),
+                "index_only": len(self.index_only), "lost": len(self.lost), "tmp_files": len(self.tmp_files),
                 "tmp_bytes": self.tmp_bytes, "bytes_freed": self.bytes_freed,
                 "executed": self.executed, "thinned": sorted(self.thinned),
                 "reasons": {k: list(v) for k, v in self.reasons.items()}, "damaged": list(self.damaged)}
@@ -92,7 +103,7 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
 
     ``policy`` (a :class:`casckpt.retention.Policy`) replaces ``keep_last``/``keep_every``/``keep``.
     With ``thin_older_than=N`` and ``drop_items`` patterns, kept snapshots but the newest N lose
-    the matching items (see :mod:`casckpt.thin`). ``progress(done, total)`` counts manifests read.
+    the matching items (see :mod:`casckpt.thin`). ``progress(done, total)`` counts snapshots looked at.
 
     A snapshot whose manifest cannot be read (truncated, not JSON, a newer format) is neither kept
     nor dropped by the policy: it is listed in ``damaged`` and left alone. Since it may reference
@@ -100,40 +111,38 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
     policy drops and temp files still go); ``casckpt rm`` of the damaged snapshot, or restoring
     its manifest, lets the next gc reclaim chunks again.
     """
-    ms, damaged = store.read_manifests(progress)  # each parsed once: the bulk of planning's time
-    infos = [s for s in store.snapshots() if s.name in ms]
-    names = [s.name for s in infos]
+    cat = refcache.catalog(store, progress)  # NOTE: keys cached in the index; no manifest parsed twice
+    damaged = cat.damaged
+    names = sorted(cat.rows, key=lambda n: (cat.rows[n]["created"], n))
     policy = policy or retention.Policy(last=keep_last, every=keep_every, keep=tuple(keep))
-    snaps = retention.of_manifests(infos, ms)
+    snaps = [retention.Snap(n, retention.parse_created(cat.rows[n]["created"]), _seq(cat.rows[n])) for n in names]
     reasons = retention.select(snaps, policy)
     kept = set(reasons)
-    thinned = _thin(ms, snaps, [n for n in names if n in kept], thin_older_than, tuple(drop_items))
-    live: set[Digest] = set()
-    for name in names:
-        if name in kept:
-            live |= (thinned[name] if name in thinned else ms[name]).digests()
-    # NOTE: one scan of the index serves the base links of both closures and the index-only entries.
-    entries = dict(store.index.chunks())
-    live = store.live(live, entries=entries)  # with the bases their delta chunks need, transitively
-    doomed = [] if damaged else [d for d in store.chunks if d not in live]
-    referenced = store.live({d for n in names if n not in kept or n in thinned for d in ms[n].digests()},
-                            entries=entries)
-    indexed = set() if damaged else entries.keys()
-    present = set(doomed)
-    index_only = tuple(d for d in indexed if d not in live and d not in present)
+    thinned = _thin(store, snaps, [n for n in names if n in kept], thin_older_than, tuple(drop_items))
+    uni = refcache.Universe(store)
+    live = uni.mark((thinned[n].digest_keys() if n in thinned else cat.keys[n]) for n in names if n in kept)
+    referenced = uni.mark(cat.keys[n] for n in names if n not in kept or n in thinned)
+    gone = np.zeros(0, bool) if damaged else ~live[uni.fpos]  # per chunk file: not needed
+    doomed = [uni.files[i] for i in np.flatnonzero(gone)]
+    index_only, lost = uni.stale_entries(live)
     tmp = _tmp_files(store)
     return GcPlan(keep=tuple(n for n in names if n in kept), drop=tuple(n for n in names if n not in kept),
-                  chunks=tuple(doomed), orphans=sum(1 for d in doomed if d not in referenced),
-                  chunk_bytes=sum(store.chunks.size(d) for d in doomed), index_only=index_only,
+                  chunks=tuple(doomed), orphans=int(np.count_nonzero(gone & ~referenced[uni.fpos[:len(gone)]])),
+                  chunk_bytes=sum(store.chunks.size(d) for d in doomed),
+                  index_only=() if damaged else tuple(index_only), lost=tuple(lost),
                   tmp_files=tuple(tmp), tmp_bytes=sum(tmp.values()),
                   thinned=thinned, reasons=reasons, damaged=tuple(sorted(damaged)))
 
 
-def _thin(ms: dict, snaps, kept: list[str], older_than: int | None, patterns: tuple[str, ...]) -> dict:
+def _seq(row: dict) -> int | None:
+    return row["seq"] if type(row.get("seq")) is int else None
+
+
+def _thin(store: Store, snaps, kept: list[str], older_than: int | None, patterns: tuple[str, ...]) -> dict:
     if older_than is None or not patterns:
         return {}
     seq = dict(zip((s.name for s in snaps), retention.seqs(snaps)))
-    out = {n: thin.thinned(ms[n], patterns, seq[n]) for n in thin.targets(kept, older_than)}
+    out = {n: thin.thinned(store.manifest(n), patterns, seq[n]) for n in thin.targets(kept, older_than)}
     return {n: m for n, m in out.items() if m is not None}
 
 
@@ -167,7 +176,11 @@ def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> 
     for m in plan.thinned.values():  # NOTE: atomic rewrites first: their freed chunks go below
         store.commit(m, {}, overwrite=True)
     store.forget(plan.drop)  # manifests (the commit point), then registry rows
-    store.index.remove_chunks([*plan.chunks, *plan.index_only])
+    if plan.lost:
+        log.warning("casckpt: %d chunks that kept snapshots reference are missing from %s; their index "
+                    "entries are dropped so the next save writes them again (`casckpt verify` names "
+                    "the snapshots)", len(plan.lost), store.root)
+    store.index.remove_chunks([*plan.chunks, *plan.index_only, *plan.lost])
     for i, d in enumerate(plan.chunks, 1):
         store.chunks.delete(d)
         if progress:

@@ -10,6 +10,8 @@ Sub-databases:
   entry is added only once its base has one, so gc can keep bases without reading chunk files.
   A version 1 index (full entries only, which version 2 reads as they are) is upgraded in place.
 * ``snapshots``: UTF-8 name → JSON totals (created, logical_bytes, chunks).
+* ``refs``: UTF-8 name → a snapshot's manifest identity and its digests' 8-byte keys (a cache
+  that spares ls and gc planning a parse of every manifest; see :mod:`casckpt.refcache`).
 * ``unsynced``: 32-byte digest → boot id, for chunks a ``sync=False`` save committed without
   fsync. Such an entry vouches for its chunk only during the boot that wrote it (a power loss
   may have torn the file since) and never to a save that syncs: those verify the file, fsync it
@@ -41,6 +43,7 @@ VERSION = b"2"
 _UPGRADABLE = {b"1"}  # version 1 entries are version 2 full-chunk entries
 _ENTRY = struct.Struct("<QQB")
 _DELTA_ENTRY = struct.Struct("<QQBB32s")
+_SIZES = struct.Struct("<QQ")  # the start of either kind of entry
 DEFAULT_MAP_SIZE = 256 << 20
 T = TypeVar("T")
 
@@ -62,7 +65,8 @@ class Index:
             self._ident = _file_id(path)
             self._meta, self._chunks, self._snaps = (self.env.open_db(name, create=not self.readonly)
                                                      for name in (b"meta", b"chunks", b"snapshots"))
-            self._unsynced = self._open_unsynced()
+            self._unsynced = self._open_optional(b"unsynced")
+            self._refs = self._open_optional(b"refs")
             version = self._read(lambda txn: txn.get(b"version", db=self._meta))
             if version is not None:
                 version = bytes(version)
@@ -96,10 +100,10 @@ class Index:
         self.readonly = True
         return _open_env(path, map_size, readonly=True)
 
-    def _open_unsynced(self):
+    def _open_optional(self, name: bytes):
         try:
-            return self.env.open_db(b"unsynced", create=not self.readonly)
-        except lmdb.NotFoundError:  # an index from before the mark existed, opened read-only
+            return self.env.open_db(name, create=not self.readonly)
+        except lmdb.NotFoundError:  # an index from before this database existed, opened read-only
             return None
 
     def _check_owner(self, owner: bytes) -> None:
@@ -225,10 +229,13 @@ class Index:
 
     def totals(self) -> tuple[int, int, int]:
         """(chunk count, raw bytes, stored bytes) of every indexed chunk."""
-        n = raw = stored = 0
-        for _, info in self.chunks():
-            n, raw, stored = n + 1, raw + info.raw_len, stored + info.stored_len
-        return n, raw, stored
+        def scan(txn):
+            n = raw = stored = 0
+            for v in txn.cursor(db=self._chunks).iternext(keys=False, values=True):
+                r, s = _SIZES.unpack_from(v)
+                n, raw, stored = n + 1, raw + r, stored + s
+            return n, raw, stored
+        return self._read(scan)
 
     # -- snapshot registry ----------------------------------------------------------------------
     def put_snapshot(self, name: str, totals: dict) -> None:
@@ -236,7 +243,35 @@ class Index:
         self._write(lambda txn: txn.put(name.encode(), data, db=self._snaps))
 
     def remove_snapshot(self, name: str) -> None:
-        self._write(lambda txn: txn.delete(name.encode(), db=self._snaps))
+        def drop(txn):
+            txn.delete(name.encode(), db=self._snaps)
+            if self._refs is not None:
+                txn.delete(name.encode(), db=self._refs)
+        self._write(drop)
+
+    # -- per-snapshot reference keys (casckpt.refcache) -------------------------------------------
+    def get_refs(self, name: str) -> bytes | None:
+        if self._refs is None:
+            return None
+        raw = self._read(lambda txn: txn.get(name.encode(), db=self._refs))
+        return None if raw is None else bytes(raw)
+
+    def put_refs(self, name: str, value: bytes) -> None:
+        if self._refs is None:
+            raise StoreIOError(errno.EROFS, f"index {self.path} is open read-only")
+        self._write(lambda txn: txn.put(name.encode(), value, db=self._refs))
+
+    def chunk_table(self) -> tuple[list[bytes], list[bytes]]:
+        """Every ``chunks`` entry as (keys, packed values), in key order: one cursor pass, no
+        object per entry beyond two bytes strings (for scans over millions of chunks)."""
+        def scan(txn):
+            cur = txn.cursor(db=self._chunks)
+            keys, vals = [], []
+            for k, v in cur.iternext(keys=True, values=True):
+                keys.append(bytes(k))
+                vals.append(bytes(v))
+            return keys, vals
+        return self._read(scan)
 
     def snapshot_table(self) -> dict[str, dict]:
         def scan(txn):

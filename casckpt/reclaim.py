@@ -41,11 +41,13 @@ def reclaim(store, digests: Iterable[Digest]) -> int:
 
 
 def _sweep(store, digests: set[Digest]) -> int:
-    ms, damaged = store.read_manifests()
-    if damaged:
+    from . import refcache  # NOTE: here, as refcache imports the store module, which imports this
+    cat = refcache.catalog(store)  # what snapshots reference, from the index's cache
+    if cat.damaged:
         return 0  # a damaged manifest may reference any chunk
-    live = store.live(set().union(*(m.digests() for m in ms.values())))  # and their bases
-    doomed = [d for d in digests - live if store.chunks.exists(d)]
+    uni = refcache.Universe(store)
+    live = uni.mark(cat.keys.values())  # with their bases
+    doomed = [d for d in digests if store.chunks.exists(d) and not uni.marked(live, d)]
     try:
         store.index.remove_chunks(doomed)
     except (StoreIOError, IndexDamagedError):  # a full disk can refuse even this write

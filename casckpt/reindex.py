@@ -1,18 +1,33 @@
-"""Rebuild the LMDB index from the store: chunk headers and contents, and committed manifests.
+"""Rebuild the LMDB index from the manifests and the **headers** of the chunk files they reference.
 
-The index is a cache; the chunks and manifests are the truth. :func:`reindex` replaces it under
-the exclusive lock; :func:`rebuild` fills an empty one (also run when a store finds its index
-missing).
+A chunk file's 16- or 48-byte header (docs/FORMAT.md) gives everything an index entry holds but
+the stored length, which is the file's size: so a rebuild reads ``48 bytes + fstat`` per chunk,
+in parallel (the store's Pipeline), never a chunk body, never a decompression or a hash. A
+rebuild costs O(chunks), not O(store bytes): fast enough for the implicit rebuild a missing
+index triggers, even inside a DCP collective.
+
+What a header cannot show is a body that rotted or was torn by a power loss after a
+``sync=False`` save: the entry would vouch for it and a later save would skip the chunk. So
+header checks are as strict as a header allows (magic, version, codec, depth, lengths; a raw
+chunk's size is exact), ``verify`` finds such damage later and drops the entry (the next save
+heals it), and ``reindex(verify=True)`` (``casckpt reindex --verify``) reads and hashes every
+chunk first, for a store that lost power after unsynced saves.
+
+Unreferenced (orphan) chunks stay out, as before: one may be torn, and gc deletes them. An
+indexed delta always has an indexed base: a delta whose base is missing or bad stays out.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Callable
 
-from . import delta
+from . import chunking, codec, refcache
+from .backends import BlobNotFoundError
+from .chunks import HEADER, HEADER2, ChunkInfo
 from .digest import Digest
-from .errors import CasckptError
+from .errors import CasckptError, CorruptChunkError, MissingChunkError
 from .index import Index
 from .lock import EXCLUSIVE
 from .snapshots import _registry_row
@@ -22,45 +37,110 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("casckpt")
 
+Progress = Callable[[int, int], None]
+_BATCH = 256  # chunk headers per task
+_CODECS = frozenset({codec.RAW, codec.ZSTD, codec.BG, codec.BGX})
 
-def reindex(store: Store, *, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Rebuild the LMDB index from chunk files and manifests. Returns counts.
-    ``progress(done, total)`` counts chunk files checked."""
+
+def reindex(store: Store, *, progress: Progress | None = None, verify: bool = False) -> dict:
+    """Replace the store's LMDB index with one rebuilt from the store, under the exclusive lock."""
     with store.lock(EXCLUSIVE):
-        return rebuild(store, store.reset_index(), progress)
+        return rebuild(store, store.reset_index(), verify=verify, progress=progress)
 
 
-def rebuild(store: Store, index: Index, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Index the chunks that committed manifests reference, each read and verified first.
-
-    A chunk that fails (bit rot, a torn file) stays out, so the next save of its data writes
-    it again. Orphans stay out too: one may be torn by a power loss, and an index entry would
-    let a later save skip writing it. A save that needs an orphan verifies it first; gc
-    deletes the rest.
-    """
-    referenced: set[Digest] = set()
+def rebuild(store: Store, index: Index, *, verify: bool = False, progress: Progress | None = None) -> dict:
+    """Fill the empty ``index`` from ``store``'s manifests and chunk headers (each chunk read and
+    hashed instead when ``verify``). Returns counts and ``seconds``. ``progress(done, total)``
+    counts chunk files checked."""
+    started = time.perf_counter()
     names = store.snapshot_names()
+    referenced = _manifests(store, index, names)
+    files = list(store.chunks)
+    todo = [d for d in files if d.raw in referenced]
+    check = store.chunks.check if verify else (lambda d: header_info(store.chunks, d))
+    infos = _check_all(store, check, todo, progress)
+    _add_bases(store, check, infos)
+    good = _chained(infos)
+    index.add_chunks(good)
+    bad = sum(1 for d in todo if d not in good)
+    orphans = sum(1 for d in files if d not in infos)  # bases of referenced chunks are not orphans
+    return {"chunks": len(good), "unreadable_chunks": bad, "orphan_chunks": orphans,
+            "snapshots": len(names), "verified": verify, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _manifests(store, index, names: list[str]) -> set[bytes]:
+    """Raw digests the readable manifests reference; fills the registry and the key cache."""
+    referenced: set[bytes] = set()
     for name in names:
         try:
+            ident = refcache._ident(name, store)
             m = store.manifest(name)
         except CasckptError as exc:
             log.warning("casckpt: reindex skipped snapshot %s: %s", name, exc)
             continue
-        referenced |= m.digests()
+        referenced |= m.raw_digest_set()
         index.put_snapshot(name, _registry_row(m))
-    referenced = delta.closure(referenced, store._header_base)  # with bases, from headers
-    infos, bad, orphans = {}, 0, 0
-    files = list(store.chunks)
-    for i, d in enumerate(files, 1):
-        if progress:
-            progress(i, len(files))
-        if d not in referenced:
-            orphans += 1
-            continue
+        index.put_refs(name, ident + m.digest_keys().tobytes())
+    return referenced
+
+
+def _check_all(store, check, digests: list[Digest], progress: Progress | None) -> dict[Digest, ChunkInfo | None]:
+    done = [0]
+
+    def one(d: Digest) -> ChunkInfo | None:
         try:
-            infos[d] = store.chunks.check(d)
+            return check(d)
         except CasckptError:
-            bad += 1  # unreadable chunk: not indexed, so the next save rewrites it
-    index.add_chunks(infos)
-    return {"chunks": len(infos), "unreadable_chunks": bad, "orphan_chunks": orphans,
-            "snapshots": len(names)}
+            return None  # not indexed, so the next save of its data writes it again
+
+    def batch(ds: list[Digest]) -> list[ChunkInfo | None]:
+        out = [one(d) for d in ds]
+        done[0] += len(ds)  # NOTE: a progress count; a lost increment between threads is harmless
+        if progress:
+            progress(min(done[0], len(digests)), len(digests))
+        return out
+    # NOTE: batches, as a header read (~20 µs) costs less than handing a task to a thread
+    batches = [digests[i:i + _BATCH] for i in range(0, len(digests), _BATCH)]
+    return dict(zip(digests, (i for b in store.pipeline.map(batch, batches) for i in b)))
+
+
+def _add_bases(store, check, infos: dict[Digest, ChunkInfo | None]) -> None:
+    """Add the bases delta chunks name (read the same way), transitively, in parallel rounds."""
+    while True:
+        need = list({i.base for i in infos.values() if i is not None and i.base is not None} - infos.keys())
+        if not need:
+            return
+        infos.update(_check_all(store, check, need, None))
+
+
+def _chained(infos: dict[Digest, ChunkInfo | None]) -> dict[Digest, ChunkInfo]:
+    """The good chunks whose chain of bases is good all the way down."""
+    ok: dict[Digest, bool] = {}
+
+    def good(d: Digest, depth: int = 0) -> bool:
+        if d not in ok:
+            i = infos.get(d)
+            ok[d] = i is not None and (i.base is None or depth < 64 and good(i.base, depth + 1))
+        return ok[d]
+    return {d: i for d, i in infos.items() if good(d)}
+
+
+def header_info(chunks, d: Digest) -> ChunkInfo:
+    """A chunk's index entry from its header and file size alone (MissingChunkError or
+    CorruptChunkError if the header is not one casckpt writes)."""
+    path, key = chunks.where(d), chunks.key(d)
+    try:
+        head, size = chunks.backend.get_range(key, 0, HEADER2.size), chunks.backend.size(key)
+    except BlobNotFoundError:
+        raise MissingChunkError(f"chunk {d} is missing: {path}", digest=d.hex, path=str(path)) from None
+    except OSError as exc:
+        raise CorruptChunkError(f"chunk {d} is unreadable: {exc.strerror or exc}: {path}",
+                                digest=d.hex, path=str(path)) from None
+    if size is None:
+        raise MissingChunkError(f"chunk {d} is missing: {path}", digest=d.hex, path=str(path))
+    base, depth, hsize = chunks._parse_header(d, "", head)
+    kind, raw_len = head[5], HEADER.unpack_from(head)[4]
+    if (kind not in _CODECS or not 0 < raw_len <= chunking.MAX_CHUNK_SIZE or size <= hsize
+            or kind == codec.RAW and size != hsize + raw_len):
+        raise CorruptChunkError(f"chunk {d} has a bad header or size: {path}", digest=d.hex, path=str(path))
+    return ChunkInfo(raw_len, size, kind, base, depth)

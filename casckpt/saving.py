@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
-from . import config as config_mod, fsutil
+from . import config as config_mod, fsutil, spotcheck
 from .chunks import ChunkInfo
 from .digest import Digest, digest_of
 from .errors import CasckptError
@@ -72,7 +72,8 @@ class Saving:
 
         A chunk the index lists but whose file is gone (deleted by hand, lost with a disk) is not
         stored: its entry is dropped and the save writes the chunk again, rather than committing
-        a snapshot that references nothing. One ``lstat`` per indexed chunk.
+        a snapshot that references nothing. Files are checked by sample, not one ``lstat``
+        per indexed chunk (see :mod:`casckpt.spotcheck` for the trade and what heals a miss).
         """
         if self._index is not None and self._index.replaced():
             # NOTE: a reindex in another process replaced the LMDB file; the old mapping would
@@ -80,7 +81,7 @@ class Saving:
             self._index.close()
             self._index = None
         have = self.index.has_many(digests, synced_only=self.sync)  # see Index: ``unsynced``
-        lost = {d for d in have if not self.chunks.exists(d)}
+        lost = spotcheck.lost(have, self.chunks.exists)
         if lost:
             log.warning("casckpt: %d indexed chunks are missing from %s; writing them again",
                         len(lost), self.root)
@@ -145,7 +146,7 @@ class Saving:
             log.warning("casckpt: snapshot %s is committed and whole; its registry row (sizes cached for "
                         "ls/du) was not written (%s), so ls/du read its manifest instead", manifest.name, exc)
         written = sum(i.stored_len for i in new.values())
-        return SaveStats(manifest.name, manifest.logical_bytes, sum(len(i.chunks) for i in manifest.items.values()),
+        return SaveStats(manifest.name, manifest.logical_bytes, manifest.refs,
                          len(new), written, time.perf_counter() - started if started else 0.0)
 
     def _next_seq(self) -> int:

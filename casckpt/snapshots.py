@@ -20,7 +20,7 @@ from .backends import BlobNotFoundError
 from .errors import (CasckptError, IndexDamagedError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
                      StoreIOError)
 from .lock import EXCLUSIVE
-from .manifest import Manifest, check_name, is_valid_name, resumable
+from .manifest import Manifest, check_name, is_valid_name, resumable, tags_of
 
 log = logging.getLogger("casckpt")
 
@@ -250,7 +250,8 @@ def _timestamp(created: str) -> float:
 
 
 def _registry_row(m: Manifest) -> dict:
-    seq = m.meta.get("seq")
-    return {"created": m.created, "logical_bytes": m.logical_bytes,
-            "chunks": sum(len(i.chunks) for i in m.items.values()),
-            **({"seq": seq} if type(seq) is int else {})}
+    """A snapshot's registry row: its totals, and the labels ``ls`` shows (so ls reads no manifest)."""
+    seq, user = m.meta.get("seq"), m.meta.get("user")
+    return {"created": m.created, "logical_bytes": m.logical_bytes, "chunks": m.refs,
+            **({"seq": seq} if type(seq) is int else {}), "tags": tags_of(m),
+            "user": user if isinstance(user, dict) else None, "origin": "save" if resumable(m) else "import"}

@@ -129,7 +129,7 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
                 # thread that already holds the lock (a save, a gc) must not wait on itself.
                 with contextlib.nullcontext() if self.holds_lock else self.lock(SHARED):
                     self._index = Index(self.index_path, create=True, owner=self.config.store_id)
-                    reindex_mod.rebuild(self, self._index)
+                    reindex_mod.rebuild(self, self._index)  # chunk headers only: O(chunks), not O(bytes)
             else:
                 self._index = Index(self.index_path, owner=self.config.store_id)
         return self._index
@@ -184,9 +184,10 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         self._index = Index(self.index_path, create=True, owner=self.config.store_id)
         return self._index
 
-    def reindex(self, *, progress: Callable[[int, int], None] | None = None) -> dict:
-        """Rebuild the LMDB index from chunks and manifests (see :func:`casckpt.reindex.reindex`)."""
-        return reindex_mod.reindex(self, progress=progress)
+    def reindex(self, *, progress: Callable[[int, int], None] | None = None, verify: bool = False) -> dict:
+        """Rebuild the LMDB index from chunk headers and manifests (:func:`casckpt.reindex.reindex`;
+        with ``verify`` every referenced chunk is read and hashed first). Returns counts and seconds."""
+        return reindex_mod.reindex(self, progress=progress, verify=verify)
 
 
 def is_store(location: str | os.PathLike) -> bool:

@@ -6,10 +6,12 @@ chunk file. ``stored_bytes`` are bytes on disk in chunk files, headers included.
 
 from __future__ import annotations
 
-from collections import Counter
+import os
 from dataclasses import asdict, dataclass
 
-from .manifest import resumable, tags_of
+import numpy as np
+
+from . import refcache
 from .store import Store
 
 
@@ -45,6 +47,7 @@ class Usage:
     raw_bytes: int
     stored_bytes: int
     chunks: int
+    disk: "DiskUsage | None" = None  # what ``du -sh`` would see; only when asked (it stats every file)
 
     @property
     def dedup_ratio(self) -> float | None:
@@ -59,7 +62,7 @@ class Usage:
         return _ratio(self.logical_bytes, self.stored_bytes)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "dedup_ratio": self.dedup_ratio,
+        return {**asdict(self), "disk": self.disk.to_json() if self.disk else None, "dedup_ratio": self.dedup_ratio,
                 "compression_ratio": self.compression_ratio, "ratio": self.ratio}
 
 
@@ -97,36 +100,96 @@ class SnapshotDetail:
 
 def ls(store: Store) -> list[SnapshotUsage]:
     """Every snapshot, oldest first, with the stored bytes only it holds. A snapshot whose manifest
-    cannot be read is listed with ``damaged`` set (and 0 unique bytes: its chunks are unknown)."""
-    snaps = {s.name: s for s in store.snapshots()}
-    ms, damaged = store.read_manifests()
-    entries = dict(store.index.chunks())
+    cannot be read is listed with ``damaged`` set (and 0 unique bytes: its chunks are unknown).
+
+    Rows and reference keys come from the index (:mod:`casckpt.refcache`): only manifests that
+    are new or changed since the last ``ls`` or gc are parsed."""
+    cat = refcache.catalog(store)
+    uni = refcache.Universe(store, files=False)
     # NOTE: a snapshot holds the bases its delta chunks need too: deleting it frees a base only
-    # when no other snapshot's chunks are built on it.
-    refs = {n: store.live(m.digests(), entries=entries) for n, m in ms.items()}
-    owners = Counter(d for ds in refs.values() for d in ds)
-    sizes = {d: info.stored_len for d, info in entries.items()}
-    rows = [SnapshotUsage(s.name, s.created, s.logical_bytes, s.chunks,
-                          sum(sizes.get(d, 0) for d in refs[s.name] if owners[d] == 1), *_labels(ms[s.name]))
-            for s in snaps.values() if s.name in ms]
-    for name, why in damaged.items():
-        s = snaps.get(name)
-        rows.append(SnapshotUsage(name, s.created if s else "", s.logical_bytes if s else 0,
-                                  s.chunks if s else 0, 0, damaged=why))
+    # when no other snapshot's chunks are built on it. Marks are kept packed (1 bit per chunk).
+    marks, owners = {}, np.zeros(len(uni.keys), np.int32)
+    for name, keys in cat.keys.items():
+        m = uni.mark([keys])
+        owners += m
+        marks[name] = np.packbits(m)
+    only = owners == 1
+    rows = [SnapshotUsage(n, r["created"], r["logical_bytes"], r["chunks"],
+                          int(uni.stored[np.unpackbits(marks[n], count=len(only)).view(bool) & only].sum()),
+                          tuple(r.get("tags") or ()), r.get("user"), r.get("origin", "save"))
+            for n, r in cat.rows.items()]
+    table = store.index.snapshot_table() if cat.damaged else {}
+    for name, why in cat.damaged.items():
+        s = table.get(name) or {}
+        rows.append(SnapshotUsage(name, s.get("created", ""), s.get("logical_bytes", 0),
+                                  s.get("chunks", 0), 0, damaged=why))
     return sorted(rows, key=lambda r: (r.created, r.name))
 
 
-def _labels(m) -> tuple:
-    user = m.meta.get("user")
-    return (tuple(tags_of(m)), user if isinstance(user, dict) else None,
-            "save" if resumable(m) else "import")
-
-
-def du(store: Store) -> Usage:
-    """Totals for the whole store, from the snapshot registry and the chunk index."""
+def du(store: Store, *, disk: bool = False) -> Usage:
+    """Totals for the whole store, from the snapshot registry and the chunk index; with ``disk``,
+    also the file-system blocks the store's files take (:func:`disk_usage`; a store on a local
+    file system only)."""
     snaps = store.snapshots()
     n, raw, stored = store.index.totals()
-    return Usage(len(snaps), sum(s.logical_bytes for s in snaps), raw, stored, n)
+    return Usage(len(snaps), sum(s.logical_bytes for s in snaps), raw, stored, n,
+                 disk_usage(store) if disk and store.backend.local_path else None)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    """Bytes of file-system blocks (``st_blocks × 512``, what ``du`` counts) per part of the store.
+    ``chunk_files`` can far exceed ``Usage.stored_bytes``: a chunk of a few hundred bytes still
+    takes a whole block (4 KiB on most file systems), and each file an inode."""
+
+    chunks: int
+    chunk_files: int
+    manifests: int
+    index: int
+    other: int  # config, lock, temp files
+
+    @property
+    def total(self) -> int:
+        return self.chunks + self.manifests + self.index + self.other
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+def disk_usage(store: Store) -> DiskUsage:
+    """Walk the store (one ``lstat`` per file, as ``du`` does) and the index folder if elsewhere."""
+    chunks, files = _blocks(store.root / "chunks")
+    index = _blocks(store.index_path)[0]
+    inside = store.index_path.is_relative_to(store.root)
+    everything = _blocks(store.root)[0]
+    other = everything - chunks - _blocks(store.snap_dir)[0] - (index if inside else 0)
+    return DiskUsage(chunks, files, _blocks(store.snap_dir)[0], index, other)
+
+
+def _blocks(path) -> tuple[int, int]:
+    """(bytes in blocks, files) under ``path``, folders included, links not followed."""
+    try:
+        total = os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0, 0
+    files, todo = 0, [str(path)]
+    while todo:
+        try:
+            it = os.scandir(todo.pop())
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                total += st.st_blocks * 512
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(e.path)
+                else:
+                    files += 1
+    return total, files
 
 
 def show(store: Store, name: str) -> SnapshotDetail:

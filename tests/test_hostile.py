@@ -53,9 +53,9 @@ def test_names_that_are_not_strings(env):
             s.get_arrays(name)
 
 
-def manifest_doc(s) -> dict:
-    """s1's manifest, renamed to "bad" (the name it is planted under)."""
-    return {**json.loads((s.snap_dir / "s1.json").read_bytes()), "name": "bad"}
+def manifest_doc(s, version: int = 1) -> dict:
+    """s1's manifest in format ``version``, renamed to "bad" (the name it is planted under)."""
+    return {**json.loads(s.manifest("s1").to_bytes(version)), "name": "bad"}
 
 
 def plant(s, name: str, data) -> None:
@@ -102,10 +102,47 @@ HOSTILE_MANIFESTS = {
 }
 
 
+def w_item(doc) -> dict:
+    return doc["items"]["w"]
+
+
+def n_refs(doc) -> int:
+    return sum(c for _, c in w_item(doc)["lengths"])
+
+
+HOSTILE_V2 = {  # format 2: columnar refs
+    "digests-missing": lambda d: edited(d, lambda x: w_item(x).pop("digests")),
+    "digests-number": lambda d: edited(d, lambda x: w_item(x).__setitem__("digests", 12345)),
+    "digests-not-hex": lambda d: edited(d, lambda x: w_item(x).__setitem__("digests", "../../etc/passwd")),
+    "digests-odd": lambda d: edited(d, lambda x: w_item(x).__setitem__("digests", w_item(x)["digests"][:-1])),
+    "digests-space": lambda d: edited(d, lambda x: w_item(x).__setitem__("digests", " " + w_item(x)["digests"][:-2] + "\n")),
+    "digests-not-ascii": lambda d: edited(d, lambda x: w_item(x).__setitem__("digests", "é" * 64)),
+    "digests-short": lambda d: edited(d, lambda x: w_item(x).__setitem__("digests", "ab" * 31)),
+    "digests-one-missing": lambda d: edited(d, lambda x: w_item(x).__setitem__("digests", w_item(x)["digests"][64:])),
+    "lengths-missing": lambda d: edited(d, lambda x: w_item(x).pop("lengths")),
+    "lengths-flat": lambda d: edited(d, lambda x: w_item(x).__setitem__("lengths", [n for n, c in w_item(x)["lengths"] for _ in range(c)])),
+    "lengths-bool": lambda d: edited(d, lambda x: w_item(x).__setitem__("lengths", [[True, n_refs(x)]])),
+    "lengths-negative": lambda d: edited(d, lambda x: w_item(x).__setitem__("lengths", [[-4096, n_refs(x)]])),
+    "lengths-zero-count": lambda d: edited(d, lambda x: w_item(x)["lengths"].append([4096, 0])),
+    "lengths-count-off": lambda d: edited(d, lambda x: w_item(x)["lengths"][0].__setitem__(1, n_refs(x) + 1)),
+    "length-huge": lambda d: edited(d, lambda x: x["items"].__setitem__(
+        "w", {"dtype": "uint8", "shape": [1 << 50], "digests": w_item(x)["digests"][:64],
+              "lengths": [[1 << 50, 1]]})),
+    "element-split": lambda d: edited(d, lambda x: w_item(x).__setitem__(
+        "lengths", [[4094, 1], [4098, 1], [4096, w_item(x)["lengths"][0][1] - 2]] + w_item(x)["lengths"][1:])),
+    "offsets-short": lambda d: edited(d, lambda x: w_item(x).__setitem__("offsets", [0])),
+    "offsets-negative": lambda d: edited(d, lambda x: w_item(x).__setitem__("offsets", [-1] * n_refs(x))),
+    "offsets-float": lambda d: edited(d, lambda x: w_item(x).__setitem__("offsets", [0.5] * n_refs(x))),
+    "offsets-past-any-chunk": lambda d: edited(d, lambda x: w_item(x).__setitem__(
+        "offsets", [(256 << 20) - 8] * n_refs(x))),
+}
+
+
 def test_hostile_manifests_are_typed_errors(env):
     s, _ = env
-    for kind, make in HOSTILE_MANIFESTS.items():
-        plant(s, "bad", make(manifest_doc(s)))
+    cases = [(k, f, 1) for k, f in HOSTILE_MANIFESTS.items()] + [(k, f, 2) for k, f in HOSTILE_V2.items()]
+    for kind, make, version in cases:
+        plant(s, "bad", make(manifest_doc(s, version)))
         for call in (lambda: s.get_arrays("bad"), lambda: s.manifest("bad")):
             try:
                 call()

@@ -21,10 +21,10 @@ PKG = Path(__file__).resolve().parent.parent / "casckpt"
 LAYERS: list[tuple[str, set[str]]] = [
     ("errors", {"errors"}),
     ("basics", {"digest", "codec", "dtypes", "chunking", "nest", "fsutil", "pipeline", "delta",
-                "progress", "clifmt", "retention"}),
+                "progress", "clifmt", "retention", "spotcheck"}),
     ("seam and parts", {"backends", "backends.local", "chunks", "index", "manifest", "lock", "config",
                         "thin", "checkpoint_id", "safetensors_file"}),
-    ("store", {"store", "snapshots", "saving", "arrays", "bases", "reindex", "reclaim"}),
+    ("store", {"store", "snapshots", "saving", "arrays", "bases", "reindex", "reclaim", "refcache"}),
     ("verbs", {"gc", "diff", "verify", "usage", "transfer", "torchio", "report", "values"}),
     ("dcp and cli", {"dcp", "dcp.api", "dcp.host", "dcp.meta", "dcp.planner", "dcp.reader", "dcp.writer",
                      "cli", "clicmds", "__main__", "", "integrations", "integrations.accelerate",

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import casckpt
-from casckpt import chunking
+from casckpt import chunking, manifest
 from conftest import chunk_files
 
 NUMERIC = [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
@@ -166,7 +166,7 @@ def test_newer_manifest_is_refused(store):
     store.put_arrays("s", {"x": np.arange(3)})
     path = store.root / "snapshots" / "s.json"
     doc = json.loads(path.read_text())
-    doc["version"] = 2
+    doc["version"] = manifest.VERSION + 1
     path.write_text(json.dumps(doc))
     with pytest.raises(casckpt.UnsupportedFormatError):
         store.get_arrays("s")

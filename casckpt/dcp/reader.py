@@ -253,7 +253,7 @@ class _Region:
     def decode(self, store: Store, i: int) -> None:
         raw = memoryview(self.buf.view(torch.uint8).numpy())
         c, off = self.item.chunks[i], self.offs[i] - self.base
-        store.chunks.get(c.digest, out=raw[off:off + c.length], item=self.key)
+        store.read_ref(c, raw[off:off + c.length], item=self.key)
 
     def view(self) -> torch.Tensor:
         ln = tuple(self.ri.lengths)

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from . import chunking, config as config_mod, delta, dtypes, fsutil, spotcheck
+from . import chunking, config as config_mod, delta, dtypes, fsutil, packs, spotcheck
 from .chunks import ChunkDir, ChunkInfo
 from .codec import CodecConfig
 from .bases import DeltaWrites, delta_config
@@ -113,6 +113,7 @@ class Store(DeltaWrites):
         self.index_path = index_path or root / "index"
         self._index: Index | None = Index(self.index_path, create=True, owner=self.config.store_id) if fresh else None
         self._parsed: OrderedDict[tuple, Manifest] = OrderedDict()  # see manifest()
+        self._parts = packs.PartCache()  # decoded packs, for refs into part of a chunk
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -534,7 +535,7 @@ class Store(DeltaWrites):
         if ref.offset is None:
             self.chunks.get(ref.digest, out=out, item=item)
             return
-        raw = self.chunks.get(ref.digest, item=item)
+        raw = self._parts.get(ref.digest, lambda: self.chunks.get(ref.digest, item=item))
         if ref.offset + ref.length > raw.nbytes:
             raise ManifestError(f"item {item!r} refers to bytes {ref.offset}-{ref.offset + ref.length} "
                                 f"of chunk {ref.digest}, which holds {raw.nbytes}")

@@ -10,6 +10,8 @@ import uuid
 import weakref
 from typing import Any
 
+import numpy as np
+
 from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
@@ -411,8 +413,8 @@ def _collect(results: list[list[WriteResult]]) -> tuple[dict[str, Item], dict[Di
     for rank_results in results:
         for wr in rank_results:
             sd = wr.storage_data
-            items[sd["key"]] = Item(sd["dtype"], tuple(sd["shape"]),
-                                    tuple(ChunkRef(Digest(d), n) for d, n in sd["chunks"]))
+            items[sd["key"]] = Item.columnar(sd["dtype"], tuple(sd["shape"]), b"".join(d for d, _ in sd["chunks"]),
+                                             np.array([n for _, n in sd["chunks"]], np.int64))
             new.update({Digest(d): ChunkInfo.from_tuple(info) for d, info in sd["new"].items()})
             packed.update(sd.get("packed", {}))
     return items, new, packed
@@ -424,8 +426,10 @@ def _packed_refs(items: dict[str, Item], packed: dict[bytes, tuple[bytes, int]])
         return items
     out = dict(items)
     for key, it in items.items():
-        if len(it) and any(c.digest.raw in packed for c in it.chunks):
-            out[key] = Item(it.dtype, it.shape, tuple(
-                ChunkRef(Digest(packed[c.digest.raw][0]), c.length, packed[c.digest.raw][1])
-                if c.digest.raw in packed else ChunkRef(c.digest, c.length, 0) for c in it.chunks))
+        raw = it.raw_digests
+        ds = [raw[i:i + 32] for i in range(0, len(raw), 32)]
+        if any(d in packed for d in ds):
+            refs = [packed.get(d, (d, 0)) for d in ds]  # NOTE: a whole chunk is its own part from 0
+            out[key] = Item.columnar(it.dtype, it.shape, b"".join(p for p, _ in refs), it.lengths.copy(),
+                                     np.array([o for _, o in refs], np.int64))
     return out

@@ -97,7 +97,7 @@ class Arrays:
         if ref.offset is None:
             self.chunks.get(ref.digest, out=out, item=item)
             return
-        raw = self.chunks.get(ref.digest, item=item)
+        raw = self._parts.get(ref.digest, lambda: self.chunks.get(ref.digest, item=item))
         if ref.offset + ref.length > raw.nbytes:
             raise ManifestError(f"item {item!r} refers to bytes {ref.offset}-{ref.offset + ref.length} "
                                 f"of chunk {ref.digest}, which holds {raw.nbytes}")

@@ -181,6 +181,7 @@ def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> 
                     "entries are dropped so the next save writes them again (`casckpt verify` names "
                     "the snapshots)", len(plan.lost), store.root)
     store.index.remove_chunks([*plan.chunks, *plan.index_only, *plan.lost])
+    store.index.remove_members_in({d.raw for d in (*plan.chunks, *plan.index_only, *plan.lost)})  # packs
     for i, d in enumerate(plan.chunks, 1):
         store.chunks.delete(d)
         if progress:

@@ -12,6 +12,8 @@ Sub-databases:
 * ``snapshots``: UTF-8 name → JSON totals (created, logical_bytes, chunks).
 * ``refs``: UTF-8 name → a snapshot's manifest identity and its digests' 8-byte keys (a cache
   that spares ls and gc planning a parse of every manifest; see :mod:`casckpt.refcache`).
+* ``members``: 32-byte digest of a small chunk's bytes → 32-byte digest of the pack chunk that
+  holds them, and their offset there (u64 LE): dedup of packed small items (see :mod:`casckpt.packs`).
 * ``unsynced``: 32-byte digest → boot id, for chunks a ``sync=False`` save committed without
   fsync. Such an entry vouches for its chunk only during the boot that wrote it (a power loss
   may have torn the file since) and never to a save that syncs: those verify the file, fsync it
@@ -43,6 +45,7 @@ VERSION = b"2"
 _UPGRADABLE = {b"1"}  # version 1 entries are version 2 full-chunk entries
 _ENTRY = struct.Struct("<QQB")
 _DELTA_ENTRY = struct.Struct("<QQBB32s")
+_MEMBER = struct.Struct("<32sQ")  # pack digest, offset
 _SIZES = struct.Struct("<QQ")  # the start of either kind of entry
 DEFAULT_MAP_SIZE = 256 << 20
 T = TypeVar("T")
@@ -67,6 +70,7 @@ class Index:
                                                      for name in (b"meta", b"chunks", b"snapshots"))
             self._unsynced = self._open_optional(b"unsynced")
             self._refs = self._open_optional(b"refs")
+            self._members = self._open_optional(b"members")
             version = self._read(lambda txn: txn.get(b"version", db=self._meta))
             if version is not None:
                 version = bytes(version)
@@ -260,6 +264,39 @@ class Index:
         if self._refs is None:
             raise StoreIOError(errno.EROFS, f"index {self.path} is open read-only")
         self._write(lambda txn: txn.put(name.encode(), value, db=self._refs))
+
+    def get_members(self, raws: Iterable[bytes]) -> dict[bytes, tuple[bytes, int]]:
+        """Small chunks held in packs: digest → (pack digest, offset)."""
+        if self._members is None:
+            return {}
+
+        def probe(txn):
+            out = {}
+            for r in raws:
+                v = txn.get(r, db=self._members)
+                if v is not None:
+                    pack, off = _MEMBER.unpack(bytes(v))
+                    out[r] = (pack, off)
+            return out
+        return self._read(probe)
+
+    def add_members(self, members: dict[bytes, tuple[bytes, int]]) -> None:
+        """Record packed small chunks; the caller has indexed their packs first."""
+        if members:
+            self._write(lambda txn: [txn.put(r, _MEMBER.pack(p, o), db=self._members)
+                                     for r, (p, o) in members.items()])
+
+    def remove_members_in(self, packs: set[bytes]) -> None:
+        """Drop the members of ``packs`` (chunks gc deletes): one scan of ``members``."""
+        if not packs or self._members is None:
+            return
+
+        def drop(txn):
+            cur = txn.cursor(db=self._members)
+            gone = [bytes(k) for k, v in cur.iternext() if bytes(v)[:32] in packs]
+            for k in gone:
+                txn.delete(k, db=self._members)
+        self._write(drop)
 
     def chunk_table(self) -> tuple[list[bytes], list[bytes]]:
         """Every ``chunks`` entry as (keys, packed values), in key order: one cursor pass, no

@@ -200,8 +200,14 @@ class Item:
 
 def _runs(lengths: np.ndarray) -> list[list[int]]:
     """``[[length, count], ...]``: run-length coded lengths (an item's chunks are mostly equal)."""
-    if not len(lengths):
-        return []
+    if len(lengths) <= 16:  # NOTE: most items; numpy's per-call cost would dominate here
+        out: list[list[int]] = []
+        for n in lengths.tolist():
+            if out and out[-1][0] == n:
+                out[-1][1] += 1
+            else:
+                out.append([n, 1])
+        return out
     starts = np.flatnonzero(np.diff(lengths)) + 1
     edges = np.concatenate(([0], starts, [len(lengths)]))
     return [[int(lengths[a]), int(b - a)] for a, b in zip(edges[:-1], edges[1:])]

@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from . import chunking, config as config_mod, fsutil, reindex as reindex_mod
+from . import chunking, config as config_mod, fsutil, packs, reindex as reindex_mod
 from .arrays import Arrays
 from .backends import Backend, open_backend
 from .bases import DeltaWrites, delta_config
@@ -73,6 +73,7 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         self.index_path = index_path or backend.local_path / "index"
         self._index: Index | None = Index(self.index_path, create=True, owner=self.config.store_id) if fresh else None
         self._parsed: OrderedDict[tuple, Manifest] = OrderedDict()  # see manifest()
+        self._parts = packs.PartCache()  # decoded packs, for refs into part of a chunk
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod

@@ -21,7 +21,7 @@ PKG = Path(__file__).resolve().parent.parent / "casckpt"
 LAYERS: list[tuple[str, set[str]]] = [
     ("errors", {"errors"}),
     ("basics", {"digest", "codec", "dtypes", "chunking", "nest", "fsutil", "pipeline", "delta",
-                "progress", "clifmt", "retention", "spotcheck"}),
+                "progress", "clifmt", "retention", "spotcheck", "packs"}),
     ("seam and parts", {"backends", "backends.local", "chunks", "index", "manifest", "lock", "config",
                         "thin", "checkpoint_id", "safetensors_file"}),
     ("store", {"store", "snapshots", "saving", "arrays", "bases", "reindex", "reclaim", "refcache"}),

@@ -475,7 +475,14 @@ def main() -> None:
     ap.add_argument("--reshard", action="store_true",
                     help="only measure what an unchanged re-save writes after a world-size change "
                          "(FSDP2 on gloo: saved on 2 ranks, re-saved on 3 and 4; tools/bench_reshard.py)")
+    ap.add_argument("--small", action="store_true",
+                    help="only the many-small-tensors scenario (20,000 tiny tensors; tools/bench_small.py)")
     args = ap.parse_args()
+    if args.small:
+        import bench_small  # tools/ is on sys.path when bench runs as a script
+
+        bench_small.main(args.repeat)
+        return
     if args.reshard:
         import bench_reshard  # tools/ is on sys.path when bench runs as a script
 

@@ -10,15 +10,17 @@ import uuid
 import weakref
 from typing import Any
 
+import numpy as np
+
 from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from .. import checkpoint_id as ids, chunking
+from .. import checkpoint_id as ids, chunking, packs
 from ..chunks import ChunkInfo
-from ..digest import Digest
+from ..digest import Digest, digest_of
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
 from ..lock import SHARED
 from ..delta import same_place
@@ -166,6 +168,8 @@ class CasWriter(StorageWriter):
             local = [self._local_digests(p, store.config.chunk_size) for p in plans]
             known = {d for loc in local if loc for it in loc.values() for d in it.digests}
             stored = {d.raw for d in store.stored(Digest(d) for d in known)}
+            self._packed = packs.known(store, known - stored)  # small items already in a pack
+            stored |= self._packed.keys()
             writes = _assign(local, stored)
             self._unclaimed.update(*writes)
             hints = self._latest_hints(store, plans, local)
@@ -197,7 +201,8 @@ class CasWriter(StorageWriter):
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         try:
             store = self._open(create=True)
-            items, new = _collect(results)
+            items, new, packed = _collect(results)
+            items = _packed_refs(items, {**getattr(self, "_packed", {}), **packed})
             # NOTE: a rank without the index (DCP's default planner) reports a chunk it found
             # already on disk as handled; the index knows which of those the store had before.
             for d in store.index.has_many(new, synced_only=store.sync):  # as Store.stored() trusts
@@ -211,6 +216,7 @@ class CasWriter(StorageWriter):
             meta = {"dcp": metadata_to_json(md), **self.user_meta}
             m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
             self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
+            store.index.add_members(packed)  # NOTE: after the packs' entries (commit): dedup from now on
             self._unclaimed = set()  # committed: nothing to reclaim
         finally:
             self.close()  # the lock, threads and index handle of a store this writer opened
@@ -365,25 +371,65 @@ class _RankWrite:
         if self.is_coordinator and self.plan.digests is None:
             have = {d.raw for d in self.store.stored(t.digest for t in tasks.values())}
             tasks = {d: t for d, t in tasks.items() if d not in have}
+        packed = self._pack(tasks, described) if self.plan.digests is not None else {}
         self.attempted.update(tasks)
         written = self.store.write_chunks(list(tasks.values()))
         self.infos.update({d.raw: i for d, i in written.items()})
-        return [self._result(item, lay, digs) for item, lay, digs in described]
+        results = [self._result(item, lay, digs, packed) for item, lay, digs in described]
+        if packed and results:  # NOTE: the packs' infos ride on the batch's first result
+            results[0].storage_data["new"].update(
+                {p: self.infos[p].to_tuple() for p, _ in packed.values()})
+        return results
 
-    def _result(self, item: WriteItem, lay: Layout, digs: tuple[bytes, ...]) -> WriteResult:
+    def _pack(self, tasks: dict[bytes, ChunkTask], described) -> dict[bytes, tuple[bytes, int]]:
+        """Move the new chunks of small items out of ``tasks`` into packs (new tasks in their
+        place): member digest → (pack digest, offset)."""
+        small = packs.limit(self.store.config.chunk_size)
+        members = [(d, tasks[d].data) for _, lay, digs in described
+                   if lay.nbytes < small for d in digs if d in tasks]
+        out: dict[bytes, tuple[bytes, int]] = {}
+        for data, offs in packs.build(members, self.store.config.chunk_size):
+            if len(offs) < 2:
+                continue  # NOTE: a pack of one would be that chunk itself: store it whole
+            pack = digest_of(data)
+            tasks[pack.raw] = ChunkTask(pack, memoryview(data), 0)
+            out.update({d: (pack.raw, o) for d, o in offs.items()})
+        for d in out:
+            del tasks[d]
+        return out
+
+    def _result(self, item: WriteItem, lay: Layout, digs: tuple[bytes, ...], packed=None) -> WriteResult:
         new = {d: self.infos[d].to_tuple() for d in set(digs) if d in self.infos}
         data = {"key": lay.key, "dtype": lay.dtype, "shape": list(lay.shape),
-                "chunks": [(d, n) for d, (_, n) in zip(digs, lay.spans)], "new": new}
+                "chunks": [(d, n) for d, (_, n) in zip(digs, lay.spans)], "new": new,
+                "packed": {d: packed[d] for d in digs if d in packed} if packed else {}}
         return WriteResult(index=item.index, size_in_bytes=lay.nbytes, storage_data=data)
 
 
-def _collect(results: list[list[WriteResult]]) -> tuple[dict[str, Item], dict[Digest, ChunkInfo]]:
+def _collect(results: list[list[WriteResult]]) -> tuple[dict[str, Item], dict[Digest, ChunkInfo], dict]:
     items: dict[str, Item] = {}
     new: dict[Digest, ChunkInfo] = {}
+    packed: dict[bytes, tuple[bytes, int]] = {}
     for rank_results in results:
         for wr in rank_results:
             sd = wr.storage_data
-            items[sd["key"]] = Item(sd["dtype"], tuple(sd["shape"]),
-                                    tuple(ChunkRef(Digest(d), n) for d, n in sd["chunks"]))
+            items[sd["key"]] = Item.columnar(sd["dtype"], tuple(sd["shape"]), b"".join(d for d, _ in sd["chunks"]),
+                                             np.array([n for _, n in sd["chunks"]], np.int64))
             new.update({Digest(d): ChunkInfo.from_tuple(info) for d, info in sd["new"].items()})
-    return items, new
+            packed.update(sd.get("packed", {}))
+    return items, new, packed
+
+
+def _packed_refs(items: dict[str, Item], packed: dict[bytes, tuple[bytes, int]]) -> dict[str, Item]:
+    """Items whose chunks sit in packs, their refs pointing into the packs (see casckpt.packs)."""
+    if not packed:
+        return items
+    out = dict(items)
+    for key, it in items.items():
+        raw = it.raw_digests
+        ds = [raw[i:i + 32] for i in range(0, len(raw), 32)]
+        if any(d in packed for d in ds):
+            refs = [packed.get(d, (d, 0)) for d in ds]  # NOTE: a whole chunk is its own part from 0
+            out[key] = Item.columnar(it.dtype, it.shape, b"".join(p for p, _ in refs), it.lengths.copy(),
+                                     np.array([o for _, o in refs], np.int64))
+    return out

@@ -1,0 +1,100 @@
+"""Small items through DCP are packed many to a chunk file (casckpt.packs): few files, unchanged
+small items deduplicate against their pack, loads are bit-exact, gc keeps a pack while any
+snapshot references part of it, and a lost members cache only costs one repack."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import casckpt
+from casckpt.diff import diff
+from casckpt.digest import digest_of
+from casckpt.gc import gc
+from casckpt.verify import verify
+from conftest import chunk_files
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is:UserWarning")
+CHUNK = 256 << 10  # packs up to 256 KiB; items below 16 KiB are packed
+
+
+def small_state(seed: int = 0, n: int = 300) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    sd = {f"m.{i}.w": torch.from_numpy(rng.standard_normal(int(rng.integers(64, 1025))).astype(np.float32))
+          for i in range(n)}
+    sd["big"] = torch.from_numpy(rng.standard_normal((256, 1024)).astype(np.float32))  # 1 MiB: not packed
+    return sd
+
+
+def load(root, name, like):
+    out = {k: torch.zeros_like(v) for k, v in like.items()}
+    casckpt.load(out, root, name)
+    return out
+
+
+def same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_small_items_share_few_files_and_load_bit_exact(tmp_path):
+    root, sd = tmp_path / "s", small_state()
+    stats = casckpt.save(sd, root, "a", chunk_size=CHUNK)
+    small = sum(v.numel() * 4 for k, v in sd.items() if k != "big")
+    assert len(chunk_files(root)) <= -(-small // CHUNK) + 1 + 4  # packs + big's 4 chunks
+    assert stats.chunks == 304 and stats.new_chunks == len(chunk_files(root))
+    doc = json.loads((root / "snapshots" / "a.json").read_bytes())
+    assert "offsets" in doc["items"]["m.0.w"] and "offsets" not in doc["items"]["big"]
+    assert same(sd, load(root, "a", sd))
+
+
+def test_unchanged_small_items_dedup_against_their_pack(tmp_path):
+    root, sd = tmp_path / "s", small_state()
+    casckpt.save(sd, root, "a", chunk_size=CHUNK)
+    files = set(chunk_files(root))
+    with casckpt.Store.open(root) as s:
+        member = digest_of(sd["m.0.w"].numpy().tobytes()).raw
+        assert s.index.get_members([member])[member][0] == s.manifest("a").items["m.0.w"].chunks[0].digest.raw
+    assert casckpt.save(sd, root, "b").new_chunks == 0 and set(chunk_files(root)) == files
+    for k in ("m.1.w", "m.2.w", "m.3.w"):
+        sd[k] = sd[k] + 1
+    stats = casckpt.save(sd, root, "c")
+    assert stats.new_chunks == 1  # the three changed items, in one new pack
+    with casckpt.Store.open(root) as s:
+        r = diff(s, "a", "c")
+        assert sorted(r.changed) == ["m.1.w", "m.2.w", "m.3.w"]
+        assert verify(s).ok
+    assert same(sd, load(root, "c", sd))
+
+
+def test_gc_keeps_a_pack_while_any_snapshot_references_part_of_it(tmp_path):
+    root, sd = tmp_path / "s", small_state()
+    casckpt.save(sd, root, "a", chunk_size=CHUNK)
+    first = dict(sd)
+    sd.update({k: sd[k] * 2 for k in list(sd)[:150]})  # half the small items change
+    casckpt.save(sd, root, "b")
+    with casckpt.Store.open(root) as s:
+        s.delete("a")
+        gc(s)
+        assert same(sd, load(root, "b", sd))  # b's unchanged half still lives in a's packs
+        s.delete("b")
+        gc(s)
+        assert chunk_files(root) == []
+    assert casckpt.save(first, root, "again").new_chunks > 0  # members of deleted packs are gone
+
+
+def test_after_reindex_an_unchanged_save_rebuilds_the_same_packs(tmp_path):
+    """Members are a cache reindex does not rebuild; packing is deterministic (planning order),
+    so the unchanged small items pack into the same bytes: the same pack names, nothing new."""
+    root, sd = tmp_path / "s", small_state()
+    casckpt.save(sd, root, "a", chunk_size=CHUNK)
+    files = set(chunk_files(root))
+    with casckpt.Store.open(root) as s:
+        s.reindex()
+        member = digest_of(sd["m.0.w"].numpy().tobytes()).raw
+        assert s.index.get_members([member]) == {}
+    assert casckpt.save(sd, root, "b").new_chunks == 0 and set(chunk_files(root)) == files
+    assert casckpt.save(sd, root, "c").new_chunks == 0
+    with casckpt.Store.open(root) as s:
+        assert s.manifest("a").items == s.manifest("c").items
+    assert same(sd, load(root, "a", sd)) and same(sd, load(root, "c", sd))

@@ -54,7 +54,7 @@ def test_a_replaced_manifest_is_parsed_again(tmp_path, monkeypatch):
         # s1's manifest replaced by one naming s0's items (as a thinning rewrite replaces it)
         m = s.manifest("s1")
         new = Manifest("s1", m.created, m.chunk_size, s.manifest("s0").items, m.meta)
-        tmp = s.tmp_dir / "x.tmp"
+        tmp = s.root / "tmp" / "x.tmp"
         tmp.write_bytes(new.to_bytes())
         os.replace(tmp, s.manifest_path("s1"))
     reads = count_manifest_reads(monkeypatch)

@@ -235,3 +235,38 @@ def test_every_word_size_the_format_allows_round_trips(k, w):
     payload = memoryview(b"".join(bytes(p) for p in parts))
     assert kind == codec.BGX and payload[:2].tobytes() == bytes([k, w])
     assert bytes(codec.decode(kind, payload, len(raw))) == raw
+
+
+# -- decoding a chain of deltas at once -----------------------------------------------------------
+CONFIGS = {"codec3": CFG, "codec2": codec.CodecConfig(exponent=False), "raw": codec.CodecConfig(level=0)}
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(dtype=st.sampled_from(["bfloat16", "float32", "float64"]), n=st.integers(1, 5000),
+       coders=st.lists(st.sampled_from(sorted(CONFIGS)), min_size=1, max_size=4), lr=st.sampled_from([0, 1e-4, 1.0]))
+def test_decode_xor_of_any_chain_is_the_xor_of_its_raw_bytes(dtype, n, coders, lr):
+    """A chain of payloads coded alike (XORed plane by plane) or not (the fallback) decodes to
+    the XOR of all their raw bytes."""
+    rng = np.random.default_rng(n)
+    layers, want = [], None
+    for i, name in enumerate(coders):
+        arr = trained_like(dtype, n, seed=i)
+        arr.view(np.uint8)[:] ^= (rng.random(arr.nbytes) < lr).astype(np.uint8)  # some random flips
+        raw = arr.tobytes()
+        want = raw if want is None else bytes(a ^ b for a, b in zip(want, raw))
+        layers.append(encoded(raw, arr.itemsize, CONFIGS[name]))
+    out = memoryview(bytearray(len(want)))
+    codec.decode_xor(layers, out)
+    assert bytes(out) == want
+
+
+@pytest.mark.parametrize("same_layout", [True, False])
+@pytest.mark.parametrize("bad", [0, 1, 2])
+def test_decode_xor_names_the_layer_that_does_not_decode(same_layout, bad):
+    raw = trained_like("float32", 1 << 12).tobytes()
+    layers = [encoded(raw, 4), encoded(raw, 4), encoded(raw, 4, CFG if same_layout else CONFIGS["codec2"])]
+    kind, payload = layers[bad]
+    layers[bad] = (kind, payload[:-1])  # truncated
+    with pytest.raises(codec.LayerError) as err:
+        codec.decode_xor(layers, memoryview(bytearray(len(raw))))
+    assert err.value.index == bad and isinstance(err.value, ValueError)

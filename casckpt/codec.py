@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-RAW, ZSTD, BG, BGX = 0, 1, 2, 3
-CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BG: "bg+zstd", BGX: "bgx+zstd"}
-GROUPED = frozenset({BG, BGX})  # decoded plane by plane straight into the caller's buffer
+RAW, ZSTD, BG, BGX, BGR = 0, 1, 2, 3, 4
+CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BG: "bg+zstd", BGX: "bgx+zstd", BGR: "bgr+zstd"}
+GROUPED = frozenset({BG, BGX, BGR})  # decoded plane by plane straight into the caller's buffer
 
 # NOTE: a chunk is stored raw unless compression saves at least this fraction; below that the
 # decompression cost on every load buys almost nothing.
@@ -108,6 +108,8 @@ def encode(raw: memoryview, *, group: int, config: CodecConfig) -> tuple[int, li
     if config.level <= 0 or n == 0:
         return RAW, [raw]
     if config.byte_grouping and group > 1 and n % group == 0:
+        if config.exponent and group in (2, 4):
+            return _encode_rotated(raw, group)
         if config.exponent and group in _WORDS:
             return _encode_exponent(raw, group, _WORDS[group])
         return _encode_grouped(raw, group, config.level)
@@ -198,6 +200,61 @@ def _encode_exponent(raw: memoryview, k: int, w: int) -> tuple[int, list]:
     return BGX, [b"".join(header), *parts]
 
 
+# -- codec 4: the top 16 bits rotated --------------------------------------------------------------
+# NOTE: how many bits below the sign must be near-constant (this fraction of a sample, or less,
+# differ) to be moved out of the entropy-coded top byte; and the sample's size.
+_CONSTANT = 0.005
+_SAMPLE = 4096
+
+
+def _rotation(top: np.ndarray) -> int:
+    """How far codec 4 rotates the top 16 bits of each element left, from a sample: 0 when most
+    top bytes are zero (XOR residuals: sign and exponent rarely change, and zero bytes are what
+    codes them best); 3 when the two bits below the sign are near-constant (float32 / bfloat16
+    values between 2**-63 and 2: exponent bits e7 and e6), so the top byte holds the exponent's
+    six low bits and two mantissa bits, whose entropy coder then sees how those depend on the
+    exponent, and the byte below holds the sign and the two constant bits, which makes it
+    compressible; else 1, the exponent byte whole as in codec 3 (float16's 5-bit exponent)."""
+    sample = top[::max(1, top.size // _SAMPLE)]
+    if 2 * np.count_nonzero(sample >> 8) < sample.size:
+        return 0
+    for bit in (14, 13):
+        ones = np.count_nonzero(sample & (1 << bit))
+        if min(ones, sample.size - ones) > _CONSTANT * sample.size:
+            return 1
+    return 3
+
+
+def _rotated_planes(raw: memoryview, k: int, r: int) -> list[np.ndarray]:
+    """The planes of codec 4 (``k`` 2 or 4): bytes below the top 16 bits as they are, then the
+    top 16 bits rotated left by ``r``, low byte first."""
+    x = np.frombuffer(raw, dtype=f"<u{k}")
+    planes = [(x >> (8 * i)).astype(np.uint8) for i in range(k - 2)]
+    top = x if k == 2 else (x >> 16).astype(np.uint16)
+    if r:
+        y = top << r
+        y |= top >> (16 - r)
+        top = y
+    return planes + [top.astype(np.uint8), (top >> 8).astype(np.uint8)]
+
+
+def _encode_rotated(raw: memoryview, k: int) -> tuple[int, list]:
+    x = np.frombuffer(raw, dtype=f"<u{k}")
+    r = _rotation(x if k == 2 else (x[::max(1, x.size // _SAMPLE)] >> 16).astype(np.uint16))
+    comp = _compressor(None)
+    header, parts = [struct.pack("<BB", k, r)], []
+    for i, plane in enumerate(_rotated_planes(raw, k, r)):
+        # NOTE: the top byte nearly always pays; so does the one below it once near-constant
+        # exponent bits were rotated into it (r >= 2). Other planes are sampled first.
+        probe = None if i == k - 1 or (i == k - 2 and r >= 2) else _spread(plane)
+        flag, data = _pack_plane(comp, plane, probe)
+        header.append(_PLANE.pack(flag, len(data)))
+        parts.append(data)
+    if _nbytes(parts) >= raw.nbytes * (1 - MIN_SAVING):
+        return RAW, [raw]
+    return BGR, [b"".join(header), *parts]
+
+
 # -- decoding --------------------------------------------------------------------------------------
 def decode(codec: int, payload: memoryview, raw_len: int, out: memoryview | None = None) -> memoryview:
     """Decompress a chunk payload into ``out`` (a writable buffer of ``raw_len`` bytes) or a new one.
@@ -212,10 +269,7 @@ def decode(codec: int, payload: memoryview, raw_len: int, out: memoryview | None
         out[:] = flat
         return out
     dest = memoryview(bytearray(raw_len)) if out is None else out
-    if codec == BG:
-        _decode_grouped(payload, dest)
-    else:
-        _decode_exponent(payload, dest)
+    _assemble(*_planes(codec, payload, raw_len), dest)
     return dest
 
 
@@ -267,12 +321,17 @@ def _read_planes(payload: memoryview, start: int, k: int, size: int):
 
 def _layout(codec: int, payload: memoryview, size: int) -> tuple | None:
     """``(codec, k, w)`` of a valid byte-grouped payload header for ``size`` raw bytes, else None
-    (not grouped, or a bad header, which decoding then reports)."""
+    (not grouped, or a bad header, which decoding then reports); for codec 4 ``w`` is the
+    rotation ``r``."""
     if codec == BG and payload.nbytes >= 1:
         k, w = payload[0], 0
     elif codec == BGX and payload.nbytes >= 2:
         k, w = payload[0], payload[1]
         if w not in (0, 2, 4, 8) or (w and (k < w or k % w)):
+            return None
+    elif codec == BGR and payload.nbytes >= 2:
+        k, w = payload[0], payload[1]  # w: the rotation r
+        if k not in (2, 4) or w > 15:
             return None
     else:
         return None
@@ -290,17 +349,12 @@ def _planes(codec: int, payload: memoryview, size: int) -> tuple[tuple, list[np.
     return layout, [np.frombuffer(p, dtype=np.uint8) for p in _read_planes(payload, start, k, size // k)]
 
 
-def _decode_grouped(payload: memoryview, dest: memoryview) -> None:
-    _assemble(*_planes(BG, payload, dest.nbytes), dest)
-
-
-def _decode_exponent(payload: memoryview, dest: memoryview) -> None:
-    _assemble(*_planes(BGX, payload, dest.nbytes), dest)
-
-
 def _assemble(layout: tuple, planes: list[np.ndarray], dest: memoryview) -> None:
     """Interleave planes back into elements in ``dest`` (codec 3: moving each sign back too)."""
     codec, k, w = layout
+    if codec == BGR:
+        _join_rotated(planes[:k - 2], {w: planes[k - 2:]}, dest)
+        return
     if codec == BGX and k in (2, 4, 8) and w in (0, k):
         _join_words(planes, np.frombuffer(dest, dtype=f"<u{k}"), moved=w > 0)
         return
@@ -335,19 +389,43 @@ def decode_xor(layers: list[tuple[int, memoryview]], out: memoryview) -> None:
     Raises :class:`LayerError` (a ``ValueError``) naming the layer that does not decode.
     """
     size = out.nbytes
-    layout = _layout(layers[0][0], layers[0][1], size)
-    if layout is not None and all(_layout(c, p, size) == layout for c, p in layers[1:]):
-        acc: list[np.ndarray] | None = None
-        for i, (kind, payload) in enumerate(layers):
-            planes = _layer(i, lambda: _planes(kind, payload, size)[1])
-            acc = planes if acc is None else [_xor_plane(a, b, owned=i > 1) for a, b in zip(acc, planes)]
-        _assemble(layout, acc, out)
-        return
+    layouts = [_layout(c, p, size) for c, p in layers]
+    first = layouts[0]
+    if first is not None and all(x is not None and x[:2] == first[:2] for x in layouts):
+        if first[0] == BGR:  # rotations may differ: XOR planes per rotation, then the top words
+            _decode_rotated_xor(layers, layouts, out)
+            return
+        if all(x == first for x in layouts):
+            acc: list[np.ndarray] | None = None
+            for i, (kind, payload) in enumerate(layers):
+                planes = _layer(i, lambda: _planes(kind, payload, size)[1])
+                acc = planes if acc is None else _xor_planes(acc, planes, i)
+            _assemble(first, acc, out)
+            return
     last = len(layers) - 1
     _layer(last, lambda: decode(layers[last][0], layers[last][1], size, out))
     for i in range(last - 1, -1, -1):
         flat = _layer(i, lambda: decode_flat(layers[i][0], layers[i][1], size))
         _xor_into(np.frombuffer(out, dtype=np.uint8), np.frombuffer(flat, dtype=np.uint8))
+
+
+def _decode_rotated_xor(layers: list, layouts: list[tuple], out: memoryview) -> None:
+    """decode_xor for codec-4 layers of one ``k``: the planes below the top 16 bits XORed across
+    all layers, the top planes across layers of one rotation, then each rotation's top words."""
+    k, size = layouts[0][1], out.nbytes
+    low: list[np.ndarray] | None = None
+    tops: dict[int, tuple[int, list[np.ndarray]]] = {}
+    for i, ((kind, payload), layout) in enumerate(zip(layers, layouts)):
+        planes = _layer(i, lambda: _planes(kind, payload, size)[1])
+        low = planes[:k - 2] if low is None else _xor_planes(low, planes[:k - 2], i)
+        seen, pair = tops.get(layout[2], (0, None))
+        tops[layout[2]] = (seen + 1, planes[k - 2:] if pair is None else _xor_planes(pair, planes[k - 2:], seen))
+    _join_rotated(low, {r: pair for r, (_, pair) in tops.items()}, out)
+
+
+def _xor_planes(acc: list[np.ndarray], planes: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """``acc ^ planes`` plane by plane; ``n`` layers went into ``acc`` (from 2 on, it is ours)."""
+    return [_xor_plane(a, b, owned=n > 1) for a, b in zip(acc, planes)]
 
 
 def _layer(index: int, fn):
@@ -371,6 +449,28 @@ def _xor_into(out: np.ndarray, b: np.ndarray, a: np.ndarray | None = None) -> No
     if out.nbytes % 8 == 0:
         out, a, b = out.view(np.uint64), a.view(np.uint64), b.view(np.uint64)
     np.bitwise_xor(a, b, out=out)
+
+
+def _top_word(pair: list[np.ndarray], r: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Codec 4's top 16 bits of every element from its two top planes, rotated back right by ``r``."""
+    word = _pair(pair[0], pair[1], False, out)
+    if r:
+        low = word >> r
+        word <<= 16 - r
+        word |= low
+    return word
+
+
+def _join_rotated(low: list[np.ndarray], tops: dict[int, list[np.ndarray]], dest: memoryview) -> None:
+    """Codec 4 elements into ``dest`` from the planes below the top 16 bits and, per rotation,
+    the two top planes (several rotations: their top words are XORed, see decode_xor)."""
+    k = len(low) + 2
+    out = np.frombuffer(dest, dtype=f"<u{k}")
+    words = [_top_word(pair, r, out if k == 2 and i == 0 else None) for i, (r, pair) in enumerate(tops.items())]
+    for more in words[1:]:
+        _xor_into(words[0], more)
+    if k == 4:
+        _widen(_pair(low[0], low[1], False, None), words[0], out)
 
 
 def _join_words(planes: list[np.ndarray], x: np.ndarray, *, moved: bool) -> None:

@@ -55,13 +55,6 @@ class DeltaConfig:
         return cls(enabled=bool(obj.get("enabled", True)), max_depth=depth)
 
 
-def xor_into(dest: memoryview, other) -> None:
-    """``dest ^= other`` in place (equal lengths), 8 bytes at a time where the length allows."""
-    wide = np.uint64 if dest.nbytes % 8 == 0 else np.uint8
-    a = np.frombuffer(dest, dtype=wide)
-    np.bitwise_xor(a, np.frombuffer(other, dtype=wide), out=a)
-
-
 def xor(a, b) -> memoryview:
     """A new buffer holding ``a ^ b`` (one pass over each)."""
     n = memoryview(a).nbytes

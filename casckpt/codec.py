@@ -298,8 +298,47 @@ def _zstd(payload, size: int) -> bytes:
     return data
 
 
-def _read_planes(payload: memoryview, start: int, k: int, size: int):
-    """Yield each plane's bytes (``size`` of them) from the plane table at ``start``."""
+def _zstd_into(payload, out: np.ndarray) -> np.ndarray:
+    """:func:`_zstd` into ``out`` (a writable byte array of the expected size)."""
+    size, done = out.nbytes, 0
+    try:
+        with _decompressor().stream_reader(payload, read_size=max(1, len(payload))) as reader:
+            view = memoryview(out)
+            while done < size:
+                got = reader.readinto(view[done:])
+                if not got:
+                    break
+                done += got
+            more = reader.read(1) if done == size else b""
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd: {exc}") from None
+    if done != size or more:
+        raise ValueError(f"decompressed to {done + len(more)}{'+' if more else ''} bytes, expected {size}")
+    return out
+
+
+# NOTE: decoding's temporaries (zstd planes, XORed planes, 16-bit words) come from buffers each
+# thread keeps, at most this big each (a 2 MiB chunk's planes and words fit): a fresh array of
+# that size is a new mmap under glibc, and first touching its pages made delta decodes ~1.5x
+# slower (measured). Bigger temporaries are allocated as they come.
+_SCRATCH_MAX = 1 << 20
+
+
+def _scratch(slot, n: int, dtype=np.uint8) -> np.ndarray:
+    """``n`` elements of the calling thread's reusable buffer ``slot`` (a new array if too big)."""
+    nbytes = n * np.dtype(dtype).itemsize
+    if nbytes > _SCRATCH_MAX:
+        return np.empty(n, dtype)
+    bufs = _local.__dict__.setdefault("s", {})
+    buf = bufs.get(slot)
+    if buf is None or buf.nbytes < nbytes:
+        buf = bufs[slot] = np.empty(_SCRATCH_MAX, np.uint8)
+    return buf[:nbytes].view(dtype)
+
+
+def _read_planes(payload: memoryview, start: int, k: int, size: int, layer: int | None = None):
+    """Yield each plane's bytes (``size`` of them) from the plane table at ``start``; zstd planes
+    of ``layer`` 0 or 1 (see decode_xor) are decoded into the thread's scratch buffers, writable."""
     pos = start + k * _PLANE.size
     if payload.nbytes < pos:
         raise ValueError("byte-grouped payload is truncated")
@@ -309,7 +348,7 @@ def _read_planes(payload: memoryview, start: int, k: int, size: int):
         if body.nbytes != length:
             raise ValueError("byte-grouped payload is truncated")
         if flag == 1:
-            yield _zstd(body, size)
+            yield _zstd(body, size) if layer is None or layer > 1 else _zstd_into(body, _scratch(("p", layer, i), size))
         elif flag == 0 and length == size:
             yield body
         else:
@@ -338,15 +377,17 @@ def _layout(codec: int, payload: memoryview, size: int) -> tuple | None:
     return (codec, k, w) if k >= 2 and size % k == 0 else None
 
 
-def _planes(codec: int, payload: memoryview, size: int) -> tuple[tuple, list[np.ndarray]]:
-    """The layout and the decoded planes (read-only arrays) of a byte-grouped payload."""
+def _planes(codec: int, payload: memoryview, size: int, layer: int = 0) -> tuple[tuple, list[np.ndarray]]:
+    """The layout and the decoded planes of a byte-grouped payload (arrays, writable where they
+    are scratch buffers of ``layer``, read-only where they are the payload's own bytes)."""
     layout = _layout(codec, payload, size)
     if layout is None:
         empty = payload.nbytes < (1 if codec == BG else 2)
         raise ValueError("empty byte-grouped payload" if empty else "bad byte-grouped header")
     k = layout[1]
     start = 1 if codec == BG else 2
-    return layout, [np.frombuffer(p, dtype=np.uint8) for p in _read_planes(payload, start, k, size // k)]
+    return layout, [np.frombuffer(p, dtype=np.uint8) if not isinstance(p, np.ndarray) else p
+                    for p in _read_planes(payload, start, k, size // k, layer)]
 
 
 def _assemble(layout: tuple, planes: list[np.ndarray], dest: memoryview) -> None:
@@ -398,8 +439,8 @@ def decode_xor(layers: list[tuple[int, memoryview]], out: memoryview) -> None:
         if all(x == first for x in layouts):
             acc: list[np.ndarray] | None = None
             for i, (kind, payload) in enumerate(layers):
-                planes = _layer(i, lambda: _planes(kind, payload, size)[1])
-                acc = planes if acc is None else _xor_planes(acc, planes, i)
+                planes = _layer(i, lambda: _planes(kind, payload, size, i)[1])
+                acc = planes if acc is None else _xor_planes(acc, planes)
             _assemble(first, acc, out)
             return
     last = len(layers) - 1
@@ -414,18 +455,18 @@ def _decode_rotated_xor(layers: list, layouts: list[tuple], out: memoryview) -> 
     all layers, the top planes across layers of one rotation, then each rotation's top words."""
     k, size = layouts[0][1], out.nbytes
     low: list[np.ndarray] | None = None
-    tops: dict[int, tuple[int, list[np.ndarray]]] = {}
+    tops: dict[int, list[np.ndarray]] = {}
     for i, ((kind, payload), layout) in enumerate(zip(layers, layouts)):
-        planes = _layer(i, lambda: _planes(kind, payload, size)[1])
-        low = planes[:k - 2] if low is None else _xor_planes(low, planes[:k - 2], i)
-        seen, pair = tops.get(layout[2], (0, None))
-        tops[layout[2]] = (seen + 1, planes[k - 2:] if pair is None else _xor_planes(pair, planes[k - 2:], seen))
-    _join_rotated(low, {r: pair for r, (_, pair) in tops.items()}, out)
+        planes = _layer(i, lambda: _planes(kind, payload, size, i)[1])
+        low = planes[:k - 2] if low is None else _xor_planes(low, planes[:k - 2], slot=i)
+        pair = tops.get(layout[2])
+        tops[layout[2]] = planes[k - 2:] if pair is None else _xor_planes(pair, planes[k - 2:], slot=i, first=k - 2)
+    _join_rotated(low, tops, out)
 
 
-def _xor_planes(acc: list[np.ndarray], planes: list[np.ndarray], n: int) -> list[np.ndarray]:
-    """``acc ^ planes`` plane by plane; ``n`` layers went into ``acc`` (from 2 on, it is ours)."""
-    return [_xor_plane(a, b, owned=n > 1) for a, b in zip(acc, planes)]
+def _xor_planes(acc: list[np.ndarray], planes: list[np.ndarray], *, slot: int = 0, first: int = 0) -> list[np.ndarray]:
+    """``acc ^ planes`` plane by plane (see :func:`_xor_plane`; ``slot``, ``first``: which)."""
+    return [_xor_plane(a, b, ("x", slot, first + i)) for i, (a, b) in enumerate(zip(acc, planes))]
 
 
 def _layer(index: int, fn):
@@ -435,9 +476,12 @@ def _layer(index: int, fn):
         raise LayerError(index, str(exc)) from None
 
 
-def _xor_plane(a: np.ndarray, b: np.ndarray, *, owned: bool) -> np.ndarray:
-    """``a ^ b``, into ``a`` if ``owned`` (a plane XORed before), else into a new array."""
-    out = a if owned else np.empty_like(a)
+def _xor_plane(a: np.ndarray, b: np.ndarray, slot) -> np.ndarray:
+    """``a ^ b``, in place into whichever is writable (a scratch buffer, or an XOR made before),
+    else into the thread's scratch buffer ``slot``."""
+    if not a.flags.writeable:
+        a, b = b, a
+    out = a if a.flags.writeable else _scratch(slot, a.size)
     _xor_into(out, b, a)
     return out
 
@@ -451,11 +495,11 @@ def _xor_into(out: np.ndarray, b: np.ndarray, a: np.ndarray | None = None) -> No
     np.bitwise_xor(a, b, out=out)
 
 
-def _top_word(pair: list[np.ndarray], r: int, out: np.ndarray | None = None) -> np.ndarray:
+def _top_word(pair: list[np.ndarray], r: int, out: np.ndarray) -> np.ndarray:
     """Codec 4's top 16 bits of every element from its two top planes, rotated back right by ``r``."""
     word = _pair(pair[0], pair[1], False, out)
     if r:
-        low = word >> r
+        low = np.right_shift(word, r, out=_scratch("t", word.size, word.dtype))
         word <<= 16 - r
         word |= low
     return word
@@ -466,11 +510,12 @@ def _join_rotated(low: list[np.ndarray], tops: dict[int, list[np.ndarray]], dest
     the two top planes (several rotations: their top words are XORed, see decode_xor)."""
     k = len(low) + 2
     out = np.frombuffer(dest, dtype=f"<u{k}")
-    words = [_top_word(pair, r, out if k == 2 and i == 0 else None) for i, (r, pair) in enumerate(tops.items())]
+    words = [_top_word(pair, r, out if k == 2 and i == 0 else _scratch(("w", i), out.size, np.uint16))
+             for i, (r, pair) in enumerate(tops.items())]
     for more in words[1:]:
         _xor_into(words[0], more)
     if k == 4:
-        _widen(_pair(low[0], low[1], False, None), words[0], out)
+        _widen(_pair(low[0], low[1], False, _scratch("l", out.size, np.uint16)), words[0], out)
 
 
 def _join_words(planes: list[np.ndarray], x: np.ndarray, *, moved: bool) -> None:

@@ -349,3 +349,26 @@ def test_chunks_written_with_codec_3_stay_readable_alone_and_as_bases(tmp_path):
             casckpt.Store.open(root)
     finally:
         config.VERSION = old
+
+
+def test_decodes_in_many_threads_at_once_never_share_scratch_buffers():
+    """Decoding reuses per-thread buffers: results from several threads at once, and a result
+    kept while the same thread decodes more, stay exactly the bytes encoded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    raws = [trained_like(dt, 1 << 15, seed=i).tobytes() for i, dt in enumerate(["float32", "bfloat16"] * 6)]
+    coded = [encoded(r, 4 if i % 2 == 0 else 2) for i, r in enumerate(raws)]
+    chains = [[coded[i], coded[(i + 2) % len(coded)]] for i in range(len(coded))]
+
+    def one(i: int) -> tuple[bytes, bytes]:
+        kept = codec.decode(*coded[i], len(raws[i]))
+        out = memoryview(bytearray(len(raws[i])))
+        codec.decode_xor(chains[i], out)
+        return bytes(kept), bytes(out)
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(one, [i for _ in range(3) for i in range(len(raws))]))
+    for i, (kept, xored) in enumerate(got):
+        j = i % len(raws)
+        assert kept == raws[j]
+        assert xored == bytes(a ^ b for a, b in zip(raws[j], raws[(j + 2) % len(raws)]))

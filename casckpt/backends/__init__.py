@@ -19,6 +19,9 @@ The contract, which ``tests/test_backend_conformance.py`` checks for every back-
 - ``sync`` makes earlier writes made with ``sync=False`` durable, where the medium has such a step
   (fsync on a file system; nothing on object storage, where a completed PUT is durable).
 
+The store never uses a key that is also the folder of another (``a`` next to ``a/b``); a
+file system cannot hold both, so back-ends need not support it.
+
 Keys are checked by :func:`check_key` before any back-end sees them, so a hostile name (``..``,
 an absolute path, a NUL byte, a very long name) is refused with :class:`UnsafePathError` and can
 never reach outside the root.
@@ -130,8 +133,9 @@ class Backend(ABC):
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 
-    def sync(self, keys: Iterable[str]) -> None:
-        """Make earlier ``sync=False`` writes of ``keys`` durable. Nothing to do by default."""
+    def sync(self, keys: Iterable[str], *, map=map) -> None:
+        """Make earlier ``sync=False`` writes of ``keys`` durable (``map`` may run the work in
+        parallel). Nothing to do by default."""
 
     def close(self) -> None:
         """Release connections or handles."""

@@ -1,0 +1,225 @@
+"""A back-end on a local (or network-mounted POSIX) file system.
+
+Each blob is a file at ``root/<key>``. Writes go to a unique temp file in ``root/tmp`` and are
+then moved into place: ``link(2)`` for write-if-absent (it fails if the name exists, so exactly
+one racing writer wins, and a reader never sees a partly written file), ``rename(2)`` for
+replace. With ``sync=True`` the file is fsynced before it is moved and its folder after;
+``sync=False`` leaves both to :meth:`LocalBackend.sync`. Reads open with ``O_NOFOLLOW``, so a
+symlink planted in the store cannot redirect a read outside it; listings never follow links.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .. import fsutil
+from ..errors import UnsafePathError
+from . import Backend, Blob, BlobNotFoundError, check_key, check_prefix
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+TMP = "tmp"
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).absolute()
+        self.local_path = self.root
+        self.tmp_dir = self.root / TMP
+        self._real: set[str] = set()  # folders (keys) seen to be real folders, not links
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        """The file of ``key`` (checked: it cannot name anything outside the root)."""
+        folder = check_key(key).rpartition("/")[0]
+        if folder and folder not in self._real:
+            self._check_folders(folder)
+        return self.root / key
+
+    def _check_folders(self, folder: str) -> None:
+        """Refuse a key below a symlinked folder (``O_NOFOLLOW`` guards only the last component).
+        Folders that do not exist yet pass; they are checked again once made."""
+        parts = folder.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if sub in self._real:
+                continue
+            try:
+                mode = os.lstat(self.root / sub).st_mode
+            except FileNotFoundError:
+                return
+            if not stat.S_ISDIR(mode):
+                raise UnsafePathError(f"{self.root / sub} is not a folder (a symlink?); casckpt never follows links")
+            self._real.add(sub)
+
+    # -- reads ------------------------------------------------------------------------------------
+    def _open(self, key: str) -> int:
+        path = self.path(key)
+        try:
+            return os.open(path, os.O_RDONLY | _O_NOFOLLOW)
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"no blob {key!r} in {self.root}") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePathError(f"{path} is a symlink; casckpt never follows links in a store") from None
+            raise
+
+    def get(self, key: str) -> bytes:
+        fd = self._open(key)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        if start < 0 or end < start:
+            raise ValueError(f"bad byte range [{start}, {end})")
+        fd = self._open(key)
+        try:
+            out = bytearray()
+            while len(out) < end - start:
+                got = os.pread(fd, end - start - len(out), start + len(out))
+                if not got:
+                    break  # the end of the file
+                out += got
+            return bytes(out)
+        finally:
+            os.close(fd)
+
+    def size(self, key: str) -> int | None:
+        try:
+            return os.lstat(self.path(key)).st_size
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str = "") -> Iterator[Blob]:
+        check_prefix(prefix)
+        folder, _, _ = prefix.rpartition("/")
+        if folder:
+            try:
+                self.path(folder + "/x")
+            except UnsafePathError:
+                return
+        for key, size in _walk(self.root / folder if folder else self.root, folder):
+            if key.startswith(prefix):
+                yield Blob(key, size)
+
+    # -- writes -----------------------------------------------------------------------------------
+    def put_if_absent(self, key: str, parts: Iterable, *, sync: bool = True) -> bool:
+        final = self.path(key)
+        if os.path.lexists(final):
+            return False
+        tmp = self._write_temp(parts, sync)
+        try:
+            created = _link_into_place(tmp, final)
+        finally:
+            fsutil.unlink_quiet(tmp)
+        if created and sync:
+            fsutil.fsync_dir(final.parent)
+        return created
+
+    def replace(self, key: str, parts: Iterable, *, sync: bool = True) -> None:
+        final = self.path(key)
+        tmp = self._write_temp(parts, sync)
+        try:
+            _make_parent(final)
+            os.replace(tmp, final)
+        except BaseException:
+            fsutil.unlink_quiet(tmp)
+            raise
+        if sync:
+            fsutil.fsync_dir(final.parent)
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.unlink(self.path(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def sync(self, keys: Iterable[str], *, map=map) -> None:
+        """fsync the files (``map`` may run them in parallel), then their folders."""
+        paths = [self.path(k) for k in keys]
+        list(map(fsutil.fsync_file, paths))
+        for folder in sorted({p.parent for p in paths}, key=lambda p: -len(p.parts)):
+            fsutil.fsync_dir(folder)
+            if folder.parent != self.root and folder.parent.parent == self.root:
+                fsutil.fsync_dir(folder.parent)  # a fan-out folder this batch may have made
+
+    def _write_temp(self, parts: Iterable, sync: bool) -> Path:
+        tmp = fsutil.temp_path(self.tmp_dir, ".tmp")
+        try:
+            fsutil.write_parts(tmp, parts, sync=sync)
+        except FileNotFoundError:
+            if self.tmp_dir.exists():
+                raise
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)  # a bare root (the store makes its own)
+            fsutil.write_parts(tmp, parts, sync=sync)
+        except BaseException:
+            fsutil.unlink_quiet(tmp)
+            raise
+        return tmp
+
+
+def _make_parent(final: Path) -> None:
+    """Create the folders above ``final`` inside the root; a symlinked folder is refused."""
+    try:
+        if stat.S_ISDIR(os.lstat(final.parent).st_mode):
+            return
+        raise UnsafePathError(f"{final.parent} is not a folder (a symlink?); casckpt never follows links")
+    except FileNotFoundError:
+        _make_parent(final.parent)
+        try:
+            os.mkdir(final.parent)
+        except FileExistsError:
+            pass  # a concurrent writer made it
+
+
+def _link_into_place(tmp: Path, final: Path) -> bool:
+    """Publish ``tmp`` as ``final`` unless ``final`` exists: True if this call published it."""
+    try:
+        try:
+            os.link(tmp, final)
+        except FileNotFoundError:  # the folder's first file: folders are made on first use (256
+            # mkdirs at store creation would cost a cold save ~0.2 s here)
+            _make_parent(final)
+            os.link(tmp, final)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    # A file system without hard links: O_EXCL claims the name (one racer wins), then a rename
+    # puts the complete file there. A reader may see the empty claim for a moment (no header
+    # check accepts it), never a partly written file.
+    try:
+        os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644))
+    except FileExistsError:
+        return False
+    os.replace(tmp, final)
+    return True
+
+
+def _walk(folder: Path, key_prefix: str) -> Iterator[tuple[str, int]]:
+    """``(key, size)`` of regular files below ``folder``; links and other odd entries are skipped."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for e in entries:
+        key = f"{key_prefix}/{e.name}" if key_prefix else e.name
+        if e.is_dir(follow_symlinks=False):
+            yield from _walk(Path(e.path), key)
+        elif e.is_file(follow_symlinks=False):
+            try:
+                yield key, e.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue  # deleted meanwhile

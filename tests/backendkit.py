@@ -1,0 +1,218 @@
+"""The back-end conformance suite (see casckpt/backends/__init__.py for the contract).
+
+A back-end joins by subclassing :class:`BackendConformance` in its own test file and giving two
+fixtures: ``backend`` (a fresh, empty back-end) and ``reopen`` (a picklable callable that opens
+the same root again, so a second process can race the first). Nothing here knows which medium is
+underneath: the suite is what every back-end promises to the store above the seam.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+
+import pytest
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from casckpt.backends import Backend, BlobNotFoundError
+from casckpt.errors import UnsafePathError
+
+HOSTILE = ["..", "../x", "a/../b", "/abs", "/etc/passwd", "a//b", "", "./a", "a/", "a\x00b",
+           "x" * 2000, "a/" + "y" * 300, "a\\b", "~", "a b", "é", "a/.", "a\nb"]
+
+
+def _race(reopen, key: str, fill: int, start, results) -> None:
+    backend = reopen()
+    start.wait()
+    results.put((fill, backend.put_if_absent(key, [bytes([fill]) * (1 << 20)])))
+
+
+class BackendConformance:
+    """Subclass and provide the ``backend`` and ``reopen`` fixtures."""
+
+    # -- missing keys ----------------------------------------------------------------------------
+    def test_missing_key(self, backend: Backend):
+        with pytest.raises(BlobNotFoundError):
+            backend.get("nope/a")
+        with pytest.raises(BlobNotFoundError):
+            backend.get_range("nope/a", 0, 4)
+        assert backend.size("nope/a") is None
+        assert not backend.exists("nope/a")
+        assert backend.delete("nope/a") is False
+        assert list(backend.list("nope/")) == []
+
+    # -- writes and reads ------------------------------------------------------------------------
+    def test_round_trip_in_parts(self, backend: Backend):
+        payload = os.urandom(70_000)
+        assert backend.put_if_absent("chunks/ab/cd", [payload[:16], memoryview(payload)[16:]]) is True
+        assert backend.get("chunks/ab/cd") == payload
+        assert backend.size("chunks/ab/cd") == len(payload)
+        assert backend.exists("chunks/ab/cd")
+
+    def test_empty_blob(self, backend: Backend):
+        assert backend.put_if_absent("e", []) is True
+        assert backend.get("e") == b""
+        assert backend.size("e") == 0
+
+    def test_put_if_absent_keeps_the_first(self, backend: Backend):
+        assert backend.put_if_absent("k", [b"first"]) is True
+        assert backend.put_if_absent("k", [b"second, longer"]) is False
+        assert backend.get("k") == b"first"
+
+    def test_replace_creates_and_overwrites(self, backend: Backend):
+        backend.replace("cfg/c.json", [b"one"])
+        assert backend.get("cfg/c.json") == b"one"
+        backend.replace("cfg/c.json", [b"two!"])
+        assert backend.get("cfg/c.json") == b"two!"
+        assert backend.size("cfg/c.json") == 4
+
+    def test_delete(self, backend: Backend):
+        backend.put_if_absent("d/x", [b"1"])
+        assert backend.delete("d/x") is True
+        assert backend.size("d/x") is None
+        assert backend.delete("d/x") is False
+        assert backend.put_if_absent("d/x", [b"2"]) is True  # the name is free again
+        assert backend.get("d/x") == b"2"
+
+    def test_unsynced_write_then_sync(self, backend: Backend):
+        assert backend.put_if_absent("s/a", [b"abc"], sync=False) is True
+        backend.replace("s/b", [b"def"], sync=False)
+        backend.sync(["s/a", "s/b"])
+        assert (backend.get("s/a"), backend.get("s/b")) == (b"abc", b"def")
+
+    # -- ranges ----------------------------------------------------------------------------------
+    @pytest.mark.parametrize("start,end", [(0, 10), (3, 7), (5, 5), (8, 100), (10, 20), (50, 60), (0, 0)])
+    def test_ranges(self, backend: Backend, start: int, end: int):
+        data = bytes(range(10))
+        backend.put_if_absent("r", [data])
+        assert backend.get_range("r", start, end) == data[start:end]
+
+    # -- listing ---------------------------------------------------------------------------------
+    def test_list_by_prefix(self, backend: Backend):
+        keys = {"a/1": b"x", "a/2": b"yy", "a/sub/3": b"zzz", "ab/4": b"", "b": b"wwww"}
+        for k, v in keys.items():
+            backend.put_if_absent(k, [v])
+        def listed(prefix):
+            return {(b.key, b.size) for b in backend.list(prefix)}
+        assert listed("a/") == {("a/1", 1), ("a/2", 2), ("a/sub/3", 3)}
+        assert listed("a") == {("a/1", 1), ("a/2", 2), ("a/sub/3", 3), ("ab/4", 0)}
+        assert {k for k, _ in listed("")} >= set(keys)
+        assert listed("a/sub/") == {("a/sub/3", 3)}
+        assert listed("zz/") == set()
+        backend.delete("a/2")
+        assert listed("a/") == {("a/1", 1), ("a/sub/3", 3)}
+
+    # -- hostile keys ----------------------------------------------------------------------------
+    @pytest.mark.parametrize("key", HOSTILE, ids=repr)
+    def test_hostile_key_refused(self, backend: Backend, key: str):
+        for op in (lambda: backend.get(key), lambda: backend.get_range(key, 0, 1),
+                   lambda: backend.put_if_absent(key, [b"x"]), lambda: backend.replace(key, [b"x"]),
+                   lambda: backend.delete(key), lambda: backend.size(key)):
+            with pytest.raises(UnsafePathError):
+                op()
+        with pytest.raises(UnsafePathError):
+            list(backend.list(key + "/"))
+        assert [b for b in backend.list("") if not b.key.startswith("tmp/")] == []
+
+    def test_bad_range_refused(self, backend: Backend):
+        backend.put_if_absent("r", [b"abc"])
+        with pytest.raises(ValueError):
+            backend.get_range("r", 2, 1)
+        with pytest.raises(ValueError):
+            backend.get_range("r", -1, 2)
+
+    # -- races -----------------------------------------------------------------------------------
+    def test_put_if_absent_race_threads(self, backend: Backend):
+        wins, start = [], threading.Barrier(8)
+        def put(fill: int) -> None:
+            start.wait()
+            if backend.put_if_absent("race", [bytes([fill]) * (1 << 20)]):
+                wins.append(fill)
+        threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(wins) == 1
+        assert backend.get("race") == bytes([wins[0]]) * (1 << 20)
+
+    def test_put_if_absent_race_processes(self, backend: Backend, reopen):
+        ctx = mp.get_context("spawn")
+        start, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(reopen, "prace", i + 1, start, results)) for i in range(4)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        winners = [fill for fill, won in outcomes if won]
+        assert len(winners) == 1, outcomes
+        assert backend.get("prace") == bytes([winners[0]]) * (1 << 20)
+
+    def test_replace_never_seen_half_done(self, backend: Backend):
+        size, blobs = 1 << 21, [b"A" * (1 << 21), b"B" * (1 << 21)]
+        backend.replace("swap", [blobs[0]])
+        stop, seen = threading.Event(), []
+        def read() -> None:
+            while not stop.is_set():
+                data = backend.get("swap")
+                seen.append(len(data) == size and data in blobs)
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            for i in range(30):
+                backend.replace("swap", [blobs[i % 2][: size // 2], blobs[i % 2][size // 2:]])
+        finally:
+            stop.set()
+            reader.join(timeout=60)
+        assert seen and all(seen)
+
+
+class BlobMachine(RuleBasedStateMachine):
+    """Any sequence of operations leaves the back-end agreeing with a plain dict. Subclasses set
+    ``make`` (a callable returning a fresh back-end)."""
+
+    make = None
+    # NOTE: no key is a folder of another ("a" next to "a/b"): the store never makes such pairs,
+    # and a file system cannot hold them.
+    keys = st.sampled_from(["c", "a/b", "a/c", "b/a", "chunks/00/x", "snapshots/s.json"])
+    values = st.binary(max_size=64)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backend, self.model = type(self).make(), {}
+
+    @rule(key=keys, value=values)
+    def put_if_absent(self, key, value):
+        created = self.backend.put_if_absent(key, [value])
+        assert created == (key not in self.model)
+        if created:
+            self.model[key] = value
+
+    @rule(key=keys, value=values)
+    def replace(self, key, value):
+        self.backend.replace(key, [value])
+        self.model[key] = value
+
+    @rule(key=keys)
+    def delete(self, key):
+        assert self.backend.delete(key) == (key in self.model)
+        self.model.pop(key, None)
+
+    @rule(key=keys, start=st.integers(0, 70), length=st.integers(0, 70))
+    def get_range(self, key, start, length):
+        if key in self.model:
+            assert self.backend.get_range(key, start, start + length) == self.model[key][start:start + length]
+
+    @invariant()
+    def agrees(self):
+        listed = {b.key: b.size for b in self.backend.list("") if not b.key.startswith("tmp/")}
+        assert listed == {k: len(v) for k, v in self.model.items()}
+        for k, v in self.model.items():
+            assert self.backend.get(k) == v
+
+
+def machine_settings():
+    return settings(max_examples=20, stateful_step_count=12, deadline=None, derandomize=True)

@@ -1,0 +1,66 @@
+"""The conformance suite on the local file-system back-end, plus what only a file system has:
+symlinks planted in the root, and no file left behind outside it."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+from backendkit import BackendConformance, BlobMachine, machine_settings
+from casckpt.backends.local import LocalBackend
+from casckpt.errors import UnsafePathError
+
+
+@pytest.fixture
+def backend(tmp_path):
+    return LocalBackend(tmp_path / "root")
+
+
+@pytest.fixture
+def reopen(backend):
+    return functools.partial(LocalBackend, backend.root)
+
+
+class TestLocal(BackendConformance):
+    def test_nothing_written_outside_root(self, backend, tmp_path):
+        backend.put_if_absent("a/b", [b"x"])
+        backend.replace("c", [b"y"])
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+        assert not any((backend.root / "tmp").iterdir())  # temp files are gone
+
+    def test_symlinked_file_is_not_followed(self, backend, tmp_path):
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"outside")
+        backend.put_if_absent("keep", [b"k"])
+        os.symlink(secret, backend.root / "link")
+        with pytest.raises(UnsafePathError):
+            backend.get("link")
+        with pytest.raises(UnsafePathError):
+            backend.get_range("link", 0, 3)
+        assert [b.key for b in backend.list("")] == ["keep"] or "link" not in {b.key for b in backend.list("")}
+
+    def test_symlinked_folder_is_not_listed_or_written_through(self, backend, tmp_path):
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "f").write_bytes(b"o")
+        backend.root.mkdir(parents=True, exist_ok=True)
+        os.symlink(outside, backend.root / "d")
+        assert list(backend.list("d/")) == []
+        with pytest.raises(UnsafePathError):
+            backend.replace("d/g", [b"x"])
+        assert sorted(p.name for p in outside.iterdir()) == ["f"]
+
+
+class LocalMachine(BlobMachine):
+    counter = 0
+
+    @staticmethod
+    def make():
+        import tempfile
+        return LocalBackend(tempfile.mkdtemp(prefix="casckpt-blobs-"))
+
+
+TestLocalMachine = LocalMachine.TestCase
+TestLocalMachine.settings = machine_settings()

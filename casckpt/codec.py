@@ -17,8 +17,15 @@ Codecs (recorded in every chunk file's header and in the index):
   exponent of a float32 / bfloat16 and the random sign joins a mantissa plane; then the bytes are
   grouped into planes as in ``BG``, and every plane is coded by zstd tuned to emit almost only
   Huffman-coded literals (``_HUFF``) or stored raw. Layout: ``k`` (u8), ``w`` (u8; 0: no bits
-  move, as for 8-byte floats), then the plane table and planes as in ``BG``. The default for
-  floating chunks; docs/FORMAT.md has it byte for byte.
+  move, as for 8-byte floats), then the plane table and planes as in ``BG``. The default for 8-
+  and 16-byte floating chunks; for all of them before codec 4 (store format version 2).
+* ``BGR``  (4) for 2- and 4-byte floats: the top 16 bits of each element rotated left by ``r``
+  (chosen per chunk from a sample, :func:`casckpt.planes.rotation`), then grouped and coded as in
+  ``BGX``. Layout: ``k`` (u8), ``r`` (u8), then the plane table and planes. The default for those
+  floats (store format version 3).
+
+The bit layouts themselves, their inverses and the XOR of planes live in :mod:`casckpt.planes`;
+docs/FORMAT.md has every payload byte for byte.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import zstandard
+
+from . import planes as pl  # the numpy side: bit layouts, interleaving, XOR of planes
 
 RAW, ZSTD, BG, BGX, BGR = 0, 1, 2, 3, 4
 CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BG: "bg+zstd", BGX: "bgx+zstd", BGR: "bgr+zstd"}
@@ -158,39 +167,11 @@ def _spread(plane: np.ndarray, pieces: int = 8) -> np.ndarray | None:
 
 
 # -- codec 3: whole-byte exponents -----------------------------------------------------------------
-def _exponent_planes(raw: memoryview, k: int, w: int) -> list[np.ndarray]:
-    """The planes of codec 3 (plane ``i`` = byte ``i`` of every element, little-endian, after the
-    move): in each ``w``-byte word the top byte ``s|e7..e1`` and the next ``e0|m..`` become
-    ``e7..e0`` and ``s|m..``; lower bytes are unchanged. ``w`` 0: no bits move."""
-    if k in (2, 4, 8) and w in (0, k):
-        # NOTE: shifts and narrowing casts on whole words are ~2x faster than numpy's strided
-        # transpose copy (2.7x for 2-byte elements); the exponent byte is one shift away.
-        x = np.frombuffer(raw, dtype=f"<u{k}")
-        planes = [x.astype(np.uint8)] + [(x >> (8 * i)).astype(np.uint8) for i in range(1, k)]
-        if w:
-            planes[k - 1], hi = (x >> (8 * k - 9)).astype(np.uint8), planes[k - 1]
-            _swap_sign(planes[k - 2], hi)
-        return planes
-    planes = list(np.frombuffer(raw, dtype=np.uint8).reshape(-1, k).T.copy())
-    for top in range(w - 1, k, w) if w else ():
-        hi = planes[top].copy()
-        planes[top] = (hi << 1) | (planes[top - 1] >> 7)
-        _swap_sign(planes[top - 1], hi)
-    return planes
-
-
-def _swap_sign(lo: np.ndarray, hi: np.ndarray) -> None:
-    """Replace the top bit of ``lo`` (in place) by the top bit of ``hi``."""
-    tmp = lo ^ hi
-    tmp &= 0x80
-    lo ^= tmp
-
-
 def _encode_exponent(raw: memoryview, k: int, w: int) -> tuple[int, list]:
     # NOTE: the top plane of each word (the exponent) is not probed: it nearly always pays.
     comp, span = _compressor(None), w or min(k, 8)
     header, parts = [struct.pack("<BB", k, w)], []
-    for i, plane in enumerate(_exponent_planes(raw, k, w)):
+    for i, plane in enumerate(pl.exponent_planes(raw, k, w)):
         probe = None if i % span == span - 1 else _spread(plane)
         flag, data = _pack_plane(comp, plane, probe)
         header.append(_PLANE.pack(flag, len(data)))
@@ -201,49 +182,12 @@ def _encode_exponent(raw: memoryview, k: int, w: int) -> tuple[int, list]:
 
 
 # -- codec 4: the top 16 bits rotated --------------------------------------------------------------
-# NOTE: how many bits below the sign must be near-constant (this fraction of a sample, or less,
-# differ) to be moved out of the entropy-coded top byte; and the sample's size.
-_CONSTANT = 0.005
-_SAMPLE = 4096
-
-
-def _rotation(top: np.ndarray) -> int:
-    """How far codec 4 rotates the top 16 bits of each element left, from a sample: 0 when most
-    top bytes are zero (XOR residuals: sign and exponent rarely change, and zero bytes are what
-    codes them best); 3 when the two bits below the sign are near-constant (float32 / bfloat16
-    values between 2**-63 and 2: exponent bits e7 and e6), so the top byte holds the exponent's
-    six low bits and two mantissa bits, whose entropy coder then sees how those depend on the
-    exponent, and the byte below holds the sign and the two constant bits, which makes it
-    compressible; else 1, the exponent byte whole as in codec 3 (float16's 5-bit exponent)."""
-    sample = top[::max(1, top.size // _SAMPLE)]
-    if 2 * np.count_nonzero(sample >> 8) < sample.size:
-        return 0
-    for bit in (14, 13):
-        ones = np.count_nonzero(sample & (1 << bit))
-        if min(ones, sample.size - ones) > _CONSTANT * sample.size:
-            return 1
-    return 3
-
-
-def _rotated_planes(raw: memoryview, k: int, r: int) -> list[np.ndarray]:
-    """The planes of codec 4 (``k`` 2 or 4): bytes below the top 16 bits as they are, then the
-    top 16 bits rotated left by ``r``, low byte first."""
-    x = np.frombuffer(raw, dtype=f"<u{k}")
-    planes = [(x >> (8 * i)).astype(np.uint8) for i in range(k - 2)]
-    top = x if k == 2 else (x >> 16).astype(np.uint16)
-    if r:
-        y = top << r
-        y |= top >> (16 - r)
-        top = y
-    return planes + [top.astype(np.uint8), (top >> 8).astype(np.uint8)]
-
-
 def _encode_rotated(raw: memoryview, k: int) -> tuple[int, list]:
     x = np.frombuffer(raw, dtype=f"<u{k}")
-    r = _rotation(x if k == 2 else (x[::max(1, x.size // _SAMPLE)] >> 16).astype(np.uint16))
+    r = pl.rotation(x if k == 2 else (x[::max(1, x.size // pl.SAMPLE)] >> 16).astype(np.uint16))
     comp = _compressor(None)
     header, parts = [struct.pack("<BB", k, r)], []
-    for i, plane in enumerate(_rotated_planes(raw, k, r)):
+    for i, plane in enumerate(pl.rotated_planes(raw, k, r)):
         # NOTE: the top byte nearly always pays; so does the one below it once near-constant
         # exponent bits were rotated into it (r >= 2). Other planes are sampled first.
         probe = None if i == k - 1 or (i == k - 2 and r >= 2) else _spread(plane)
@@ -317,25 +261,6 @@ def _zstd_into(payload, out: np.ndarray) -> np.ndarray:
     return out
 
 
-# NOTE: decoding's temporaries (zstd planes, XORed planes, 16-bit words) come from buffers each
-# thread keeps, at most this big each (a 2 MiB chunk's planes and words fit): a fresh array of
-# that size is a new mmap under glibc, and first touching its pages made delta decodes ~1.5x
-# slower (measured). Bigger temporaries are allocated as they come.
-_SCRATCH_MAX = 1 << 20
-
-
-def _scratch(slot, n: int, dtype=np.uint8) -> np.ndarray:
-    """``n`` elements of the calling thread's reusable buffer ``slot`` (a new array if too big)."""
-    nbytes = n * np.dtype(dtype).itemsize
-    if nbytes > _SCRATCH_MAX:
-        return np.empty(n, dtype)
-    bufs = _local.__dict__.setdefault("s", {})
-    buf = bufs.get(slot)
-    if buf is None or buf.nbytes < nbytes:
-        buf = bufs[slot] = np.empty(_SCRATCH_MAX, np.uint8)
-    return buf[:nbytes].view(dtype)
-
-
 def _read_planes(payload: memoryview, start: int, k: int, size: int, layer: int | None = None):
     """Yield each plane's bytes (``size`` of them) from the plane table at ``start``; zstd planes
     of ``layer`` 0 or 1 (see decode_xor) are decoded into the thread's scratch buffers, writable."""
@@ -348,7 +273,7 @@ def _read_planes(payload: memoryview, start: int, k: int, size: int, layer: int 
         if body.nbytes != length:
             raise ValueError("byte-grouped payload is truncated")
         if flag == 1:
-            yield _zstd(body, size) if layer is None or layer > 1 else _zstd_into(body, _scratch(("p", layer, i), size))
+            yield _zstd(body, size) if layer is None or layer > 1 else _zstd_into(body, pl.scratch(("p", layer, i), size))
         elif flag == 0 and length == size:
             yield body
         else:
@@ -394,10 +319,10 @@ def _assemble(layout: tuple, planes: list[np.ndarray], dest: memoryview) -> None
     """Interleave planes back into elements in ``dest`` (codec 3: moving each sign back too)."""
     codec, k, w = layout
     if codec == BGR:
-        _join_rotated(planes[:k - 2], {w: planes[k - 2:]}, dest)
+        pl.join_rotated(planes[:k - 2], {w: planes[k - 2:]}, dest)
         return
     if codec == BGX and k in (2, 4, 8) and w in (0, k):
-        _join_words(planes, np.frombuffer(dest, dtype=f"<u{k}"), moved=w > 0)
+        pl.join_words(planes, np.frombuffer(dest, dtype=f"<u{k}"), moved=w > 0)
         return
     # NOTE: filling one column at a time is ~5x faster than assigning the transposed planes at once.
     cols = np.frombuffer(dest, dtype=np.uint8).reshape(-1, k)
@@ -440,14 +365,14 @@ def decode_xor(layers: list[tuple[int, memoryview]], out: memoryview) -> None:
             acc: list[np.ndarray] | None = None
             for i, (kind, payload) in enumerate(layers):
                 planes = _layer(i, lambda: _planes(kind, payload, size, i)[1])
-                acc = planes if acc is None else _xor_planes(acc, planes)
+                acc = planes if acc is None else pl.xor_planes(acc, planes)
             _assemble(first, acc, out)
             return
     last = len(layers) - 1
     _layer(last, lambda: decode(layers[last][0], layers[last][1], size, out))
     for i in range(last - 1, -1, -1):
         flat = _layer(i, lambda: decode_flat(layers[i][0], layers[i][1], size))
-        _xor_into(np.frombuffer(out, dtype=np.uint8), np.frombuffer(flat, dtype=np.uint8))
+        pl.xor_into(np.frombuffer(out, dtype=np.uint8), np.frombuffer(flat, dtype=np.uint8))
 
 
 def _decode_rotated_xor(layers: list, layouts: list[tuple], out: memoryview) -> None:
@@ -458,15 +383,10 @@ def _decode_rotated_xor(layers: list, layouts: list[tuple], out: memoryview) -> 
     tops: dict[int, list[np.ndarray]] = {}
     for i, ((kind, payload), layout) in enumerate(zip(layers, layouts)):
         planes = _layer(i, lambda: _planes(kind, payload, size, i)[1])
-        low = planes[:k - 2] if low is None else _xor_planes(low, planes[:k - 2], slot=i)
+        low = planes[:k - 2] if low is None else pl.xor_planes(low, planes[:k - 2], slot=i)
         pair = tops.get(layout[2])
-        tops[layout[2]] = planes[k - 2:] if pair is None else _xor_planes(pair, planes[k - 2:], slot=i, first=k - 2)
-    _join_rotated(low, tops, out)
-
-
-def _xor_planes(acc: list[np.ndarray], planes: list[np.ndarray], *, slot: int = 0, first: int = 0) -> list[np.ndarray]:
-    """``acc ^ planes`` plane by plane (see :func:`_xor_plane`; ``slot``, ``first``: which)."""
-    return [_xor_plane(a, b, ("x", slot, first + i)) for i, (a, b) in enumerate(zip(acc, planes))]
+        tops[layout[2]] = planes[k - 2:] if pair is None else pl.xor_planes(pair, planes[k - 2:], slot=i, first=k - 2)
+    pl.join_rotated(low, tops, out)
 
 
 def _layer(index: int, fn):
@@ -475,79 +395,3 @@ def _layer(index: int, fn):
     except ValueError as exc:
         raise LayerError(index, str(exc)) from None
 
-
-def _xor_plane(a: np.ndarray, b: np.ndarray, slot) -> np.ndarray:
-    """``a ^ b``, in place into whichever is writable (a scratch buffer, or an XOR made before),
-    else into the thread's scratch buffer ``slot``."""
-    if not a.flags.writeable:
-        a, b = b, a
-    out = a if a.flags.writeable else _scratch(slot, a.size)
-    _xor_into(out, b, a)
-    return out
-
-
-def _xor_into(out: np.ndarray, b: np.ndarray, a: np.ndarray | None = None) -> None:
-    """``out = (out if a is None else a) ^ b`` on byte arrays of one length, 8 bytes at a time
-    where the length allows (2-4x faster than byte by byte)."""
-    a = out if a is None else a
-    if out.nbytes % 8 == 0:
-        out, a, b = out.view(np.uint64), a.view(np.uint64), b.view(np.uint64)
-    np.bitwise_xor(a, b, out=out)
-
-
-def _top_word(pair: list[np.ndarray], r: int, out: np.ndarray) -> np.ndarray:
-    """Codec 4's top 16 bits of every element from its two top planes, rotated back right by ``r``."""
-    word = _pair(pair[0], pair[1], False, out)
-    if r:
-        low = np.right_shift(word, r, out=_scratch("t", word.size, word.dtype))
-        word <<= 16 - r
-        word |= low
-    return word
-
-
-def _join_rotated(low: list[np.ndarray], tops: dict[int, list[np.ndarray]], dest: memoryview) -> None:
-    """Codec 4 elements into ``dest`` from the planes below the top 16 bits and, per rotation,
-    the two top planes (several rotations: their top words are XORed, see decode_xor)."""
-    k = len(low) + 2
-    out = np.frombuffer(dest, dtype=f"<u{k}")
-    words = [_top_word(pair, r, out if k == 2 and i == 0 else _scratch(("w", i), out.size, np.uint16))
-             for i, (r, pair) in enumerate(tops.items())]
-    for more in words[1:]:
-        _xor_into(words[0], more)
-    if k == 4:
-        _widen(_pair(low[0], low[1], False, _scratch("l", out.size, np.uint16)), words[0], out)
-
-
-def _join_words(planes: list[np.ndarray], x: np.ndarray, *, moved: bool) -> None:
-    """Assemble whole words from codec-3 planes into ``x``, moving the sign back to the top if
-    ``moved``: byte pairs into 16-bit halves, then halves into wider words."""
-    # NOTE: contiguous arithmetic, widening by pairs, is 1.5x (4-byte) to 5x (2-byte) faster
-    # than writing strided byte columns.
-    k = len(planes)
-    parts = [_pair(planes[i], planes[i + 1], moved and i == k - 2, x if k == 2 else None)
-             for i in range(0, k, 2)]
-    while len(parts) > 1:
-        parts = [_widen(parts[i], parts[i + 1], x if len(parts) == 2 else None) for i in range(0, len(parts), 2)]
-
-
-def _pair(lo: np.ndarray, hi: np.ndarray, moved: bool, out: np.ndarray | None) -> np.ndarray:
-    """16-bit values from a low and a high byte plane; ``moved``: ``hi`` is an exponent plane and
-    ``lo`` holds the sign in its top bit."""
-    half = np.dtype("<u2") if out is None else out.dtype
-    if not moved:
-        word = np.left_shift(hi, 8, out=out, dtype=half)
-        word |= lo
-        return word
-    word = np.left_shift(hi, 7, out=out, dtype=half)
-    bits = lo & 0x7F
-    word |= bits
-    np.bitwise_and(lo, 0x80, out=bits)
-    word |= np.left_shift(bits, 8, dtype=half)
-    return word
-
-
-def _widen(lo: np.ndarray, hi: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    wide = np.dtype(f"<u{2 * lo.itemsize}") if out is None else out.dtype
-    word = np.left_shift(hi, 8 * lo.itemsize, out=out, dtype=wide)
-    word |= lo
-    return word

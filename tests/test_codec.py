@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casckpt import codec
+from casckpt import codec, planes
 
 CFG = codec.CodecConfig(level=1, byte_grouping=True)
 
@@ -141,9 +141,9 @@ def test_exponent_byte_is_whole():
     """float32 1.5 and -1.5: the exponent plane holds 127 for both, the sign sits in plane 2."""
     raw = np.array([1.5, -1.5] * 4096, dtype="<f4").tobytes()
     kind, payload = codec_3(raw, 4)
-    planes = codec._exponent_planes(memoryview(raw), 4, 4)
-    assert kind == codec.BGX and set(planes[3].tolist()) == {127}
-    assert set(planes[2].tolist()) == {0x40, 0xC0}
+    got = planes.exponent_planes(memoryview(raw), 4, 4)
+    assert kind == codec.BGX and set(got[3].tolist()) == {127}
+    assert set(got[2].tolist()) == {0x40, 0xC0}
 
 
 def test_xor_of_two_steps_compresses():

@@ -197,39 +197,39 @@ class ChunkDir:
         return raw, ChunkInfo(raw_len, payload.nbytes + HEADER.size, kind)
 
     def _read_delta(self, digest: Digest, out: memoryview | None, item: str, parsed) -> tuple[memoryview, ChunkInfo]:
-        """Decode the base chain into the destination, XOR this chunk's payload in, check the
-        digest once at the end; if it fails, find out whether a base is to blame."""
+        """Decode the chain (this chunk's payload and its bases') into the destination at once
+        (:func:`casckpt.codec.decode_xor`), check the digest once at the end; if it fails, find
+        out whether a base is to blame. No base is hashed on the way: the final check catches
+        any wrong base (docs/FORMAT.md, "Delta chunks")."""
         kind, raw_len, payload, base, depth = parsed
         dest = memoryview(bytearray(raw_len)) if out is None else out
-        self._decode_into(digest, dest, item, parsed, 0)
+        chain = self._chain(digest, item, parsed)
+        try:
+            codec.decode_xor([(c[1], c[3]) for c in chain], dest)
+        except codec.LayerError as exc:
+            bad = self._corrupt(chain[exc.index][0], item, str(exc))
+            raise (bad if exc.index == 0 else self._base_error(digest, base, item, bad)) from None
         if digest_of(dest) != digest:
             self._blame_base(digest, base, item)
             raise self._corrupt(digest, item, "content does not hash to its name")
         return dest, ChunkInfo(raw_len, payload.nbytes + HEADER2.size, kind, base, depth)
 
-    def _decode_into(self, digest: Digest, dest: memoryview, item: str, parsed, links: int) -> None:
-        """Raw bytes of ``digest`` into ``dest``, unverified: bases first, each delta XORed in."""
-        kind, raw_len, payload, base, _ = parsed
-        if raw_len != dest.nbytes:
-            raise self._corrupt(digest, item, f"holds {raw_len} bytes where {dest.nbytes} are expected")
-        if base is None:
+    def _chain(self, digest: Digest, item: str, parsed) -> list[tuple]:
+        """``[(digest, codec, raw_len, payload, base, depth), ...]`` from ``digest`` down to the
+        full chunk its chain starts from, headers checked, payloads not yet decoded."""
+        chain = [(digest, *parsed)]
+        while chain[-1][4] is not None:
+            below = chain[-1][4]
+            if len(chain) > delta.MAX_DEPTH_LIMIT:
+                raise self._corrupt(digest, item, f"its chain of bases is longer than {delta.MAX_DEPTH_LIMIT}")
             try:
-                codec.decode(kind, payload, raw_len, dest)
-            except ValueError as exc:
-                raise self._corrupt(digest, item, str(exc)) from None
-            return
-        if links >= delta.MAX_DEPTH_LIMIT:
-            raise self._corrupt(digest, item, f"its chain of bases is longer than {delta.MAX_DEPTH_LIMIT}")
-        try:
-            below = self.read_payload(base, item=item)
-            self._decode_into(base, dest, item, below, links + 1)
-        except (MissingChunkError, CorruptChunkError) as exc:
-            raise self._base_error(digest, base, item, exc) from None
-        try:
-            diff = codec.decode(kind, payload, raw_len)
-        except ValueError as exc:
-            raise self._corrupt(digest, item, str(exc)) from None
-        delta.xor_into(dest, diff)
+                link = (below, *self.read_payload(below, item=item))
+                if link[2] != parsed[1]:
+                    raise self._corrupt(below, item, f"holds {link[2]} bytes where {parsed[1]} are expected")
+            except (MissingChunkError, CorruptChunkError) as exc:
+                raise self._base_error(digest, below, item, exc) from None
+            chain.append(link)
+        return chain
 
     def _blame_base(self, digest: Digest, base: Digest, item: str) -> None:
         """Raise the base's own error if the base chain does not verify (the delta is then fine

@@ -17,8 +17,15 @@ Codecs (recorded in every chunk file's header and in the index):
   exponent of a float32 / bfloat16 and the random sign joins a mantissa plane; then the bytes are
   grouped into planes as in ``BG``, and every plane is coded by zstd tuned to emit almost only
   Huffman-coded literals (``_HUFF``) or stored raw. Layout: ``k`` (u8), ``w`` (u8; 0: no bits
-  move, as for 8-byte floats), then the plane table and planes as in ``BG``. The default for
-  floating chunks; docs/FORMAT.md has it byte for byte.
+  move, as for 8-byte floats), then the plane table and planes as in ``BG``. The default for 8-
+  and 16-byte floating chunks; for all of them before codec 4 (store format version 2).
+* ``BGR``  (4) for 2- and 4-byte floats: the top 16 bits of each element rotated left by ``r``
+  (chosen per chunk from a sample, :func:`casckpt.planes.rotation`), then grouped and coded as in
+  ``BGX``. Layout: ``k`` (u8), ``r`` (u8), then the plane table and planes. The default for those
+  floats (store format version 3).
+
+The bit layouts themselves, their inverses and the XOR of planes live in :mod:`casckpt.planes`;
+docs/FORMAT.md has every payload byte for byte.
 """
 
 from __future__ import annotations
@@ -30,9 +37,12 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-RAW, ZSTD, BG, BGX = 0, 1, 2, 3
-CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BG: "bg+zstd", BGX: "bgx+zstd"}
-GROUPED = frozenset({BG, BGX})  # decoded plane by plane straight into the caller's buffer
+from . import planes as pl  # the numpy side: bit layouts, interleaving, XOR of planes
+
+RAW, ZSTD, BG, BGX, BGR = 0, 1, 2, 3, 4
+CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BG: "bg+zstd", BGX: "bgx+zstd", BGR: "bgr+zstd"}
+GROUPED = frozenset({BG, BGX, BGR})  # decoded plane by plane straight into the caller's buffer
+KNOWN = frozenset({RAW, ZSTD}) | GROUPED  # every codec this casckpt reads (reindex checks headers against it)
 
 # NOTE: a chunk is stored raw unless compression saves at least this fraction; below that the
 # decompression cost on every load buys almost nothing.
@@ -108,6 +118,8 @@ def encode(raw: memoryview, *, group: int, config: CodecConfig) -> tuple[int, li
     if config.level <= 0 or n == 0:
         return RAW, [raw]
     if config.byte_grouping and group > 1 and n % group == 0:
+        if config.exponent and group in (2, 4):
+            return _encode_rotated(raw, group)
         if config.exponent and group in _WORDS:
             return _encode_exponent(raw, group, _WORDS[group])
         return _encode_grouped(raw, group, config.level)
@@ -156,39 +168,11 @@ def _spread(plane: np.ndarray, pieces: int = 8) -> np.ndarray | None:
 
 
 # -- codec 3: whole-byte exponents -----------------------------------------------------------------
-def _exponent_planes(raw: memoryview, k: int, w: int) -> list[np.ndarray]:
-    """The planes of codec 3 (plane ``i`` = byte ``i`` of every element, little-endian, after the
-    move): in each ``w``-byte word the top byte ``s|e7..e1`` and the next ``e0|m..`` become
-    ``e7..e0`` and ``s|m..``; lower bytes are unchanged. ``w`` 0: no bits move."""
-    if k in (2, 4, 8) and w in (0, k):
-        # NOTE: shifts and narrowing casts on whole words are ~2x faster than numpy's strided
-        # transpose copy (2.7x for 2-byte elements); the exponent byte is one shift away.
-        x = np.frombuffer(raw, dtype=f"<u{k}")
-        planes = [x.astype(np.uint8)] + [(x >> (8 * i)).astype(np.uint8) for i in range(1, k)]
-        if w:
-            planes[k - 1], hi = (x >> (8 * k - 9)).astype(np.uint8), planes[k - 1]
-            _swap_sign(planes[k - 2], hi)
-        return planes
-    planes = list(np.frombuffer(raw, dtype=np.uint8).reshape(-1, k).T.copy())
-    for top in range(w - 1, k, w) if w else ():
-        hi = planes[top].copy()
-        planes[top] = (hi << 1) | (planes[top - 1] >> 7)
-        _swap_sign(planes[top - 1], hi)
-    return planes
-
-
-def _swap_sign(lo: np.ndarray, hi: np.ndarray) -> None:
-    """Replace the top bit of ``lo`` (in place) by the top bit of ``hi``."""
-    tmp = lo ^ hi
-    tmp &= 0x80
-    lo ^= tmp
-
-
 def _encode_exponent(raw: memoryview, k: int, w: int) -> tuple[int, list]:
     # NOTE: the top plane of each word (the exponent) is not probed: it nearly always pays.
     comp, span = _compressor(None), w or min(k, 8)
     header, parts = [struct.pack("<BB", k, w)], []
-    for i, plane in enumerate(_exponent_planes(raw, k, w)):
+    for i, plane in enumerate(pl.exponent_planes(raw, k, w)):
         probe = None if i % span == span - 1 else _spread(plane)
         flag, data = _pack_plane(comp, plane, probe)
         header.append(_PLANE.pack(flag, len(data)))
@@ -196,6 +180,24 @@ def _encode_exponent(raw: memoryview, k: int, w: int) -> tuple[int, list]:
     if _nbytes(parts) >= raw.nbytes * (1 - MIN_SAVING):
         return RAW, [raw]
     return BGX, [b"".join(header), *parts]
+
+
+# -- codec 4: the top 16 bits rotated --------------------------------------------------------------
+def _encode_rotated(raw: memoryview, k: int) -> tuple[int, list]:
+    x = np.frombuffer(raw, dtype=f"<u{k}")
+    r = pl.rotation(x if k == 2 else (x[::max(1, x.size // pl.SAMPLE)] >> 16).astype(np.uint16))
+    comp = _compressor(None)
+    header, parts = [struct.pack("<BB", k, r)], []
+    for i, plane in enumerate(pl.rotated_planes(raw, k, r)):
+        # NOTE: the top byte nearly always pays; so does the one below it once near-constant
+        # exponent bits were rotated into it (r >= 2). Other planes are sampled first.
+        probe = None if i == k - 1 or (i == k - 2 and r >= 2) else _spread(plane)
+        flag, data = _pack_plane(comp, plane, probe)
+        header.append(_PLANE.pack(flag, len(data)))
+        parts.append(data)
+    if _nbytes(parts) >= raw.nbytes * (1 - MIN_SAVING):
+        return RAW, [raw]
+    return BGR, [b"".join(header), *parts]
 
 
 # -- decoding --------------------------------------------------------------------------------------
@@ -212,10 +214,7 @@ def decode(codec: int, payload: memoryview, raw_len: int, out: memoryview | None
         out[:] = flat
         return out
     dest = memoryview(bytearray(raw_len)) if out is None else out
-    if codec == BG:
-        _decode_grouped(payload, dest)
-    else:
-        _decode_exponent(payload, dest)
+    _assemble(*_planes(codec, payload, raw_len), dest)
     return dest
 
 
@@ -244,8 +243,28 @@ def _zstd(payload, size: int) -> bytes:
     return data
 
 
-def _read_planes(payload: memoryview, start: int, k: int, size: int):
-    """Yield each plane's bytes (``size`` of them) from the plane table at ``start``."""
+def _zstd_into(payload, out: np.ndarray) -> np.ndarray:
+    """:func:`_zstd` into ``out`` (a writable byte array of the expected size)."""
+    size, done = out.nbytes, 0
+    try:
+        with _decompressor().stream_reader(payload, read_size=max(1, len(payload))) as reader:
+            view = memoryview(out)
+            while done < size:
+                got = reader.readinto(view[done:])
+                if not got:
+                    break
+                done += got
+            more = reader.read(1) if done == size else b""
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd: {exc}") from None
+    if done != size or more:
+        raise ValueError(f"decompressed to {done + len(more)}{'+' if more else ''} bytes, expected {size}")
+    return out
+
+
+def _read_planes(payload: memoryview, start: int, k: int, size: int, layer: int | None = None):
+    """Yield each plane's bytes (``size`` of them) from the plane table at ``start``; zstd planes
+    of ``layer`` 0 or 1 (see decode_xor) are decoded into the thread's scratch buffers, writable."""
     pos = start + k * _PLANE.size
     if payload.nbytes < pos:
         raise ValueError("byte-grouped payload is truncated")
@@ -255,7 +274,7 @@ def _read_planes(payload: memoryview, start: int, k: int, size: int):
         if body.nbytes != length:
             raise ValueError("byte-grouped payload is truncated")
         if flag == 1:
-            yield _zstd(body, size)
+            yield _zstd(body, size) if layer is None or layer > 1 else _zstd_into(body, pl.scratch(("p", layer, i), size))
         elif flag == 0 and length == size:
             yield body
         else:
@@ -265,28 +284,48 @@ def _read_planes(payload: memoryview, start: int, k: int, size: int):
         raise ValueError("trailing bytes after byte-grouped planes")
 
 
-def _decode_grouped(payload: memoryview, dest: memoryview) -> None:
-    if payload.nbytes < 1:
-        raise ValueError("empty byte-grouped payload")
-    k = payload[0]
-    if k < 2 or dest.nbytes % k:
-        raise ValueError("bad byte-grouped header")
-    # NOTE: filling one column at a time is ~5x faster than assigning the transposed planes at once.
-    cols = np.frombuffer(dest, dtype=np.uint8).reshape(-1, k)
-    for i, plane in enumerate(_read_planes(payload, 1, k, dest.nbytes // k)):
-        cols[:, i] = np.frombuffer(plane, dtype=np.uint8)
+def _layout(codec: int, payload: memoryview, size: int) -> tuple | None:
+    """``(codec, k, w)`` of a valid byte-grouped payload header for ``size`` raw bytes, else None
+    (not grouped, or a bad header, which decoding then reports); for codec 4 ``w`` is the
+    rotation ``r``."""
+    if codec == BG and payload.nbytes >= 1:
+        k, w = payload[0], 0
+    elif codec == BGX and payload.nbytes >= 2:
+        k, w = payload[0], payload[1]
+        if w not in (0, 2, 4, 8) or (w and (k < w or k % w)):
+            return None
+    elif codec == BGR and payload.nbytes >= 2:
+        k, w = payload[0], payload[1]  # w: the rotation r
+        if k not in (2, 4) or w > 15:
+            return None
+    else:
+        return None
+    return (codec, k, w) if k >= 2 and size % k == 0 else None
 
 
-def _decode_exponent(payload: memoryview, dest: memoryview) -> None:
-    if payload.nbytes < 2:
-        raise ValueError("empty byte-grouped payload")
-    k, w = payload[0], payload[1]
-    if k < 2 or w not in (0, 2, 4, 8) or (w and (k < w or k % w)) or dest.nbytes % k:
-        raise ValueError("bad byte-grouped header")
-    planes = [np.frombuffer(p, dtype=np.uint8) for p in _read_planes(payload, 2, k, dest.nbytes // k)]
-    if k in (2, 4, 8) and w in (0, k):
-        _join_words(planes, np.frombuffer(dest, dtype=f"<u{k}"), moved=w > 0)
+def _planes(codec: int, payload: memoryview, size: int, layer: int = 0) -> tuple[tuple, list[np.ndarray]]:
+    """The layout and the decoded planes of a byte-grouped payload (arrays, writable where they
+    are scratch buffers of ``layer``, read-only where they are the payload's own bytes)."""
+    layout = _layout(codec, payload, size)
+    if layout is None:
+        empty = payload.nbytes < (1 if codec == BG else 2)
+        raise ValueError("empty byte-grouped payload" if empty else "bad byte-grouped header")
+    k = layout[1]
+    start = 1 if codec == BG else 2
+    return layout, [np.frombuffer(p, dtype=np.uint8) if not isinstance(p, np.ndarray) else p
+                    for p in _read_planes(payload, start, k, size // k, layer)]
+
+
+def _assemble(layout: tuple, planes: list[np.ndarray], dest: memoryview) -> None:
+    """Interleave planes back into elements in ``dest`` (codec 3: moving each sign back too)."""
+    codec, k, w = layout
+    if codec == BGR:
+        pl.join_rotated(planes[:k - 2], {w: planes[k - 2:]}, dest)
         return
+    if codec == BGX and k in (2, 4, 8) and w in (0, k):
+        pl.join_words(planes, np.frombuffer(dest, dtype=f"<u{k}"), moved=w > 0)
+        return
+    # NOTE: filling one column at a time is ~5x faster than assigning the transposed planes at once.
     cols = np.frombuffer(dest, dtype=np.uint8).reshape(-1, k)
     for i, p in enumerate(planes):
         cols[:, i] = p
@@ -296,36 +335,64 @@ def _decode_exponent(payload: memoryview, dest: memoryview) -> None:
         cols[:, top - 1] = (exp << 7) | (low & 0x7F)
 
 
-def _join_words(planes: list[np.ndarray], x: np.ndarray, *, moved: bool) -> None:
-    """Assemble whole words from codec-3 planes into ``x``, moving the sign back to the top if
-    ``moved``: byte pairs into 16-bit halves, then halves into wider words."""
-    # NOTE: contiguous arithmetic, widening by pairs, is 1.5x (4-byte) to 5x (2-byte) faster
-    # than writing strided byte columns.
-    k = len(planes)
-    parts = [_pair(planes[i], planes[i + 1], moved and i == k - 2, x if k == 2 else None)
-             for i in range(0, k, 2)]
-    while len(parts) > 1:
-        parts = [_widen(parts[i], parts[i + 1], x if len(parts) == 2 else None) for i in range(0, len(parts), 2)]
+# -- decoding a chain of deltas --------------------------------------------------------------------
+class LayerError(ValueError):
+    """A payload given to :func:`decode_xor` does not decode; ``index`` says which one."""
+
+    def __init__(self, index: int, why: str) -> None:
+        super().__init__(why)
+        self.index = index
 
 
-def _pair(lo: np.ndarray, hi: np.ndarray, moved: bool, out: np.ndarray | None) -> np.ndarray:
-    """16-bit values from a low and a high byte plane; ``moved``: ``hi`` is an exponent plane and
-    ``lo`` holds the sign in its top bit."""
-    half = np.dtype("<u2") if out is None else out.dtype
-    if not moved:
-        word = np.left_shift(hi, 8, out=out, dtype=half)
-        word |= lo
-        return word
-    word = np.left_shift(hi, 7, out=out, dtype=half)
-    bits = lo & 0x7F
-    word |= bits
-    np.bitwise_and(lo, 0x80, out=bits)
-    word |= np.left_shift(bits, 8, dtype=half)
-    return word
+def decode_xor(layers: list[tuple[int, memoryview]], out: memoryview) -> None:
+    """Decode into ``out`` the XOR of the raw bytes of several ``(codec, payload)`` layers, each
+    of ``out.nbytes`` bytes: a delta chunk's payload and its bases' (the last one full).
+
+    Byte grouping and codec 3's sign move only permute bits, so the XOR of two chunks' planes is
+    the planes of their XOR: layers of one layout (codec, ``k``, ``w``) are XORed plane by plane
+    and interleaved once. The interleave, not the entropy decoding, is most of a decode's time, so
+    a delta chunk then costs one decode plus its own planes' entropy decoding, not two decodes.
+    Other mixes decode the last layer into ``out`` and XOR the others in.
+    Raises :class:`LayerError` (a ``ValueError``) naming the layer that does not decode.
+    """
+    size = out.nbytes
+    layouts = [_layout(c, p, size) for c, p in layers]
+    first = layouts[0]
+    if first is not None and all(x is not None and x[:2] == first[:2] for x in layouts):
+        if first[0] == BGR:  # rotations may differ: XOR planes per rotation, then the top words
+            _decode_rotated_xor(layers, layouts, out)
+            return
+        if all(x == first for x in layouts):
+            acc: list[np.ndarray] | None = None
+            for i, (kind, payload) in enumerate(layers):
+                planes = _layer(i, lambda: _planes(kind, payload, size, i)[1])
+                acc = planes if acc is None else pl.xor_planes(acc, planes)
+            _assemble(first, acc, out)
+            return
+    last = len(layers) - 1
+    _layer(last, lambda: decode(layers[last][0], layers[last][1], size, out))
+    for i in range(last - 1, -1, -1):
+        flat = _layer(i, lambda: decode_flat(layers[i][0], layers[i][1], size))
+        pl.xor_into(np.frombuffer(out, dtype=np.uint8), np.frombuffer(flat, dtype=np.uint8))
 
 
-def _widen(lo: np.ndarray, hi: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    wide = np.dtype(f"<u{2 * lo.itemsize}") if out is None else out.dtype
-    word = np.left_shift(hi, 8 * lo.itemsize, out=out, dtype=wide)
-    word |= lo
-    return word
+def _decode_rotated_xor(layers: list, layouts: list[tuple], out: memoryview) -> None:
+    """decode_xor for codec-4 layers of one ``k``: the planes below the top 16 bits XORed across
+    all layers, the top planes across layers of one rotation, then each rotation's top words."""
+    k, size = layouts[0][1], out.nbytes
+    low: list[np.ndarray] | None = None
+    tops: dict[int, list[np.ndarray]] = {}
+    for i, ((kind, payload), layout) in enumerate(zip(layers, layouts)):
+        planes = _layer(i, lambda: _planes(kind, payload, size, i)[1])
+        low = planes[:k - 2] if low is None else pl.xor_planes(low, planes[:k - 2], slot=i)
+        pair = tops.get(layout[2])
+        tops[layout[2]] = planes[k - 2:] if pair is None else pl.xor_planes(pair, planes[k - 2:], slot=i, first=k - 2)
+    pl.join_rotated(low, tops, out)
+
+
+def _layer(index: int, fn):
+    try:
+        return fn()
+    except ValueError as exc:
+        raise LayerError(index, str(exc)) from None
+

@@ -15,9 +15,10 @@ from .errors import CasckptError, StoreNotEmptyError, UnsafePathError, Unsupport
 
 CONFIG = "casckpt.json"
 FORMAT = "casckpt.store"
-# 2: the store may hold delta chunks (chunk header version 2) and index entries with bases. A
-# version 1 store is upgraded in place the first time this casckpt writes a chunk into it.
-VERSION = 2
+# 2: the store may hold delta chunks (chunk header version 2) and index entries with bases.
+# 3: it may hold codec 4 chunks (casckpt.codec.BGR). An older store is upgraded in place the
+# first time this casckpt writes a chunk into it.
+VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ log = logging.getLogger("casckpt")
 
 Progress = Callable[[int, int], None]
 _BATCH = 256  # chunk headers per task
-_CODECS = frozenset({codec.RAW, codec.ZSTD, codec.BG, codec.BGX})
+_CODECS = codec.KNOWN
 
 
 def reindex(store: Store, *, progress: Progress | None = None, verify: bool = False) -> dict:

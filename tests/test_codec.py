@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casckpt import codec
+from casckpt import codec, planes
 
 CFG = codec.CodecConfig(level=1, byte_grouping=True)
 
@@ -39,7 +39,7 @@ def test_zeros_compress_with_plain_zstd():
     assert roundtrip(bytes(1 << 16), 0)[0] == codec.ZSTD
 
 
-@pytest.mark.parametrize("kind", [codec.RAW, codec.ZSTD, codec.BG, codec.BGX, 9])
+@pytest.mark.parametrize("kind", [codec.RAW, codec.ZSTD, codec.BG, codec.BGX, codec.BGR, 9])
 def test_garbage_payloads_raise_value_error(kind):
     with pytest.raises(ValueError):
         codec.decode(kind, memoryview(b"\x04garbage-payload"), 1024)
@@ -94,7 +94,7 @@ def test_floats_with_any_bit_patterns_round_trip(dtype, n, patches, specials, da
             words[j] = pool[i % len(pool)]
     raw = arr.tobytes()
     kind, payload = encoded(raw, k)
-    assert kind in (codec.RAW, codec.BGX)
+    assert kind in ((codec.RAW, codec.BGR) if k in (2, 4) else (codec.RAW, codec.BGX))
     assert bytes(codec.decode(kind, payload, len(raw))) == raw
     assert bytes(codec.decode_flat(kind, payload, len(raw))) == raw
     out = memoryview(bytearray(len(raw)))
@@ -102,24 +102,48 @@ def test_floats_with_any_bit_patterns_round_trip(dtype, n, patches, specials, da
 
 
 @pytest.mark.parametrize("dtype", sorted(FLOATS))
-def test_trained_like_floats_use_codec_3_and_beat_codec_2(dtype):
+def test_trained_like_floats_use_codec_4_or_3_and_beat_codec_2(dtype):
     raw = trained_like(dtype, 1 << 17).tobytes()
     k = np.dtype(FLOATS[dtype]).itemsize
     kind3, p3 = encoded(raw, k)
     kind2, p2 = encoded(raw, k, codec.CodecConfig(exponent=False))
-    assert (kind3, kind2) == (codec.BGX, codec.BG)
+    assert (kind3, kind2) == (codec.BGR if k <= 4 else codec.BGX, codec.BG)
     # 8-byte words keep their bits in place (an 11-bit exponent fits no byte): a tie there
     assert p3.nbytes < (p2.nbytes if k <= 4 else 1.01 * p2.nbytes)
     assert bytes(codec.decode(kind3, p3, len(raw))) == raw
+    if k <= 4:  # codec 4 beats what codec 3 writes for the same bytes where the exponent has 8 bits
+        assert p3.nbytes <= codec_3(raw, k)[1].nbytes * (0.998 if dtype in ("bfloat16", "float32") else 1)
+
+
+def codec_3(raw: bytes, k: int) -> tuple[int, memoryview]:
+    """What casckpt wrote for floats before codec 4 (still written for 8- and 16-byte ones)."""
+    kind, parts = codec._encode_exponent(memoryview(raw), k, codec._WORDS[k])
+    return kind, memoryview(b"".join(bytes(p) for p in parts))
+
+
+@pytest.mark.parametrize("dtype,r", [("bfloat16", 3), ("float32", 3), ("float16", 1)])
+def test_codec_4_rotation_follows_the_exponent(dtype, r):
+    """Trained-like bfloat16/float32: two near-constant exponent bits leave the top byte (r = 3);
+    float16's 5-bit exponent keeps codec 3's layout (r = 1); XOR residuals keep their zero top
+    bytes (r = 0)."""
+    arr = trained_like(dtype, 1 << 15)
+    k = arr.itemsize
+    kind, payload = encoded(arr.tobytes(), k)
+    assert kind == codec.BGR and payload[:2].tobytes() == bytes([k, r])
+    words = arr.view(f"<u{k}")
+    residual = (words ^ (words + (np.arange(words.size) % 3).astype(words.dtype))).tobytes()
+    kind, payload = encoded(residual, k)
+    assert kind == codec.BGR and payload[:2].tobytes() == bytes([k, 0])
+    assert bytes(codec.decode(kind, payload, len(residual))) == residual
 
 
 def test_exponent_byte_is_whole():
     """float32 1.5 and -1.5: the exponent plane holds 127 for both, the sign sits in plane 2."""
     raw = np.array([1.5, -1.5] * 4096, dtype="<f4").tobytes()
-    kind, payload = encoded(raw, 4)
-    planes = codec._exponent_planes(memoryview(raw), 4, 4)
-    assert kind == codec.BGX and set(planes[3].tolist()) == {127}
-    assert set(planes[2].tolist()) == {0x40, 0xC0}
+    kind, payload = codec_3(raw, 4)
+    got = planes.exponent_planes(memoryview(raw), 4, 4)
+    assert kind == codec.BGX and set(got[3].tolist()) == {127}
+    assert set(got[2].tolist()) == {0x40, 0xC0}
 
 
 def test_xor_of_two_steps_compresses():
@@ -128,7 +152,7 @@ def test_xor_of_two_steps_compresses():
     b = (a - np.float32(1e-4) * np.random.default_rng(1).standard_normal(a.size).astype(np.float32))
     raw = (a.view("<u4") ^ b.view("<u4")).tobytes()
     kind, payload = encoded(raw, 4)
-    assert kind == codec.BGX and payload.nbytes < 0.7 * len(raw)
+    assert kind == codec.BGR and payload.nbytes < 0.7 * len(raw)
     assert bytes(codec.decode(kind, payload, len(raw))) == raw
 
 
@@ -141,20 +165,21 @@ def test_codec_3_is_the_default_but_not_for_old_store_configs():
     assert encoded(raw, 4, old)[0] == codec.BG
 
 
-@pytest.fixture(scope="module")
-def bgx_payload():
+@pytest.fixture(scope="module", params=[codec.BGX, codec.BGR])
+def bgx_payload(request):
+    """``(raw, payload, codec)`` of bfloat16 weights, coded by codec 3 or 4."""
     raw = trained_like("bfloat16", 1 << 14).tobytes()
-    kind, payload = encoded(raw, 2)
-    assert kind == codec.BGX
-    return raw, bytes(payload)
+    kind, payload = codec_3(raw, 2) if request.param == codec.BGX else encoded(raw, 2)
+    assert kind == request.param
+    return raw, bytes(payload), kind
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(cut=st.integers(0, 10 ** 6))
 def test_truncated_codec_3_payloads_raise_value_error(bgx_payload, cut):
-    raw, payload = bgx_payload
+    raw, payload, kind = bgx_payload
     with pytest.raises(ValueError):
-        codec.decode(codec.BGX, memoryview(payload[:cut % len(payload)]), len(raw))
+        codec.decode(kind, memoryview(payload[:cut % len(payload)]), len(raw))
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -163,13 +188,13 @@ def test_truncated_codec_3_payloads_raise_value_error(bgx_payload, cut):
 def test_garbled_codec_3_payloads_never_crash(bgx_payload, edits, tail):
     """A garbled payload raises ValueError or decodes to bytes of the right length (wrong bytes
     are then caught by the chunk's digest, see test_garbled_chunk_is_corrupt_on_load)."""
-    raw, payload = bgx_payload
+    raw, payload, kind = bgx_payload
     bad = bytearray(payload)
     for pos, value in edits:
         bad[pos % len(bad)] = value
     bad += tail
     try:
-        got = codec.decode(codec.BGX, memoryview(bytes(bad)), len(raw))
+        got = codec.decode(kind, memoryview(bytes(bad)), len(raw))
     except ValueError:
         return
     assert len(got) == len(raw)
@@ -183,21 +208,28 @@ def test_bad_codec_3_headers_raise_value_error(header):
         codec.decode(codec.BGX, memoryview(header), 1024)
 
 
+@pytest.mark.parametrize("header", [b"", b"\x04", b"\x08\x00", b"\x03\x00", b"\x04\x10", b"\x02\xff",
+                                    b"\x02\x03\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00"])
+def test_bad_codec_4_headers_raise_value_error(header):
+    with pytest.raises(ValueError):
+        codec.decode(codec.BGR, memoryview(header), 1024)
+
+
 def test_garbled_chunk_is_corrupt_on_load(tmp_path):
-    """A codec-3 chunk whose raw mantissa plane was flipped decodes, but never reaches the caller."""
+    """A codec-4 chunk whose raw mantissa plane was flipped decodes, but never reaches the caller."""
     import casckpt
 
     w = trained_like("float32", 1 << 15)
     with casckpt.Store.open(tmp_path / "s", create=True) as store:
         store.put_arrays("a", {"w": w})
         (digest, info), = store.index.chunks()
-        assert info.codec == codec.BGX
+        assert info.codec == codec.BGR
         path = store.chunks.path(digest)
         data = bytearray(path.read_bytes())
         assert data[16 + 2] == 0  # plane 0, a float32 mantissa plane, is stored raw
         data[16 + 2 + 4 * 5 + 100] ^= 0x01
         path.write_bytes(bytes(data))
-        decoded = codec.decode(codec.BGX, memoryview(bytes(data[16:])), w.nbytes)
+        decoded = codec.decode(codec.BGR, memoryview(bytes(data[16:])), w.nbytes)
         assert bytes(decoded) != w.tobytes()  # the codec cannot tell ...
         with pytest.raises(casckpt.CorruptChunkError):  # ... the digest does
             store.get_arrays("a")
@@ -235,3 +267,108 @@ def test_every_word_size_the_format_allows_round_trips(k, w):
     payload = memoryview(b"".join(bytes(p) for p in parts))
     assert kind == codec.BGX and payload[:2].tobytes() == bytes([k, w])
     assert bytes(codec.decode(kind, payload, len(raw))) == raw
+
+
+# -- decoding a chain of deltas at once -----------------------------------------------------------
+CODERS = {"default": lambda raw, k: encoded(raw, k), "codec3": codec_3,
+          "codec2": lambda raw, k: encoded(raw, k, codec.CodecConfig(exponent=False)),
+          "raw": lambda raw, k: encoded(raw, k, codec.CodecConfig(level=0))}
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(dtype=st.sampled_from(["bfloat16", "float32", "float64"]), n=st.integers(1, 5000),
+       layers=st.lists(st.tuples(st.sampled_from(sorted(CODERS)), st.sampled_from([0.0, 1e-4, 1.0]),
+                                 st.booleans()), min_size=1, max_size=4))
+def test_decode_xor_of_any_chain_is_the_xor_of_its_raw_bytes(dtype, n, layers):
+    """A chain of payloads coded alike (XORed plane by plane), by codec 4 with different
+    rotations (full chunks and XOR residuals), or by different codecs (the fallback) decodes to
+    the XOR of all their raw bytes."""
+    rng = np.random.default_rng(n)
+    coded, want = [], None
+    for i, (name, flips, residual) in enumerate(layers):
+        arr = trained_like(dtype, n, seed=i)
+        arr.view(np.uint8)[:] ^= (rng.random(arr.nbytes) < flips).astype(np.uint8)
+        if residual:  # what a delta holds: the XOR of two nearby states
+            arr.view(np.uint8)[:] ^= trained_like(dtype, n, seed=i).view(np.uint8)[::-1] & 0x03
+            arr.view(np.uint8)[:] = (arr.view(np.uint8) & 0x07)
+        raw = arr.tobytes()
+        want = raw if want is None else bytes(a ^ b for a, b in zip(want, raw))
+        coded.append(CODERS[name](raw, arr.itemsize))
+    out = memoryview(bytearray(len(want)))
+    codec.decode_xor(coded, out)
+    assert bytes(out) == want
+
+
+@pytest.mark.parametrize("third", ["default", "codec2", "residual"])
+@pytest.mark.parametrize("bad", [0, 1, 2])
+def test_decode_xor_names_the_layer_that_does_not_decode(third, bad):
+    raw = trained_like("float32", 1 << 12).tobytes()
+    small = (np.frombuffer(raw, "<u4") & 0x1F).tobytes()
+    last = {"default": encoded(raw, 4), "codec2": CODERS["codec2"](raw, 4), "residual": encoded(small, 4)}[third]
+    layers = [encoded(raw, 4), encoded(small, 4), last]
+    kind, payload = layers[bad]
+    layers[bad] = (kind, payload[:-1])  # truncated
+    with pytest.raises(codec.LayerError) as err:
+        codec.decode_xor(layers, memoryview(bytearray(len(raw))))
+    assert err.value.index == bad and isinstance(err.value, ValueError)
+
+
+def test_chunks_written_with_codec_3_stay_readable_alone_and_as_bases(tmp_path):
+    """A store made before codec 4 holds codec-3 chunks, full or as bases of deltas: they are
+    read bit-exactly, and the first chunk written moves the store to format version 3, which a
+    casckpt that knows only version 2 refuses instead of meeting a codec it cannot decode."""
+    import json
+
+    import casckpt
+    from casckpt import config, delta
+
+    root, w = tmp_path / "s", trained_like("float32", 1 << 15)
+    with casckpt.Store.open(root, create=True) as store:
+        store.put_arrays("a", {"w": w})
+        (digest, _), = store.index.chunks()
+        path = store.chunks.path(digest)
+        head = bytearray(path.read_bytes()[:16])
+        head[5] = codec.BGX  # the same chunk as casckpt wrote it with codec 3
+        path.write_bytes(bytes(head) + bytes(codec_3(w.tobytes(), 4)[1]))
+    doc = json.loads((root / config.CONFIG).read_text())
+    (root / config.CONFIG).write_text(json.dumps({**doc, "version": 2}))
+    delta.CACHE.clear()  # the base is read back from its codec-3 file
+    w2 = w + np.float32(1e-4) * trained_like("float32", w.size, seed=1)
+    with casckpt.Store.open(root) as store:
+        assert store.get_arrays("a")["w"].tobytes() == w.tobytes()
+        store.put_arrays("b", {"w": w2})
+        (new, info), = [(d, i) for d, i in store.index.chunks() if d != digest]
+        assert info.base == digest  # a codec-4 delta on the codec-3 chunk
+        assert [store.chunks.read_payload(d)[0] for d in (digest, new)] == [codec.BGX, codec.BGR]
+        assert store.get_arrays("b")["w"].tobytes() == w2.tobytes()
+    assert json.loads((root / config.CONFIG).read_text())["version"] == 3
+    old = config.VERSION
+    try:
+        config.VERSION = 2
+        with pytest.raises(casckpt.UnsupportedFormatError):
+            casckpt.Store.open(root)
+    finally:
+        config.VERSION = old
+
+
+def test_decodes_in_many_threads_at_once_never_share_scratch_buffers():
+    """Decoding reuses per-thread buffers: results from several threads at once, and a result
+    kept while the same thread decodes more, stay exactly the bytes encoded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    raws = [trained_like(dt, 1 << 15, seed=i).tobytes() for i, dt in enumerate(["float32", "bfloat16"] * 6)]
+    coded = [encoded(r, 4 if i % 2 == 0 else 2) for i, r in enumerate(raws)]
+    chains = [[coded[i], coded[(i + 2) % len(coded)]] for i in range(len(coded))]
+
+    def one(i: int) -> tuple[bytes, bytes]:
+        kept = codec.decode(*coded[i], len(raws[i]))
+        out = memoryview(bytearray(len(raws[i])))
+        codec.decode_xor(chains[i], out)
+        return bytes(kept), bytes(out)
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(one, [i for _ in range(3) for i in range(len(raws))]))
+    for i, (kept, xored) in enumerate(got):
+        j = i % len(raws)
+        assert kept == raws[j]
+        assert xored == bytes(a ^ b for a, b in zip(raws[j], raws[(j + 2) % len(raws)]))

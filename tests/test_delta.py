@@ -156,7 +156,7 @@ def test_version_1_store_is_read_and_upgraded_at_first_write(tmp_path):
         assert json.loads((root / config.CONFIG).read_text())["version"] == 1
         s.put_arrays("s1", steps(2)[1])
         assert deltas(s)
-    assert json.loads((root / config.CONFIG).read_text())["version"] == config.VERSION == 2
+    assert json.loads((root / config.CONFIG).read_text())["version"] == config.VERSION == 3
     # an older casckpt (which reads up to version 1) now refuses the store instead of misreading
     doc = json.loads((root / config.CONFIG).read_text())
     with pytest.raises(casckpt.UnsupportedFormatError):
@@ -279,3 +279,18 @@ def test_diff_values_and_export_read_delta_chunks_as_raw_bytes(tmp_path):
         export_snapshot(s, "s1", tmp_path / "s1.safetensors", format="safetensors")
     arrays, _ = safetensors_file.read(tmp_path / "s1.safetensors")
     assert_same(states[1], {k: np.asarray(v) for k, (_, v) in arrays.items()})
+
+
+@pytest.mark.parametrize("which", ["base", "delta"])
+def test_an_undecodable_payload_in_a_chain_names_the_damaged_chunk(tmp_path, which):
+    """A chain decodes at once (codec.decode_xor); a payload that does not decode is still
+    blamed on its own chunk: the base's digest as ``base``, or the delta itself."""
+    with saved(tmp_path / "s", steps(2)) as s:
+        chunk, base = _base_of_s1(s)
+        path = chunk_file(s.root, base if which == "base" else chunk)
+        path.write_bytes(path.read_bytes()[:-7])  # truncated: trailing planes missing
+        with pytest.raises(casckpt.CorruptChunkError) as err:
+            s.get_arrays("s1")
+        assert err.value.digest == chunk and err.value.item == "w"
+        assert err.value.base == (base if which == "base" else "")
+        assert "'s1'" in str(err.value)

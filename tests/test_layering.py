@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parent.parent / "casckpt"
 # Lowest first. A module may import modules of its own layer or of layers below it.
 LAYERS: list[tuple[str, set[str]]] = [
     ("errors", {"errors"}),
-    ("basics", {"digest", "codec", "dtypes", "chunking", "nest", "fsutil", "pipeline", "delta",
+    ("basics", {"digest", "codec", "planes", "dtypes", "chunking", "nest", "fsutil", "pipeline", "delta",
                 "progress", "clifmt", "retention", "spotcheck", "packs"}),
     ("seam and parts", {"backends", "backends.local", "chunks", "index", "manifest", "lock", "config",
                         "thin", "checkpoint_id", "safetensors_file"}),

@@ -3,7 +3,8 @@
 The bytes are MiniLM's (``realweights.minilm``, fp32) and the same cast to bf16, plus the XOR of two
 consecutive AdamW-like steps of each (what a delta chunk holds). Every tensor is cut into casckpt's
 chunks (2 MiB), and each chunk is compressed and decompressed by casckpt's byte-grouped codec 2
-(what stores wrote before), codec 3 (whole-byte exponents, the default now) and ZipNN (``zipnn``,
+(what stores wrote before codec 3), codec 3 (whole-byte exponents, what they wrote before codec 4),
+codec 4 (the top 16 bits rotated, the default now for 2- and 4-byte floats) and ZipNN (``zipnn``,
 one thread), one after another on the same chunk, for several rounds. Figures are medians over the
 rounds; MB/s are raw bytes per second of the process's CPU time (``time.process_time``), which a
 machine shared with other jobs disturbs far less than wall time, and which counts every thread a
@@ -65,13 +66,15 @@ def chunks_of(arrays: list[np.ndarray]) -> list[memoryview]:
 class Casckpt:
     """A store writes the parts ``encode`` returns as they are; joining them is not timed."""
 
-    def __init__(self, config: codec.CodecConfig, group: int):
-        self.config, self.group = config, group
+    def __init__(self, config: codec.CodecConfig | None, group: int):
+        self.config, self.group = config, group  # config None: codec 3's encoder
 
     def prepare(self, chunk: memoryview) -> memoryview:
         return chunk
 
     def compress(self, chunk: memoryview):
+        if self.config is None:
+            return codec._encode_exponent(chunk, self.group, codec._WORDS[self.group])
         return codec.encode(chunk, group=self.group, config=self.config)
 
     def seal(self, packed):
@@ -114,7 +117,8 @@ class Zipnn:
 
 def coders(group: int, zipnn_dtype: str) -> dict[str, object]:
     out = {"casckpt_codec2": Casckpt(codec.CodecConfig(exponent=False), group),
-           "casckpt_codec3": Casckpt(codec.CodecConfig(), group)}
+           "casckpt_codec3": Casckpt(None, group),
+           "casckpt_codec4": Casckpt(codec.CodecConfig(), group)}
     try:
         out["zipnn"] = Zipnn(zipnn_dtype)
     except ImportError:  # the bench extra is not installed: casckpt's figures alone

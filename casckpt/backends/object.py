@@ -25,6 +25,7 @@ import errno
 import os
 import re
 import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Iterable, Iterator, Mapping
 
@@ -300,13 +301,19 @@ def _payload(parts: Iterable):
     return b"".join(parts)
 
 
-_HAS_MTIME = "mtime" in getattr(Blob, "__dataclass_fields__", {})
+if "mtime" in Blob.__dataclass_fields__:
+    _Stamped = Blob
+else:
+    @dataclass(frozen=True, slots=True)
+    class _Stamped(Blob):
+        """A listed blob with the server's Last-Modified time (seconds since the epoch); the lock
+        objects are judged by it (casckpt.objlock)."""
+
+        mtime: float | None = field(default=None, compare=False)
 
 
 def _blob(key: str, size: int, modified) -> Blob:
-    if _HAS_MTIME and modified is not None:
-        return Blob(key, size, mtime=modified.timestamp())
-    return Blob(key, size)
+    return _Stamped(key, size, mtime=modified.timestamp() if modified is not None else None)
 
 
 def _reopen(url: str, options: dict) -> ObjectBackend:

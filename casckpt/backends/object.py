@@ -170,6 +170,13 @@ class ObjectBackend(Backend):
                 return b""
             raise
 
+    def get_head(self, key: str, n: int) -> tuple[bytes, int]:
+        """The first ``n`` bytes of the blob and its whole size, in one request (a ranged GET)."""
+        check_key(key)
+        with self._errors(key, "reading"):
+            got = obstore.get(self._store, key, options={"range": (0, n)})
+            return bytes(got.bytes()), int(got.meta["size"])
+
     def size(self, key: str) -> int | None:
         check_key(key)
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from . import config as config_mod, delta
@@ -22,7 +21,7 @@ from .errors import CasckptError, ChunkError, SnapshotNotFoundError
 
 if TYPE_CHECKING:
     from .manifest import Item
-    from .store import ChunkTask
+    from .saving import ChunkTask
 
 log = logging.getLogger("casckpt")
 
@@ -76,7 +75,7 @@ class DeltaWrites:
         return d, depth, raw
 
     def _upgrade_format(self) -> None:
-        config_mod.upgrade(self.root, sync=self.sync)
+        config_mod.upgrade(self.backend, sync=self.sync)
         self.config = dataclasses.replace(self.config, version=config_mod.VERSION)
 
     def delta_bases(self, candidates: Mapping[Digest, Digest]) -> dict[Digest, tuple[Digest, int]]:
@@ -98,7 +97,7 @@ class DeltaWrites:
         for new, cand in candidates.items():
             if cand != new:
                 chosen = delta.choose_base(cand, lookup, self.config.delta.max_depth)
-                if chosen is not None and os.path.lexists(self.chunks.path(chosen[0])):
+                if chosen is not None and self.chunks.exists(chosen[0]):
                     out[new] = chosen
         # NOTE: a base must be durable: one a sync=False save left unsynced is no base for a
         # save that syncs (nor, after a reboot, for any save; see Index, ``unsynced``).

@@ -8,22 +8,22 @@ payload (see :mod:`casckpt.codec`). A full chunk has a 16-byte version 1 header;
     v2: magic b"CCK1" | version u8 = 2 | codec u8 | depth u8 | reserved u8 = 0 | raw_len u64 LE
         | base digest (32 bytes)
 
-Files are written under a temp name and hard-linked into place, so a chunk that is already present
-is never rewritten (a concurrent writer of the same chunk loses the race harmlessly). Every read
+Chunks are blobs of the store's back-end (:mod:`casckpt.backends`) under the keys above, written
+with ``put_if_absent``, so a chunk that is already present is never rewritten (a concurrent writer
+of the same chunk loses the race harmlessly). Every read
 decodes the payload (a delta: its base first, then XOR) and checks the digest of the bytes it
 returns: wrong bytes are never returned, whatever the base holds.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import codec, delta, fsutil
+from . import codec, delta
+from .backends import Backend, BlobNotFoundError
 from .digest import Digest, digest_of
 from .errors import CorruptChunkError, MissingChunkError, UnsafePathError
 
@@ -32,7 +32,7 @@ VERSION = 1  # a full chunk
 DELTA_VERSION = 2  # a delta chunk: the header also names its base
 HEADER = struct.Struct("<4sBBHQ")
 HEADER2 = struct.Struct("<4sBBBBQ32s")
-_FANOUT = [f"{i:02x}" for i in range(256)]
+PREFIX = "chunks/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +57,31 @@ class ChunkInfo:
 
 
 class ChunkDir:
-    """Put, get, check and delete chunk files under ``root`` (the store's ``chunks`` folder)."""
+    """Put, get, check and delete chunks: blobs of ``backend`` under ``chunks/``."""
 
-    def __init__(self, root: Path, tmp_dir: Path) -> None:
-        self.root, self.tmp_dir = root, tmp_dir
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @staticmethod
+    def key(digest: Digest) -> str:
+        # NOTE: the hex form is validated by Digest, so this key cannot leave the chunk folder.
+        h = digest.hex
+        return f"{PREFIX}{h[:2]}/{h}"
+
+    def where(self, digest: Digest) -> str:
+        """Where the chunk lives, for messages (a file path on a local back-end)."""
+        return str(self.path(digest)) if self.backend.local_path else f"{self.backend.url}/{self.key(digest)}"
 
     def path(self, digest: Digest) -> Path:
-        # NOTE: the hex form is validated by Digest, so this path cannot leave the chunk directory.
-        h = digest.hex
-        return self.root / h[:2] / h
+        """The chunk's file on a local back-end (tests and tools that look at files)."""
+        return self.backend.local_path / self.key(digest)
 
     def exists(self, digest: Digest) -> bool:
-        return os.path.lexists(self.path(digest))
+        return self.backend.exists(self.key(digest))
+
+    def size(self, digest: Digest) -> int:
+        """The stored size in bytes, 0 if the chunk is gone."""
+        return self.backend.size(self.key(digest)) or 0
 
     def put(self, digest: Digest, raw: memoryview, *, group: int, config: codec.CodecConfig,
             base: tuple[Digest, int, bytes] | None = None) -> ChunkInfo:
@@ -77,27 +90,25 @@ class ChunkDir:
         ``base`` is ``(digest, depth, raw bytes)`` of a durable chunk of the same length: the
         chunk is then stored as a delta against it (whether that pays is the caller's choice).
 
-        The file is not fsynced here; the caller makes a batch durable with :meth:`sync` before it
-        commits anything that references the batch. A file already present that the index does
-        not vouch for (left by a crash) is read and verified; a bad one is replaced atomically.
+        The chunk is written with ``sync=False``; the caller makes a batch durable with
+        :meth:`sync` before it commits anything that references the batch. A chunk already present
+        that the index does not vouch for (left by a crash) is read and verified; a bad one is
+        replaced atomically.
         """
-        final = self.path(digest)
+        key = self.key(digest)
         replace = False
-        if os.path.lexists(final):
+        if self.backend.exists(key):
             try:
                 return self.check(digest)
             except (CorruptChunkError, UnsafePathError):
                 replace = True  # a torn file from a crash, or a planted link: replace it
         header, kind, parts, link = self._encode(raw, group, config, base)
-        tmp = fsutil.temp_path(self.tmp_dir, ".chunk")
-        try:
-            size = fsutil.write_parts(tmp, [header, *parts], sync=False)
-            if replace:
-                os.replace(tmp, final)
-            else:
-                _link_into_place(tmp, final)
-        finally:
-            fsutil.unlink_quiet(tmp)
+        parts = [header, *parts]
+        if replace:
+            self.backend.replace(key, parts, sync=False)
+        else:
+            self.backend.put_if_absent(key, parts, sync=False)  # False: a concurrent writer won
+        size = sum(memoryview(p).nbytes for p in parts)
         return ChunkInfo(raw.nbytes, size, kind, *link)
 
     @staticmethod
@@ -112,20 +123,16 @@ class ChunkDir:
         return HEADER.pack(MAGIC, VERSION, kind, 0, raw.nbytes), kind, parts, (None, 0)
 
     def sync(self, digests, *, map=map) -> None:
-        """fsync the given chunk files, then their fan-out directories (``map`` may be parallel)."""
-        paths = [self.path(d) for d in digests]
-        list(map(fsutil.fsync_file, paths))
-        list(map(fsutil.fsync_dir, sorted({p.parent for p in paths})))
-        if paths:
-            fsutil.fsync_dir(self.root)  # a fan-out folder made by this batch
+        """Make the given chunks (written, or deleted) durable (``map`` may run it in parallel)."""
+        self.backend.sync([self.key(d) for d in digests], map=map)
 
     def read_payload(self, digest: Digest, *, item: str = "") -> tuple[int, int, memoryview, Digest | None, int]:
         """``(codec, raw_len, payload, base, depth)`` of a chunk file (``base`` None for a full
         chunk), header checked, payload not yet verified."""
-        path = self.path(digest)
+        path = self.where(digest)
         try:
-            data = fsutil.read_file(path)
-        except FileNotFoundError:
+            data = self.backend.get(self.key(digest))
+        except BlobNotFoundError:
             raise MissingChunkError(f"chunk {digest} is missing: {path}{_where(item)}",
                                     digest=digest.hex, path=str(path), item=item) from None
         except UnsafePathError as exc:
@@ -150,17 +157,13 @@ class ChunkDir:
 
     def link(self, digest: Digest) -> tuple[Digest | None, int]:
         """``(base, depth)`` from the chunk file's header alone (MissingChunkError, CorruptChunkError)."""
-        path = self.path(digest)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            raise MissingChunkError(f"chunk {digest} is missing: {path}", digest=digest.hex, path=str(path)) from None
-        except OSError as exc:
+            head = self.backend.get_range(self.key(digest), 0, HEADER2.size)
+        except BlobNotFoundError:
+            path = self.where(digest)
+            raise MissingChunkError(f"chunk {digest} is missing: {path}", digest=digest.hex, path=path) from None
+        except OSError as exc:  # a planted link (UnsafePathError), an I/O error
             raise self._corrupt(digest, "", f"unreadable: {exc.strerror or exc}") from None
-        try:
-            head = os.read(fd, HEADER2.size)
-        finally:
-            os.close(fd)
         return self._parse_header(digest, "", head)[:2]
 
     def get(self, digest: Digest, *, out: memoryview | None = None, item: str = "") -> memoryview:
@@ -239,50 +242,36 @@ class ChunkDir:
     def _base_error(self, digest: Digest, base: Digest, item: str, exc) -> MissingChunkError | CorruptChunkError:
         kind = MissingChunkError if isinstance(exc, MissingChunkError) else CorruptChunkError
         what = "missing" if kind is MissingChunkError else "corrupt"
-        path = self.path(digest)
+        path = self.where(digest)
         why = str(exc.args[0]) if exc.args else ""
         return kind(f"chunk {digest} cannot be decoded{_where(item)}: its base is {what} ({why}): {path}",
                     digest=digest.hex, path=str(path), item=item, base=exc.base or exc.digest)
 
     def delete(self, digest: Digest) -> None:
-        fsutil.unlink_quiet(self.path(digest))
+        """Remove a chunk (not durable until :meth:`sync` names it)."""
+        self.backend.delete(self.key(digest))
 
     def __iter__(self) -> Iterator[Digest]:
-        """Every well-named chunk file present (other names are ignored)."""
-        for sub in _FANOUT:
-            try:
-                names = os.listdir(self.root / sub)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if len(name) == 64 and name.startswith(sub):
-                    try:
-                        yield Digest(bytes.fromhex(name))
-                    except ValueError:
-                        continue
+        """Every well-named chunk present (other names are ignored)."""
+        for d, _ in self.sizes():
+            yield d
+
+    def sizes(self) -> Iterator[tuple[Digest, int]]:
+        """``(digest, stored size)`` of every well-named chunk present: one listing."""
+        for blob in self.backend.list(PREFIX):
+            sub, _, name = blob.key[len(PREFIX):].partition("/")
+            if len(name) == 64 and name.startswith(sub) and len(sub) == 2:
+                try:
+                    yield Digest(bytes.fromhex(name)), blob.size
+                except ValueError:
+                    continue
 
     def _corrupt(self, digest: Digest, item: str, why: str) -> CorruptChunkError:
-        path = self.path(digest)
+        path = self.where(digest)
         return CorruptChunkError(f"chunk {digest} is corrupt{_where(item)}: {why}: {path}",
-                                 digest=digest.hex, path=str(path), item=item)
+                                 digest=digest.hex, path=path, item=item)
 
 
 def _where(item: str) -> str:
     return f" (item {item!r})" if item else ""
 
-
-def _link_into_place(tmp: Path, final: Path) -> None:
-    """Publish ``tmp`` as ``final`` unless ``final`` exists (then a concurrent writer won)."""
-    try:
-        try:
-            os.link(tmp, final)
-        except FileNotFoundError:  # the fan-out folder's first chunk: folders are made on first
-            # use, as 256 mkdirs at creation cost a cold save ~0.2 s here
-            final.parent.mkdir(exist_ok=True)
-            os.link(tmp, final)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-        os.replace(tmp, final)  # a file system without hard links

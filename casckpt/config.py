@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import chunking, fsutil
+from .backends import Backend, BlobNotFoundError
 from .codec import CodecConfig
 from .delta import DeltaConfig
 from .errors import CasckptError, StoreNotEmptyError, UnsafePathError, UnsupportedFormatError
@@ -59,17 +60,25 @@ def _delta_config(obj: object, source: str) -> DeltaConfig:
         raise CasckptError(f"{source} has a bad delta setting {str(obj)[:80]!r}") from None
 
 
-def upgrade(root: Path, *, sync: bool = True) -> None:
+def read(backend: Backend) -> StoreConfig | None:
+    """The store's config, or None if there is no config blob (not a store)."""
+    try:
+        data = backend.get(CONFIG)
+    except BlobNotFoundError:
+        return None
+    return StoreConfig.from_bytes(data, f"{backend.url}/{CONFIG}")
+
+
+def upgrade(backend: Backend, *, sync: bool = True) -> None:
     """Raise the store's format version to :data:`VERSION` before the first chunk of the newer
     format is written: one atomic replace of the config, every other field kept as it is on disk.
     From then on an older casckpt refuses the store (UnsupportedFormatError) instead of misreading
     a delta chunk. Concurrent upgrades write the same bytes."""
-    path = root / CONFIG
-    doc = json.loads(fsutil.read_file(path))
+    doc = json.loads(backend.get(CONFIG))
     if doc.get("version", VERSION) >= VERSION:
         return
     doc["version"] = VERSION
-    fsutil.atomic_write(path, [(json.dumps(doc, indent=2) + "\n").encode()], tmp_dir=root / "tmp", sync=sync)
+    backend.replace(CONFIG, [(json.dumps(doc, indent=2) + "\n").encode()], sync=sync)
 
 
 def _codec_config(obj: object, source: str) -> CodecConfig:
@@ -89,21 +98,30 @@ def check_chunk_size(n: object) -> int:
     return n
 
 
-def create_layout(root: Path, config: StoreConfig) -> None:
-    """Make the folders and files of a new store; the config last, so a half-made store is none."""
+def create_layout(backend: Backend, config: StoreConfig) -> None:
+    """Make the folders and files of a new store; the config last, so a half-made store is none.
+    Folders and the lock file exist only on a local back-end (object storage has no folders)."""
+    root = backend.local_path
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        for sub in ("tmp", "snapshots", "chunks"):
-            (root / sub).mkdir(exist_ok=True)
-        (root / "lock").touch()
-        fsutil.atomic_write(root / CONFIG, [config.to_bytes()], tmp_dir=root / "tmp")
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+            for sub in ("tmp", "snapshots", "chunks"):
+                (root / sub).mkdir(exist_ok=True)
+            (root / "lock").touch()
+        backend.replace(CONFIG, [config.to_bytes()])
     except OSError as exc:  # the path is a file, a read-only or full file system
-        raise fsutil.io_error(exc, f"cannot create a store at {root}") from None
+        if isinstance(exc, CasckptError):
+            raise
+        raise fsutil.io_error(exc, f"cannot create a store at {backend.url}") from None
 
 
-def check_layout(root: Path) -> None:
+def check_layout(backend: Backend) -> None:
     """Refuse a store whose folders are symlinks: saves, and gc's deletions, would land outside
-    the root (O_NOFOLLOW guards only the last component of a path)."""
+    the root (O_NOFOLLOW guards only the last component of a path). Checked once at open, where
+    the local back-end would find it key by key; object storage has no folders."""
+    root = backend.local_path
+    if root is None:
+        return
     subs = [root / s for s in ("tmp", "snapshots", "chunks")]
     if not os.path.islink(root / "chunks") and (root / "chunks").is_dir():
         # NOTE: one directory read (d_type) instead of an lstat per fan-out folder.
@@ -113,8 +131,13 @@ def check_layout(root: Path) -> None:
             raise UnsafePathError(f"{sub} is a symlink; casckpt never follows links in a store")
 
 
-def check_empty(root: Path) -> None:
+def check_empty(backend: Backend) -> None:
     """Refuse to create a store in a folder that holds anything but a half-made store's layout."""
+    root = backend.local_path
+    if root is None:
+        if next(iter(backend.list("")), None) is not None:
+            raise StoreNotEmptyError(f"{backend.url} is not empty and is not a casckpt store (no {CONFIG})")
+        return
     try:
         entries = set(os.listdir(root))
     except FileNotFoundError:

@@ -1,20 +1,22 @@
 """File-system helpers: atomic writes, directory fsync, safe opens.
 
-Files are written under a unique temp name in the store's temp area and moved into place:
-:func:`atomic_write` (fsync, rename, fsync the directory) for the config, and the same steps done
-by hand where the rename must not replace an existing file (``link(2)`` for chunks and
-manifests). Readers open with ``O_NOFOLLOW`` so a symlink planted inside the store cannot
+Files are written under a unique temp name and moved into place. :func:`atomic_file` (and
+:func:`atomic_write` over it) is the one atomic-write path: temp, write, fsync, rename, fsync the
+folder; the local back-end's ``replace`` and every export to a user's path use it. Where the move
+must not replace an existing file (``put_if_absent``), the local back-end writes with
+:func:`write_parts` and links the temp file into place. Readers open with ``O_NOFOLLOW`` so a symlink planted inside the store cannot
 redirect a read outside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 from .errors import StoreIOError, UnsafePathError
 
@@ -55,14 +57,8 @@ def is_temp_name(name: str) -> bool:
 def write_parts(path: Path, parts: Iterable, *, sync: bool) -> int:
     """Write bytes-like ``parts`` to a new file (never following or replacing an existing one)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
-    total = 0
     try:
-        for part in parts:
-            view = memoryview(part).cast("B")
-            while view.nbytes:
-                n = os.write(fd, view)
-                total += n
-                view = view[n:]
+        total = _write_all(fd, parts)
         if sync:
             os.fsync(fd)
     finally:
@@ -70,17 +66,43 @@ def write_parts(path: Path, parts: Iterable, *, sync: bool) -> int:
     return total
 
 
-def atomic_write(path: Path, parts: Iterable, *, tmp_dir: Path, sync: bool = True) -> None:
-    """Write ``parts`` to ``path`` atomically: readers see the old state or the whole new file."""
+def _write_all(fd: int, parts: Iterable) -> int:
+    total = 0
+    for part in parts:
+        view = memoryview(part).cast("B")
+        while view.nbytes:
+            n = os.write(fd, view)
+            total += n
+            view = view[n:]
+    return total
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, *, tmp_dir: Path, sync: bool = True) -> Iterator[BinaryIO]:
+    """The one atomic-write path: yields a new temp file in ``tmp_dir`` (on the same file system
+    as ``path``) to write; when the block ends without error the file is fsynced, renamed over
+    ``path`` and the folder fsynced, so readers see the old state or the whole new file; on an
+    error the temp file is removed and ``path`` is untouched. ``sync=False`` skips both fsyncs."""
     tmp = temp_path(tmp_dir, ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
     try:
-        write_parts(tmp, parts, sync=sync)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         unlink_quiet(tmp)
         raise
     if sync:
         fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, parts: Iterable, *, tmp_dir: Path, sync: bool = True) -> int:
+    """Write bytes-like ``parts`` to ``path`` atomically (see :func:`atomic_file`); returns the size."""
+    with atomic_file(path, tmp_dir=tmp_dir, sync=sync) as f:
+        return _write_all(f.fileno(), parts)
 
 
 def unlink_quiet(path: Path) -> None:

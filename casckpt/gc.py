@@ -28,7 +28,6 @@ runs while a save is in progress and never deletes a chunk that save will refere
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
@@ -38,6 +37,7 @@ from .lock import EXCLUSIVE
 from .store import Store
 
 Progress = Callable[[int, int], None]
+TMP = "tmp/"
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,8 @@ def plan_gc(store: Store, *, keep_last: int | None = None, keep_every: int | Non
     tmp = _tmp_files(store)
     return GcPlan(keep=tuple(n for n in names if n in kept), drop=tuple(n for n in names if n not in kept),
                   chunks=tuple(doomed), orphans=sum(1 for d in doomed if d not in referenced),
-                  chunk_bytes=sum(_size(store.chunks.path(d)) for d in doomed), index_only=index_only,
-                  tmp_files=tuple(tmp), tmp_bytes=sum(_size(store.tmp_dir / f) for f in tmp),
+                  chunk_bytes=sum(store.chunks.size(d) for d in doomed), index_only=index_only,
+                  tmp_files=tuple(tmp), tmp_bytes=sum(tmp.values()),
                   thinned=thinned, reasons=reasons, damaged=tuple(sorted(damaged)))
 
 
@@ -166,44 +166,24 @@ def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> 
     """Carry out ``plan`` in crash-safe order. The caller holds the exclusive lock."""
     for m in plan.thinned.values():  # NOTE: atomic rewrites first: their freed chunks go below
         store.commit(m, {}, overwrite=True)
-    for name in plan.drop:
-        fsutil.unlink_quiet(store.manifest_path(name))
-    if plan.drop and store.sync:
-        fsutil.fsync_dir(store.snap_dir)
-    for name in plan.drop:
-        store.index.remove_snapshot(name)
+    store.forget(plan.drop)  # manifests (the commit point), then registry rows
     store.index.remove_chunks([*plan.chunks, *plan.index_only])
-    dirs = set()
     for i, d in enumerate(plan.chunks, 1):
-        path = store.chunks.path(d)
-        fsutil.unlink_quiet(path)
-        dirs.add(path.parent)
+        store.chunks.delete(d)
         if progress:
             progress(i, len(plan.chunks))
     if store.sync:
-        for p in dirs:
-            fsutil.fsync_dir(p)
+        store.chunks.sync(plan.chunks)  # NOTE: on a file system, one fsync per fan-out folder
     for f in plan.tmp_files:
-        _remove(store.tmp_dir / f)
+        store.backend.delete(TMP + f)
 
 
-def _tmp_files(store: Store) -> list[str]:
-    """Temp files casckpt made (by name); anything else in ``tmp/`` is not ours to delete."""
-    try:
-        return sorted(f for f in os.listdir(store.tmp_dir) if fsutil.is_temp_name(f))
-    except FileNotFoundError:
-        return []
-
-
-def _size(path) -> int:
-    try:
-        return os.lstat(path).st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _remove(path) -> None:
-    try:
-        fsutil.unlink_quiet(path)
-    except IsADirectoryError:  # a folder with a temp file's name: not made by casckpt, left alone
-        pass
+def _tmp_files(store: Store) -> dict[str, int]:
+    """Temp files casckpt made (by name) with their sizes; anything else in ``tmp/`` is not ours
+    to delete (folders are never listed)."""
+    out = {}
+    for blob in store.backend.list(TMP):
+        name = blob.key[len(TMP):]
+        if fsutil.is_temp_name(name):
+            out[name] = blob.size
+    return dict(sorted(out.items()))

@@ -144,7 +144,9 @@ class Index:
         while True:
             try:
                 with self.env.begin(write=True) as txn:
-                    return fn(txn)
+                    out = fn(txn)
+                _pad(self.env, self.path)
+                return out
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
             except lmdb.MapResizedError:
@@ -315,6 +317,26 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _pad(env: lmdb.Environment, path: Path) -> None:
+    """Extend the data file to the pages its meta page counts. NOTE: LMDB does not write pages a
+    transaction allocated and freed again (they go to the free list), so a file can end before
+    its last page number says, and :func:`_check_size` would take it for a truncated copy.
+    ``posix_fallocate`` only ever extends a file, so racing writers cannot shrink it."""
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    try:
+        fd = os.open(path / "data.mdb", os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        have = os.fstat(fd).st_size
+        if have < need:
+            os.posix_fallocate(fd, have, need - have)
+    except OSError:
+        pass  # a full disk or a file system without it: the check at open may then refuse
+    finally:
+        os.close(fd)
 
 
 def _check_size(env: lmdb.Environment, path: Path) -> None:

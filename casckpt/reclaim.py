@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
-from . import fsutil
 from .digest import Digest
 from .errors import CasckptError, IndexDamagedError, LockTimeoutError, StoreIOError
 from .lock import EXCLUSIVE
@@ -55,6 +54,5 @@ def _sweep(store, digests: set[Digest]) -> int:
     for d in doomed:
         store.chunks.delete(d)
     if store.sync and doomed:
-        for folder in {store.chunks.path(d).parent for d in doomed}:
-            fsutil.fsync_dir(folder)
+        store.chunks.sync(doomed)
     return len(doomed)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from pathlib import Path
 from typing import Callable
@@ -124,22 +123,15 @@ def write(store, m: Manifest, dst: Path, *, progress: Callable[[int, int], None]
         header["__metadata__"] = {"casckpt.bytes": json.dumps(raw)}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(struct.pack("<Q", len(text)) + text)
-            done = 0
-            for key, item in m.items.items():
-                buf = bytearray(item.nbytes)
-                if item.nbytes:
-                    store.read_item(item, memoryview(buf), key=key)
-                f.write(buf)
-                done += item.nbytes
-                if progress:
-                    progress(done, pos)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        fsutil.unlink_quiet(tmp)
+    with fsutil.atomic_file(dst, tmp_dir=dst.parent) as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        done = 0
+        for key, item in m.items.items():
+            buf = bytearray(item.nbytes)
+            if item.nbytes:
+                store.read_item(item, memoryview(buf), key=key)
+            f.write(buf)
+            done += item.nbytes
+            if progress:
+                progress(done, pos)
     return dst.stat().st_size

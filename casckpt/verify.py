@@ -10,7 +10,6 @@ references (orphans, reclaimed by ``gc``) are counted but are not a problem.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -134,11 +133,11 @@ def _unvouch(store: Store, problems: tuple[ChunkProblem, ...]) -> None:
 
 
 def _check(store: Store, d: Digest, refs: list[tuple[str, str]], quick: bool) -> ChunkProblem | None:
-    path = store.chunks.path(d)
+    path = store.chunks.where(d)
     try:
         if quick:
-            if not os.path.lexists(path):
-                raise MissingChunkError(f"chunk {d} is missing: {path}", digest=d.hex, path=str(path))
+            if not store.chunks.exists(d):
+                raise MissingChunkError(f"chunk {d} is missing: {path}", digest=d.hex, path=path)
             _bases_exist(store, d)
         else:
             store.chunks.get(d)
@@ -157,8 +156,8 @@ def _bases_exist(store: Store, d: Digest) -> None:
         base = store.chunks.link(cur)[0]
         if base is None:
             return
-        if not os.path.lexists(store.chunks.path(base)):
+        if not store.chunks.exists(base):
             raise MissingChunkError(f"chunk {d} cannot be decoded: its base {base} is missing: "
-                                    f"{store.chunks.path(base)}", digest=d.hex,
-                                    path=str(store.chunks.path(d)), base=base.hex)
+                                    f"{store.chunks.where(base)}", digest=d.hex,
+                                    path=store.chunks.where(d), base=base.hex)
         cur = base

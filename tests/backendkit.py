@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
+import time
 
 import pytest
 from hypothesis import settings, strategies as st
@@ -81,6 +82,27 @@ class BackendConformance:
         backend.replace("s/b", [b"def"], sync=False)
         backend.sync(["s/a", "s/b"])
         assert (backend.get("s/a"), backend.get("s/b")) == (b"abc", b"def")
+
+    def test_sync_makes_a_delete_durable(self, backend: Backend):
+        backend.put_if_absent("s/gone", [b"x"], sync=False)
+        assert backend.delete("s/gone") is True
+        backend.sync(["s/gone"])  # a key whose blob was deleted: its deletion is made durable
+        assert not backend.exists("s/gone")
+
+    def test_version_changes_when_the_blob_does(self, backend: Backend):
+        assert backend.version("v/a") is None
+        backend.replace("v/a", [b"one"])
+        first = backend.version("v/a")
+        assert first == backend.version("v/a")  # stable while the blob is
+        backend.replace("v/a", [b"two"])
+        assert first is None and backend.version("v/a") is None or backend.version("v/a") != first
+        backend.delete("v/a")
+        assert backend.version("v/a") is None
+
+    def test_listed_times_when_given_are_recent(self, backend: Backend):
+        backend.put_if_absent("t/a", [b"x"])
+        (blob,) = backend.list("t/")
+        assert blob.mtime is None or abs(blob.mtime - time.time()) < 3600
 
     # -- ranges ----------------------------------------------------------------------------------
     @pytest.mark.parametrize("start,end", [(0, 10), (3, 7), (5, 5), (8, 100), (10, 20), (50, 60), (0, 0)])

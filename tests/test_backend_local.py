@@ -24,6 +24,13 @@ def reopen(backend):
 
 
 class TestLocal(BackendConformance):
+    def test_versions_and_times_are_given(self, backend):
+        backend.replace("v", [b"one"])
+        first = backend.version("v")
+        backend.replace("v", [b"one"])  # the same bytes: still a new file
+        assert first is not None and backend.version("v") not in (None, first)
+        assert next(iter(backend.list("v"))).mtime is not None
+
     def test_nothing_written_outside_root(self, backend, tmp_path):
         backend.put_if_absent("a/b", [b"x"])
         backend.replace("c", [b"y"])

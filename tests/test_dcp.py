@@ -276,7 +276,7 @@ def test_item_keys():
 
 def test_region_selects_only_overlapping_chunks():
     # 64 rows of 1 KiB in 16-row chunks: rows 20..35 touch chunks 1 and 2 only.
-    digest = casckpt.store.digest_of(b"x")
+    digest = casckpt.digest.digest_of(b"x")
     item = Item("float32", (64, 256), tuple(ChunkRef(digest, 16 << 10) for _ in range(4)))
     ri = ReadItem(LoadItemType.TENSOR, MetadataIndex("w"), torch.Size([0, 0]), MetadataIndex("w", [0, 0]),
                   torch.Size([20, 8]), torch.Size([16, 100]))

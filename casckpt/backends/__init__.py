@@ -15,9 +15,11 @@ The contract, which ``tests/test_backend_conformance.py`` checks for every back-
 - ``replace`` writes a blob whether or not the key exists; readers see the old blob or the whole
   new one, never a mix.
 - ``delete`` removes a blob (a missing key is not an error) and says whether it was there.
-- ``list`` yields the blobs whose key starts with a prefix, with their sizes.
-- ``sync`` makes earlier writes made with ``sync=False`` durable, where the medium has such a step
-  (fsync on a file system; nothing on object storage, where a completed PUT is durable).
+- ``list`` yields the blobs whose key starts with a prefix, with their sizes (and, where the
+  listing has it for free, their modification times).
+- ``sync`` makes earlier writes made with ``sync=False``, and earlier deletes, durable, where the
+  medium has such a step (fsync on a file system; nothing on object storage, where a completed
+  PUT or DELETE is durable).
 
 The store never uses a key that is also the folder of another (``a`` next to ``a/b``); a
 file system cannot hold both, so back-ends need not support it.
@@ -32,11 +34,12 @@ Locking is not part of the seam: a file system has ``flock``; object storage nee
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Hashable, Iterable, Iterator
 
 from ..errors import CasckptError, UnsafePathError
 
@@ -53,10 +56,12 @@ class BlobNotFoundError(CasckptError, FileNotFoundError):
 
 @dataclass(frozen=True, slots=True)
 class Blob:
-    """One listed blob: its key and size in bytes."""
+    """One listed blob: its key and size in bytes, and when it was last written (seconds since
+    the epoch) where the listing gives that for free (None where it does not)."""
 
     key: str
     size: int
+    mtime: float | None = field(default=None, compare=False)
 
 
 def check_key(key: str) -> str:
@@ -133,9 +138,23 @@ class Backend(ABC):
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 
+    def version(self, key: str) -> Hashable | None:
+        """Optional: a cheap value that changes whenever the blob under ``key`` is written (a
+        file's inode and times, an object's ETag); None if there is no blob or no cheap way to
+        tell. The store uses it to keep parsed manifests without reading them again."""
+        return None
+
     def sync(self, keys: Iterable[str], *, map=map) -> None:
-        """Make earlier ``sync=False`` writes of ``keys`` durable (``map`` may run the work in
-        parallel). Nothing to do by default."""
+        """Make earlier ``sync=False`` writes of ``keys``, and deletes of ``keys``, durable
+        (``map`` may run the work in parallel). Nothing to do by default."""
 
     def close(self) -> None:
         """Release connections or handles."""
+
+
+def open_backend(location: str | os.PathLike) -> Backend:
+    """The back-end for a store location. Today every location is a local path; this is the one
+    place where a URL (``s3://…``) would choose another back-end."""
+    from .local import LocalBackend  # NOTE: late: local imports this module
+
+    return LocalBackend(location)

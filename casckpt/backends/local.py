@@ -66,7 +66,7 @@ class LocalBackend(Backend):
         path = self.path(key)
         try:
             return os.open(path, os.O_RDONLY | _O_NOFOLLOW)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # NOTE: a file where a folder would be
             raise BlobNotFoundError(f"no blob {key!r} in {self.root}") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
@@ -74,9 +74,18 @@ class LocalBackend(Backend):
             raise
 
     def get(self, key: str) -> bytes:
-        fd = self._open(key)
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+        try:
+            return fsutil.read_file(self.path(key))  # NOTE: O_NOFOLLOW; the reader tests watch
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobNotFoundError(f"no blob {key!r} in {self.root}") from None
+
+    def version(self, key: str):
+        try:
+            st = os.lstat(self.path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        # NOTE: a replace makes a new inode, so this changes even within one mtime tick
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         if start < 0 or end < start:
@@ -96,7 +105,7 @@ class LocalBackend(Backend):
     def size(self, key: str) -> int | None:
         try:
             return os.lstat(self.path(key)).st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def list(self, prefix: str = "") -> Iterator[Blob]:
@@ -107,9 +116,9 @@ class LocalBackend(Backend):
                 self.path(folder + "/x")
             except UnsafePathError:
                 return
-        for key, size in _walk(self.root / folder if folder else self.root, folder):
+        for key, st in _walk(self.root / folder if folder else self.root, folder):
             if key.startswith(prefix):
-                yield Blob(key, size)
+                yield Blob(key, st.st_size, st.st_mtime)
 
     # -- writes -----------------------------------------------------------------------------------
     def put_if_absent(self, key: str, parts: Iterable, *, sync: bool = True) -> bool:
@@ -127,15 +136,10 @@ class LocalBackend(Backend):
 
     def replace(self, key: str, parts: Iterable, *, sync: bool = True) -> None:
         final = self.path(key)
-        tmp = self._write_temp(parts, sync)
-        try:
-            _make_parent(final)
-            os.replace(tmp, final)
-        except BaseException:
-            fsutil.unlink_quiet(tmp)
-            raise
-        if sync:
-            fsutil.fsync_dir(final.parent)
+        _make_parent(final)
+        if not self.tmp_dir.is_dir():
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)  # a bare root (the store makes its own)
+        fsutil.atomic_write(final, parts, tmp_dir=self.tmp_dir, sync=sync)
 
     def delete(self, key: str) -> bool:
         try:
@@ -145,9 +149,10 @@ class LocalBackend(Backend):
             return False
 
     def sync(self, keys: Iterable[str], *, map=map) -> None:
-        """fsync the files (``map`` may run them in parallel), then their folders."""
+        """fsync the files (``map`` may run them in parallel), then their folders (which makes
+        deletes durable: a deleted key has no file left to fsync)."""
         paths = [self.path(k) for k in keys]
-        list(map(fsutil.fsync_file, paths))
+        list(map(_fsync_if_there, paths))
         for folder in sorted({p.parent for p in paths}, key=lambda p: -len(p.parts)):
             fsutil.fsync_dir(folder)
             if folder.parent != self.root and folder.parent.parent == self.root:
@@ -158,9 +163,9 @@ class LocalBackend(Backend):
         try:
             fsutil.write_parts(tmp, parts, sync=sync)
         except FileNotFoundError:
-            if self.tmp_dir.exists():
-                raise
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)  # a bare root (the store makes its own)
+            # NOTE: a bare root (the store makes its own tmp/); a racing writer may make it first,
+            # so retry once whoever made it
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
             fsutil.write_parts(tmp, parts, sync=sync)
         except BaseException:
             fsutil.unlink_quiet(tmp)
@@ -208,8 +213,18 @@ def _link_into_place(tmp: Path, final: Path) -> bool:
     return True
 
 
-def _walk(folder: Path, key_prefix: str) -> Iterator[tuple[str, int]]:
-    """``(key, size)`` of regular files below ``folder``; links and other odd entries are skipped."""
+def _fsync_if_there(path: Path) -> None:
+    # NOTE: a deleted key has no file to open (fsyncing its folder makes the delete durable);
+    # lstat first, so syncing deletes opens nothing
+    if os.path.lexists(path):
+        try:
+            fsutil.fsync_file(path)
+        except FileNotFoundError:
+            pass  # deleted meanwhile
+
+
+def _walk(folder: Path, key_prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+    """``(key, lstat)`` of regular files below ``folder``; links and other odd entries are skipped."""
     try:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
@@ -220,6 +235,6 @@ def _walk(folder: Path, key_prefix: str) -> Iterator[tuple[str, int]]:
             yield from _walk(Path(e.path), key)
         elif e.is_file(follow_symlinks=False):
             try:
-                yield key, e.stat(follow_symlinks=False).st_size
+                yield key, e.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # deleted meanwhile

@@ -15,10 +15,9 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from .. import checkpoint_id as ids
 from ..nest import optimizer_states
-from ..config import CONFIG
 from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, LoadWarning, SnapshotExistsError
 from ..manifest import check_name
-from ..store import SaveStats, Store
+from ..store import SaveStats, Store, has_snapshot, is_store
 from .planner import DedupSavePlanner, SafeLoadPlanner
 from .reader import CasReader
 from .writer import CasWriter
@@ -46,9 +45,9 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
             raise InvalidNameError("casckpt.save needs a snapshot name with an open Store")
         store, name = ids.split(store)
     check_name(name)
-    path = store.root if isinstance(store, Store) else os.fspath(store)
-    if not overwrite and os.path.exists(os.path.join(path, "snapshots", f"{name}.json")):
-        raise SnapshotExistsError(f"snapshot {name!r} already exists in store {path}")
+    if not overwrite and (store.exists(name) if isinstance(store, Store) else has_snapshot(store, name)):
+        where = store.root if isinstance(store, Store) else os.fspath(store)
+        raise SnapshotExistsError(f"snapshot {name!r} already exists in store {where}")
     writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size, sync_files=sync_files,
                        meta=meta, tags=tags, delta=delta)
     try:
@@ -169,10 +168,10 @@ def _opened(store: Store | str | os.PathLike, name: str):
 
 def _store_and_name(path: str) -> tuple[str, str]:
     """A store path as it is, or a checkpoint path ``STORE/NAME`` whose parent is a store."""
-    if os.path.exists(os.path.join(path, CONFIG)) or not ids.is_path(path):
+    if is_store(path) or not ids.is_path(path):
         return path, "latest"
     parent, name = ids.split(path, allow_latest=True)
-    if not os.path.exists(os.path.join(parent, CONFIG)):
+    if not is_store(parent):
         return path, "latest"  # neither is a store: Store.open names the path given
     return parent, name
 

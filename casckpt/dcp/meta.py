@@ -13,8 +13,8 @@ import torch
 from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
                                                    StorageMeta, TensorProperties, TensorStorageMetadata)
 
-from .. import dtypes
 from ..errors import CasckptError, ManifestError
+from ..torchio import dtype_name, torch_dtype  # NOTE: re-exported: the one dtype-name function
 
 FORMAT = 1
 _LAYOUTS = {"strided": torch.strided}
@@ -33,22 +33,6 @@ def item_key(fqn: str, offsets: Sequence[int] | None = None, sizes: Sequence[int
         return fqn
     return f"{fqn}@{','.join(str(int(o)) for o in (offsets or ()))}"
 
-
-
-# -- dtypes ---------------------------------------------------------------------------------------
-def dtype_name(dt: torch.dtype) -> str:
-    name = str(dt).removeprefix("torch.")
-    if name not in dtypes.DTYPES or name == "bytes":
-        raise CasckptError(f"casckpt cannot store tensors of dtype {dt}")
-    return name
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    dtypes.lookup(name)
-    dt = getattr(torch, name, None)
-    if not isinstance(dt, torch.dtype):
-        raise ManifestError(f"dtype {name!r} is not available in this torch")
-    return dt
 
 
 # -- Metadata -> JSON -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..lock import SHARED
 from ..delta import same_place
 from ..manifest import ChunkRef, Item, Manifest, check_name, user_meta, utc_now
 from ..reclaim import reclaim
-from ..store import ChunkTask, SaveStats, Store
+from ..store import ChunkTask, SaveStats, Store, is_store
 from .host import Layout, host_batches, layout, write_key
 from .meta import metadata_to_json
 from .planner import CasStorageMeta, ItemDigests, LocalDigests, RankPlan
@@ -246,7 +246,7 @@ class CasWriter(StorageWriter):
 
     def _open(self, *, create: bool) -> Store:
         if self._store is None:
-            exists = os.path.exists(os.path.join(self._path, "casckpt.json"))
+            exists = is_store(self._path)
             self._store = Store.open(self._path, create=create, sync=self.sync_files,
                                      index_path=self.index_path, delta=self.delta,
                                      chunk_size=None if exists else self.chunk_size)
@@ -255,7 +255,7 @@ class CasWriter(StorageWriter):
     def _chunk_size(self) -> int:
         if self._store is not None:
             return self._store.config.chunk_size
-        if self._path is not None and os.path.exists(os.path.join(self._path, "casckpt.json")):
+        if self._path is not None and is_store(self._path):
             return self._open(create=False).config.chunk_size
         return self.chunk_size or chunking.DEFAULT_CHUNK_SIZE
 

@@ -116,6 +116,7 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.faults: collections.deque[Fault] = collections.deque()
         self.requests: list[tuple[str, str]] = []
+        self.ranged: list[str] = []  # paths of GETs with a Range header
         self.injected: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
         proxy = self
@@ -145,6 +146,7 @@ class FaultProxy:
         with self._lock:
             self.faults.clear()
             self.requests.clear()
+            self.ranged.clear()
             self.injected.clear()
 
     def count(self, method: str | None = None, path: str = "") -> int:
@@ -166,6 +168,9 @@ class FaultProxy:
     def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
+        if h.command == "GET" and h.headers.get("Range"):
+            with self._lock:
+                self.ranged.append(h.path)
         fault = self._take(h.command, h.path)
         action = fault.action if fault else None
         if action in ("503", "500"):

@@ -168,7 +168,10 @@ def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> 
         store.commit(m, {}, overwrite=True)
     store.forget(plan.drop)  # manifests (the commit point), then registry rows
     store.index.remove_chunks([*plan.chunks, *plan.index_only])
+    if plan.chunks:
+        store.before_chunk_deletes()
     for i, d in enumerate(plan.chunks, 1):
+        store.check_lock()  # NOTE: object storage: a gc whose lock lapsed stops deleting
         store.chunks.delete(d)
         if progress:
             progress(i, len(plan.chunks))

@@ -66,6 +66,17 @@ def bump_epoch(backend: Backend) -> str:
     return new
 
 
+def announce_deletes(store) -> None:
+    """Bump the epoch before deleting chunks (the caller holds the exclusive lock and has already
+    dropped the doomed chunks' entries from its own index). If this host's cache agreed with the
+    old epoch it agrees with the new one, since only this process deletes now."""
+    before = read_epoch(store.backend)
+    agreed = _state(store.index_path) == before
+    new = bump_epoch(store.backend)
+    if agreed:
+        _record(store.index_path, new)
+
+
 def _state(path: Path) -> str | None:
     try:
         return str(json.loads((path / STATE).read_text())["epoch"])
@@ -94,6 +105,14 @@ def catch_up(store, *, progress: Callable[[int, int], None] | None = None) -> di
         log.info("casckpt: cache %s: %d entries dropped, %d snapshots (%d chunks) taken in",
                  store.index_path, dropped, snaps, chunks)
     return {"dropped": dropped, "snapshots": snaps, "chunks": chunks}
+
+
+def rebuild(store, progress=None) -> dict:
+    """Fill a new, empty cache from the manifests and chunk headers (``Store.reindex`` and a
+    missing cache on object storage): no chunk body is downloaded."""
+    counts = catch_up(store, progress=progress)
+    return {"chunks": counts["chunks"], "unreadable_chunks": 0, "orphan_chunks": 0,
+            "snapshots": counts["snapshots"]}
 
 
 def _revalidate(store) -> int:

@@ -60,7 +60,20 @@ class Timing:
     poll: float = 0.25
 
 
-TIMING = Timing()
+def _timing_from_env() -> Timing:
+    """``CASCKPT_LOCK_TIMING=expiry:refresh:slack`` (seconds) changes the defaults: tests use
+    seconds instead of minutes; an operator may lengthen them for a slow link."""
+    spec = os.environ.get("CASCKPT_LOCK_TIMING")
+    if not spec:
+        return Timing()
+    try:
+        expiry, refresh, slack = (float(x) for x in spec.split(":"))
+    except ValueError:
+        raise CasckptError(f"CASCKPT_LOCK_TIMING={spec!r}: give expiry:refresh:slack in seconds") from None
+    return Timing(expiry, refresh, slack, poll=min(0.25, refresh))
+
+
+TIMING = _timing_from_env()
 
 
 def _holds() -> dict[str, int]:
@@ -70,6 +83,19 @@ def _holds() -> dict[str, int]:
 def held_by_this_thread(url: str) -> bool:
     """Whether the calling thread holds a lock object on the store at ``url``."""
     return _holds().get(url, 0) > 0
+
+
+_held: dict[str, set["ObjectLock"]] = {}  # url -> every lock this process holds on it
+_held_guard = threading.Lock()
+
+
+def check_held(url: str) -> None:
+    """Raise :class:`LockLostError` if any lock this process holds on ``url`` has lapsed: call
+    right before a write that others rely on the lock for (a manifest, a chunk deletion)."""
+    with _held_guard:
+        locks = list(_held.get(url, ()))
+    for lk in locks:
+        lk.check()
 
 
 class ObjectLock:
@@ -125,11 +151,15 @@ class ObjectLock:
         self._thread.start()
         self._counted = _holds()
         self._counted[self.backend.url] = self._counted.get(self.backend.url, 0) + 1
+        with _held_guard:
+            _held.setdefault(self.backend.url, set()).add(self)
 
     def release(self) -> None:
         if self.key is None:
             return
         key, self.key = self.key, None
+        with _held_guard:
+            _held.get(self.backend.url, set()).discard(self)
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.timing.refresh + 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable
 
-from . import delta
+from . import delta, objcache
 from .digest import Digest
 from .errors import CasckptError
 from .index import Index
@@ -37,7 +37,12 @@ def rebuild(store: Store, index: Index, progress: Callable[[int, int], None] | N
     it again. Orphans stay out too: one may be torn by a power loss, and an index entry would
     let a later save skip writing it. A save that needs an orphan verifies it first; gc
     deletes the rest.
+
+    On object storage the index is a per-host cache, filled from manifests and chunk headers
+    without downloading a chunk (:func:`casckpt.objcache.rebuild`).
     """
+    if store.backend.local_path is None:
+        return objcache.rebuild(store, progress)
     referenced: set[Digest] = set()
     names = store.snapshot_names()
     for name in names:

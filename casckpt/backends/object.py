@@ -105,8 +105,8 @@ class ObjectBackend(Backend):
     """Blobs as objects under ``url`` (``s3://bucket/prefix``, ``gs://…``, ``az://…``).
 
     ``options`` are object_store settings (``endpoint``, ``access_key_id``, ``region``,
-    ``allow_http``, ``timeout``, …) and the retry bounds in :data:`RETRY` (seconds); they override
-    the environment.
+    ``allow_http``, ``timeout``, …) and the retry bounds in :data:`RETRY` (seconds; from the
+    environment as ``CASCKPT_RETRY_TIMEOUT`` and the like); they override the environment.
     """
 
     local_path = None
@@ -118,7 +118,9 @@ class ObjectBackend(Backend):
         config = {k: v for k, v in self.options.items() if k not in CLIENT_KEYS | RETRY_KEYS}
         client = {**CLIENT, **_client_env(self.scheme),
                   **{k: v for k, v in self.options.items() if k in CLIENT_KEYS}}
-        retry = {**RETRY, **{k: float(v) for k, v in self.options.items() if k in RETRY_KEYS}}
+        retry = {**RETRY, **{k: float(os.environ[f"CASCKPT_{k.upper()}"]) for k in RETRY_KEYS
+                             if f"CASCKPT_{k.upper()}" in os.environ},
+                 **{k: float(v) for k, v in self.options.items() if k in RETRY_KEYS}}
         #: The longest one operation can take before it fails (every retry included): what the
         #: lock's expiry argument needs (casckpt.objlock).
         self.deadline = retry["retry_timeout"] + _seconds(client["timeout"])

@@ -240,3 +240,42 @@ def test_gc_in_a_loop_against_saves_and_loads(s3_url, host, monkeypatch):
             assert_same(arrays(10 + int(name.split("-")[1])), s.get_arrays(name))
         gc_module().gc(s)
         assert chunk_keys(s3_url) == referenced(s)
+
+
+def test_every_command_takes_a_store_url(s3_url, host):
+    import subprocess
+    import sys
+    from storekit import child_env
+
+    with open_s3(s3_url, create=True, chunk_size=CHUNK) as s:
+        s.put_arrays("a", arrays(1))
+        s.put_arrays("b", arrays(2))
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "casckpt", *args], env=child_env(), capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    assert {x["name"] for x in json.loads(cli("--json", "ls", s3_url))} == {"a", "b"}
+    assert "w" in cli("show", s3_url, "a") and "changed" in cli("diff", s3_url, "a", "b")
+    assert "ok" in cli("verify", s3_url)
+    cli("rm", s3_url, "a")
+    cli("gc", s3_url)
+    cli("reindex", s3_url)
+    with open_s3(s3_url) as s:
+        assert s.snapshot_names() == ["b"] and chunk_keys(s3_url) == referenced(s)
+
+
+def test_secrets_stay_out_of_the_store_and_the_logs(s3_url, host, proxy, caplog):
+    secret = "sk-" + "9" * 30
+    with open_s3(s3_url, proxy, create=True, chunk_size=CHUNK,
+                 storage_options={"secret_access_key": secret, "max_retries": 1}) as s:
+        s.put_arrays("a", arrays(1))
+        proxy.plan(Fault("503", count=100, method="PUT"))
+        with pytest.raises(StoreIOError) as err:
+            s.put_arrays("b", arrays(2))
+        proxy.clear()
+    from casckpt.backends.object import ObjectBackend
+    b = ObjectBackend(s3_url)
+    assert not any(secret.encode() in b.get(x.key) for x in b.list(""))
+    assert secret not in str(err.value) + caplog.text

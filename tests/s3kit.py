@@ -44,12 +44,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_put_guard = threading.Lock()
+
+
+def atomic_conditional_puts() -> None:
+    """Make moto's conditional PUT atomic, as S3's is.
+
+    NOTE: moto (5.x) honours ``If-None-Match: *`` by looking the key up and then storing the
+    object, without a lock, while its server answers requests on many threads: two racing
+    creates can both pass the check and both get 200 (the back-end conformance suite's race
+    tests caught it). Real S3, GCS and Azure decide the race on the server; this serializes
+    moto's conditional PUTs (and the user metadata set after the object) to do the same.
+    """
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response.put_object, "_casckpt_atomic", False):
+        return
+    original = S3Response.put_object
+
+    def put_object(self, *args, **kwargs):
+        if self.headers.get("If-None-Match") or self.headers.get("If-Match"):
+            with _put_guard:
+                return original(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
+    put_object._casckpt_atomic = True
+    S3Response.put_object = put_object
+
+
 class Moto:
     """moto's threaded server on a free port of 127.0.0.1."""
 
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
 
+        atomic_conditional_puts()
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise

@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 import time
+from pathlib import Path
 
 _LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/1\.1"')
 
@@ -29,6 +30,11 @@ class _Requests(logging.Handler):
 def main() -> None:
     port, log_path = int(sys.argv[1]), sys.argv[2]
     from moto.server import ThreadedMotoServer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from s3kit import atomic_conditional_puts  # moto's conditional PUT made atomic, as S3's is
+
+    atomic_conditional_puts()
 
     werkzeug = logging.getLogger("werkzeug")
     werkzeug.setLevel(logging.INFO)

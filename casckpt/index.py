@@ -322,21 +322,23 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 def _pad(env: lmdb.Environment, path: Path) -> None:
     """Extend the data file to the pages its meta page counts. NOTE: LMDB does not write pages a
     transaction allocated and freed again (they go to the free list), so a file can end before
-    its last page number says, and :func:`_check_size` would take it for a truncated copy.
-    ``posix_fallocate`` only ever extends a file, so racing writers cannot shrink it."""
-    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    its last page number says, and :func:`_check_size` would take it for a truncated copy. Done
+    holding LMDB's writer lock (an empty write transaction, aborted), so no other writer is
+    writing pages past the end meanwhile; ``posix_fallocate`` only ever extends a file."""
+    txn = env.begin(write=True)
     try:
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
         fd = os.open(path / "data.mdb", os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        have = os.fstat(fd).st_size
-        if have < need:
-            os.posix_fallocate(fd, have, need - have)
+        try:
+            have = os.fstat(fd).st_size
+            if have < need:
+                os.posix_fallocate(fd, have, need - have)
+        finally:
+            os.close(fd)
     except OSError:
         pass  # a full disk or a file system without it: the check at open may then refuse
     finally:
-        os.close(fd)
+        txn.abort()
 
 
 def _check_size(env: lmdb.Environment, path: Path) -> None:

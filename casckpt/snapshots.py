@@ -24,7 +24,7 @@ from .manifest import Manifest, check_name, is_valid_name, resumable
 
 log = logging.getLogger("casckpt")
 
-# Seconds of clock skew between hosts that "latest" tolerates (see Store._latest).
+# Seconds of clock skew between hosts that "latest" tolerates (see Snapshots._latest).
 LATEST_SKEW = 60.0
 SNAPSHOTS = "snapshots/"  # manifests: snapshots/NAME.json
 

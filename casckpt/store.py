@@ -78,13 +78,14 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, *, create: bool = False, chunk_size: int | None = None,
+    def open(cls, path: str | os.PathLike | Backend, *, create: bool = False, chunk_size: int | None = None,
              level: int | None = None, byte_grouping: bool | None = None,
              index_path: str | os.PathLike | None = None, sync: bool = True,
              workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT,
              lock_timeout: float | None = None, delta: bool | None = None,
              max_depth: int | None = None, storage_options: dict | None = None) -> "Store":
-        """Open the store at ``path``; with ``create=True`` make it first if it does not exist.
+        """Open the store at ``path`` (a folder, a URL, or a :class:`casckpt.backends.Backend`);
+        with ``create=True`` make it first if it does not exist.
 
         ``chunk_size`` applies when creating. ``level`` / ``byte_grouping`` override the store's
         codec settings for this session. ``index_path`` keeps the LMDB index elsewhere (a local

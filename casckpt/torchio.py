@@ -70,7 +70,7 @@ def _torch_load_failure(src: Path, exc: BaseException) -> str:
     return f"{src} cannot be loaded with torch.load(weights_only=True): {' '.join(why.split())[:300]}"
 
 
-def _load_value(key: str, data: bytes):
+def load_value(key: str, data: bytes):
     """A non-tensor value stored as ``torch.save`` bytes, loaded without running code."""
     try:
         return torch.load(io.BytesIO(data), weights_only=True)
@@ -141,7 +141,7 @@ def write_dcp(tensors: dict, dst: Path) -> int:
 
 def write_torch(tensors: dict, dst: Path, paths: dict | None) -> int:
     """``torch.save`` of the state dict, nested again as it was saved when the snapshot says how."""
-    obj = {k: (_load_value(k, v.data) if isinstance(v, RawBytes) else v)
+    obj = {k: (load_value(k, v.data) if isinstance(v, RawBytes) else v)
            for k, v in tensors.items()}
     if paths:
         obj = nest.nest(obj, paths)

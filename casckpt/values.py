@@ -9,7 +9,6 @@ the store, and shown as ``<N bytes>`` otherwise. torch is imported only when suc
 from __future__ import annotations
 
 import importlib.util
-import io
 
 import numpy as np
 
@@ -51,10 +50,10 @@ def text(store: Store, m: Manifest, key: str) -> str:
 def _load(data: bytes) -> str:
     if importlib.util.find_spec("torch") is None:
         return f"<{len(data)} bytes>"
-    import torch
+    from . import torchio  # NOTE: late, so torch loads only when such an item is shown
 
     try:
-        return repr(torch.load(io.BytesIO(data), weights_only=True))
+        return repr(torchio.load_value("", data))
     except Exception:  # not loadable without running code, or not torch.save output at all
         return f"<{len(data)} bytes, not loadable with weights_only>"
 

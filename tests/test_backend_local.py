@@ -71,3 +71,17 @@ class LocalMachine(BlobMachine):
 
 TestLocalMachine = LocalMachine.TestCase
 TestLocalMachine.settings = machine_settings()
+
+
+def test_a_store_opens_over_a_backend_given(tmp_path):
+    """Store.open takes a back-end as well as a path: the whole store then lives in it."""
+    import numpy as np
+
+    from casckpt import Store
+    backend = LocalBackend(tmp_path / "s")
+    with Store.open(backend, create=True) as s:
+        s.put_arrays("a", {"w": np.arange(10, dtype=np.float32)})
+        assert s.backend is backend
+    assert {b.key for b in backend.list("snapshots/")} == {"snapshots/a.json"}
+    with Store.open(tmp_path / "s") as s:
+        assert s.get_arrays("a")["w"].tolist() == list(range(10))

@@ -152,9 +152,12 @@ class Backend(ABC):
         """Release connections or handles."""
 
 
-def open_backend(location: str | os.PathLike, *, options: dict | None = None) -> Backend:
-    """The back-end for a store location: a URL (``s3://``, ``gs://``, ``az://``) is object
-    storage (``options`` override its environment settings); anything else a local path."""
+def open_backend(location: str | os.PathLike | Backend, *, options: dict | None = None) -> Backend:
+    """The back-end for a store location: a back-end given is used as it is; a URL (``s3://``,
+    ``gs://``, ``az://``) is object storage (``options`` override its environment settings);
+    anything else a local path."""
+    if isinstance(location, Backend):
+        return location
     from .local import LocalBackend  # NOTE: late: local imports this module
 
     if isinstance(location, str) and "://" in location:

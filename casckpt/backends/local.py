@@ -153,10 +153,11 @@ class LocalBackend(Backend):
         deletes durable: a deleted key has no file left to fsync)."""
         paths = [self.path(k) for k in keys]
         list(map(_fsync_if_there, paths))
-        for folder in sorted({p.parent for p in paths}, key=lambda p: -len(p.parts)):
-            fsutil.fsync_dir(folder)
-            if folder.parent != self.root and folder.parent.parent == self.root:
-                fsutil.fsync_dir(folder.parent)  # a fan-out folder this batch may have made
+        folders = {p.parent for p in paths}
+        list(map(fsutil.fsync_dir, sorted(folders)))
+        # NOTE: the folders above, once each: a fan-out folder this batch may have made
+        above = {f.parent for f in folders if f.parent != self.root and f.parent.parent == self.root}
+        list(map(fsutil.fsync_dir, sorted(above - folders)))
 
     def _write_temp(self, parts: Iterable, sync: bool) -> Path:
         tmp = fsutil.temp_path(self.tmp_dir, ".tmp")

@@ -234,14 +234,6 @@ class ObjectBackend(Backend):
             obstore.delete(self._store, key)
         return True
 
-    def delete_many(self, keys: list[str]) -> None:
-        """Delete blobs in batches (one request per 1,000 keys on S3); missing ones are fine."""
-        for k in keys:
-            check_key(k)
-        with self._errors(keys[0] if keys else "", "deleting"):
-            for i in range(0, len(keys), 1000):
-                obstore.delete(self._store, keys[i:i + 1000])
-
     # -- errors -----------------------------------------------------------------------------------
     def _errors(self, key: str, doing: str) -> "_Translate":
         return _Translate(self, key, doing)

@@ -1,8 +1,8 @@
 """casckpt: a content-addressed, deduplicating checkpoint store for PyTorch DCP."""
 
 from .errors import (CasckptError, CheckpointFailedError, CorruptChunkError, IndexDamagedError,
-                     InvalidNameError, LoadWarning, LockTimeoutError, ManifestError, MissingChunkError,
-                     SnapshotExistsError, SnapshotNotFoundError, StoreIOError, StoreNotEmptyError, StoreNotFoundError,
+                     InvalidNameError, LoadWarning, LockLostError, LockTimeoutError, ManifestError,
+                     MissingChunkError, SnapshotExistsError, SnapshotNotFoundError, StoreIOError, StoreNotEmptyError, StoreNotFoundError,
                      UnsafePathError, UnsupportedFormatError)
 from .store import SaveStats, SnapshotInfo, Store
 
@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Store", "SaveStats", "SnapshotInfo",
     "CasckptError", "CheckpointFailedError", "CorruptChunkError", "IndexDamagedError",
-    "InvalidNameError", "LoadWarning", "LockTimeoutError", "ManifestError", "MissingChunkError",
+    "InvalidNameError", "LoadWarning", "LockLostError", "LockTimeoutError", "ManifestError", "MissingChunkError",
     "SnapshotExistsError", "SnapshotNotFoundError", "StoreIOError", "StoreNotEmptyError", "StoreNotFoundError",
     "UnsafePathError", "UnsupportedFormatError",
 ]

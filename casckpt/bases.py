@@ -97,7 +97,8 @@ class DeltaWrites:
         for new, cand in candidates.items():
             if cand != new:
                 chosen = delta.choose_base(cand, lookup, self.config.delta.max_depth)
-                if chosen is not None and self.chunks.exists(chosen[0]):
+                # NOTE: object storage trusts its cache (kept coherent with gc): no HEAD per chunk
+                if chosen is not None and (self.backend.local_path is None or self.chunks.exists(chosen[0])):
                     out[new] = chosen
         # NOTE: a base must be durable: one a sync=False save left unsynced is no base for a
         # save that syncs (nor, after a reboot, for any save; see Index, ``unsynced``).

@@ -71,6 +71,8 @@ def _name(name: str, allow_latest: bool, *, shown: str | None = None) -> str:
 
 
 def _same_folder(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:  # a store on object storage: URLs are compared as written
+        return a.rstrip("/") == b.rstrip("/")
     try:
         return os.path.samefile(a, b)
     except OSError:  # not created yet: compare the normalised absolute paths

@@ -97,7 +97,10 @@ class ChunkDir:
         """
         key = self.key(digest)
         replace = False
-        if self.backend.exists(key):
+        # NOTE: on object storage the conditional PUT below finds a chunk already there, which
+        # saves a HEAD per new chunk; a file system checks first and spares the temp file.
+        local = self.backend.local_path is not None
+        if local and self.backend.exists(key):
             try:
                 return self.check(digest)
             except (CorruptChunkError, UnsafePathError):
@@ -106,8 +109,11 @@ class ChunkDir:
         parts = [header, *parts]
         if replace:
             self.backend.replace(key, parts, sync=False)
-        else:
-            self.backend.put_if_absent(key, parts, sync=False)  # False: a concurrent writer won
+        elif not self.backend.put_if_absent(key, parts, sync=False) and not local:
+            try:  # there already (a concurrent or killed save): verify it as the local path does
+                return self.check(digest)
+            except CorruptChunkError:
+                self.backend.replace(key, parts, sync=False)
         size = sum(memoryview(p).nbytes for p in parts)
         return ChunkInfo(raw.nbytes, size, kind, *link)
 
@@ -140,6 +146,12 @@ class ChunkDir:
         base, depth, size = self._parse_header(digest, item, data)
         kind, raw_len = data[5], HEADER.unpack_from(data)[4]  # same offsets in both versions
         return kind, raw_len, memoryview(data)[size:], base, depth
+
+    def info_from_header(self, digest: Digest, head: bytes, stored_len: int) -> ChunkInfo:
+        """The index entry of a chunk from its first bytes (at least :data:`HEADER2` long, or the
+        whole chunk) and stored size, without reading the payload (CorruptChunkError)."""
+        base, depth, _ = self._parse_header(digest, "", head)
+        return ChunkInfo(HEADER.unpack_from(head)[4], stored_len, head[5], base, depth)
 
     def _parse_header(self, digest: Digest, item: str, data: bytes) -> tuple[Digest | None, int, int]:
         """``(base, depth, header size)`` from the first bytes of a chunk file."""

@@ -109,7 +109,10 @@ def create_layout(backend: Backend, config: StoreConfig) -> None:
             for sub in ("tmp", "snapshots", "chunks"):
                 (root / sub).mkdir(exist_ok=True)
             (root / "lock").touch()
-        backend.replace(CONFIG, [config.to_bytes()])
+        if root is None:  # NOTE: object storage: of racing creators, the first one's config wins
+            backend.put_if_absent(CONFIG, [config.to_bytes()])
+        else:
+            backend.replace(CONFIG, [config.to_bytes()])
     except OSError as exc:  # the path is a file, a read-only or full file system
         if isinstance(exc, CasckptError):
             raise

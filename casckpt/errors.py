@@ -76,6 +76,12 @@ class LockTimeoutError(CasckptError, TimeoutError):
     """The store lock could not be taken in time (another process holds it)."""
 
 
+class LockLostError(LockTimeoutError):
+    """A lock object on object storage went unrefreshed for so long that another process may
+    have judged it stale (a paused process, a network outage): the work it protected stops
+    before committing anything (see casckpt.objlock)."""
+
+
 class UnsafePathError(CasckptError, PermissionError):
     """A path inside the store is a symlink or otherwise points outside the store root."""
 

@@ -182,7 +182,10 @@ def execute(store: Store, plan: GcPlan, *, progress: Progress | None = None) -> 
                     "the snapshots)", len(plan.lost), store.root)
     store.index.remove_chunks([*plan.chunks, *plan.index_only, *plan.lost])
     store.index.remove_members_in({d.raw for d in (*plan.chunks, *plan.index_only, *plan.lost)})  # packs
+    if plan.chunks:
+        store.before_chunk_deletes()
     for i, d in enumerate(plan.chunks, 1):
+        store.check_lock()  # NOTE: object storage: a gc whose lock lapsed stops deleting
         store.chunks.delete(d)
         if progress:
             progress(i, len(plan.chunks))

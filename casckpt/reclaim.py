@@ -53,7 +53,10 @@ def _sweep(store, digests: set[Digest]) -> int:
     except (StoreIOError, IndexDamagedError):  # a full disk can refuse even this write
         indexed = store.index.has_many(doomed)
         doomed = [d for d in doomed if d not in indexed]
+    if doomed:
+        store.before_chunk_deletes()
     for d in doomed:
+        store.check_lock()
         store.chunks.delete(d)
     if store.sync and doomed:
         store.chunks.sync(doomed)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 from . import chunking, codec, refcache
 from .backends import BlobNotFoundError
 from .chunks import HEADER, HEADER2, ChunkInfo
+from . import objcache
 from .digest import Digest
 from .errors import CasckptError, CorruptChunkError, MissingChunkError
 from .index import Index
@@ -53,6 +54,8 @@ def rebuild(store: Store, index: Index, *, verify: bool = False, progress: Progr
     hashed instead when ``verify``). Returns counts and ``seconds``. ``progress(done, total)``
     counts chunk files checked."""
     started = time.perf_counter()
+    if store.backend.local_path is None:  # a per-host cache of an object store (casckpt.objcache)
+        return objcache.rebuild(store, progress)
     names = store.snapshot_names()
     referenced = _manifests(store, index, names)
     files = list(store.chunks)

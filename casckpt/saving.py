@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
-from . import config as config_mod, fsutil, spotcheck
+from . import config as config_mod, fsutil, objcache, spotcheck
 from .chunks import ChunkInfo
 from .digest import Digest, digest_of
 from .errors import CasckptError
@@ -80,6 +80,10 @@ class Saving:
             # still claim chunks that a gc has deleted since, and the save would skip them.
             self._index.close()
             self._index = None
+        if self.backend.local_path is None:
+            # NOTE: no HEAD per chunk: the cache is kept coherent with gc instead (objcache)
+            objcache.catch_up(self)
+            return self.index.has_many(digests)
         have = self.index.has_many(digests, synced_only=self.sync)  # see Index: ``unsynced``
         lost = spotcheck.lost(have, self.chunks.exists)
         if lost:

@@ -203,6 +203,7 @@ class Snapshots:
         return sorted(f for f in names if not (f.endswith(".json") and is_valid_name(f[:-5])))
 
     def _publish(self, key: str, data: bytes, *, overwrite: bool) -> None:
+        self.check_lock()  # NOTE: a save whose lock lapsed must fail before its commit
         if overwrite:
             self.backend.replace(key, [data], sync=self.sync)
         elif not self.backend.put_if_absent(key, [data], sync=self.sync):  # committed meanwhile

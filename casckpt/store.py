@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from . import chunking, config as config_mod, fsutil, packs, reindex as reindex_mod
+from . import chunking, config as config_mod, fsutil, objcache, objlock, packs, reindex as reindex_mod
 from .arrays import Arrays
 from .backends import Backend, open_backend
 from .bases import DeltaWrites, delta_config
@@ -57,6 +57,8 @@ log = logging.getLogger("casckpt")
 class Store(Snapshots, Saving, Arrays, DeltaWrites):
     """A casckpt store. Open with :meth:`open`; use as a context manager or call :meth:`close`."""
 
+    lock_timing = objlock.TIMING  # how lock objects age on object storage
+
     def __init__(self, backend: Backend, config: StoreConfig, *, index_path: Path | None,
                  sync: bool, workers: int | None, inflight_bytes: int, lock_timeout: float | None,
                  fresh: bool = False) -> None:
@@ -69,7 +71,7 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         self.chunks = ChunkDir(backend)
         self.pipeline = Pipeline(workers=workers, inflight_bytes=inflight_bytes)
         if index_path is None and backend.local_path is None:
-            raise CasckptError(f"a store at {backend.url} needs index_path (a local folder for its index)")
+            index_path = objcache.index_path(config.store_id)  # a per-host cache (casckpt.objcache)
         self.index_path = index_path or backend.local_path / "index"
         self._index: Index | None = Index(self.index_path, create=True, owner=self.config.store_id) if fresh else None
         self._parsed: OrderedDict[tuple, Manifest] = OrderedDict()  # see manifest()
@@ -82,9 +84,9 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
              index_path: str | os.PathLike | None = None, sync: bool = True,
              workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT,
              lock_timeout: float | None = None, delta: bool | None = None,
-             max_depth: int | None = None) -> "Store":
-        """Open the store at ``path`` (a folder, or a :class:`casckpt.backends.Backend`); with
-        ``create=True`` make it first if it does not exist.
+             max_depth: int | None = None, storage_options: dict | None = None) -> "Store":
+        """Open the store at ``path`` (a folder, a URL, or a :class:`casckpt.backends.Backend`);
+        with ``create=True`` make it first if it does not exist.
 
         ``chunk_size`` applies when creating. ``level`` / ``byte_grouping`` override the store's
         codec settings for this session. ``index_path`` keeps the LMDB index elsewhere (a local
@@ -93,8 +95,13 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         ``delta=False`` stores every new chunk whole instead of as a delta against the chunk at the
         same place in the previous snapshot; ``max_depth`` bounds chains of deltas. Both are store
         defaults when creating and session overrides otherwise, like ``level``.
+
+        ``path`` may be a URL of object storage (``s3://bucket/prefix``, ``gs://…``, ``az://…``);
+        ``storage_options`` then override the settings taken from the environment (see
+        :mod:`casckpt.backends.object`), and the index is a cache on this host
+        (:mod:`casckpt.objcache`) unless ``index_path`` says where.
         """
-        backend = open_backend(path)
+        backend = open_backend(path, options=storage_options)
         config = _read_config(backend)
         if config is None:
             if not create:
@@ -105,6 +112,8 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
                                              byte_grouping=True if byte_grouping is None else byte_grouping),
                                  uuid.uuid4().hex, delta_config(DeltaConfig(), delta, max_depth))
             create_layout(backend, config)
+            if backend.local_path is None:
+                config = _read_config(backend)  # NOTE: racing creators: the first config wins
             fresh = True
         else:
             fresh = False
@@ -125,7 +134,9 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         """The LMDB index, opened on first use; rebuilt automatically if it is missing."""
         if self._index is None:
             if _empty_or_missing(self.index_path / "data.mdb"):
-                log.warning("casckpt: index %s is missing; rebuilding it from the store", self.index_path)
+                # NOTE: on object storage the index is a per-host cache: a new host starts without one
+                (log.info if self.backend.local_path is None else log.warning)(
+                    "casckpt: index %s is missing; rebuilding it from the store", self.index_path)
                 # NOTE: the shared lock keeps gc from deleting chunks while they are indexed; a
                 # thread that already holds the lock (a save, a gc) must not wait on itself.
                 with contextlib.nullcontext() if self.holds_lock else self.lock(SHARED):
@@ -153,8 +164,25 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
 
     def lock(self, mode: int = SHARED, *, timeout: float | None = ...) -> StoreLock:
         """A hold on the store lock (use as ``with store.lock(EXCLUSIVE): ...``). The one place
-        that knows how the store is locked: ``flock`` on ``lock`` in a local back-end's root."""
-        return StoreLock(self._lock_path, mode, timeout=self.lock_timeout if timeout is ... else timeout)
+        that knows how the store is locked: ``flock`` on ``lock`` in a local back-end's root, lock
+        objects on object storage (:mod:`casckpt.objlock`)."""
+        timeout = self.lock_timeout if timeout is ... else timeout
+        if self.backend.local_path is None:
+            return objlock.ObjectLock(self.backend, mode, timeout=timeout, timing=self.lock_timing)
+        return StoreLock(self._lock_path, mode, timeout=timeout)
+
+    def check_lock(self) -> None:
+        """Raise LockLostError if this process's hold on an object-storage store's lock lapsed;
+        called right before each write the lock protects (the manifest, a chunk deletion)."""
+        if self.backend.local_path is None:
+            objlock.check_held(self.backend.url)
+
+    def before_chunk_deletes(self) -> None:
+        """Called under the exclusive lock before chunks are deleted: on object storage, tell
+        every host's index cache (casckpt.objcache) to drop what no manifest references."""
+        if self.backend.local_path is None:
+            self.check_lock()
+            objcache.announce_deletes(self)
 
     @property
     def _lock_path(self) -> Path:
@@ -170,6 +198,8 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
     @property
     def holds_lock(self) -> bool:
         """Whether the calling thread holds the store lock now (in either mode)."""
+        if self.backend.local_path is None:
+            return objlock.held_by_this_thread(self.backend.url)
         return held_by_this_thread(self._lock_path)
 
 

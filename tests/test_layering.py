@@ -22,8 +22,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("errors", {"errors"}),
     ("basics", {"digest", "codec", "planes", "dtypes", "chunking", "nest", "fsutil", "pipeline", "delta",
                 "progress", "clifmt", "retention", "spotcheck", "packs"}),
-    ("seam and parts", {"backends", "backends.local", "chunks", "index", "manifest", "lock", "config",
-                        "thin", "checkpoint_id", "safetensors_file"}),
+    ("seam and parts", {"backends", "backends.local", "backends.object", "chunks", "index", "manifest", "lock",
+                        "objlock", "objcache", "config", "thin", "checkpoint_id", "safetensors_file"}),
     ("store", {"store", "snapshots", "saving", "arrays", "bases", "reindex", "reclaim", "refcache"}),
     ("verbs", {"gc", "diff", "verify", "usage", "transfer", "torchio", "report", "values"}),
     ("dcp and cli", {"dcp", "dcp.api", "dcp.host", "dcp.meta", "dcp.planner", "dcp.reader", "dcp.writer",
@@ -47,6 +47,7 @@ OWNERS = {
     "accelerate": {"integrations.accelerate"},
     "lightning": {"integrations.lightning"},
     "matplotlib": {"report"},
+    "obstore": {"backends.object"},
 }
 FREE = {"numpy"} | set(sys.stdlib_module_names)
 

@@ -11,7 +11,7 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$ROOT/tool
     findlinks=()
     [ -d /opt/wheels ] && findlinks=(--find-links /opt/wheels)
     "$VENV/bin/python" -m pip install -q "${findlinks[@]}" -c "$ROOT/tools/constraints.txt" \
-        -e "$ROOT[torch,test,bench,report,integrations]"
+        -e "$ROOT[torch,test,bench,report,integrations,cloud]"
     touch "$STAMP"
 fi
 PY="$VENV/bin/python"

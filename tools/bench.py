@@ -472,6 +472,9 @@ def main() -> None:
     ap.add_argument("--delta-depths", nargs="+", type=int, metavar="K", default=None,
                     help="only sweep these delta chain depths on the MiniLM AdamW run (and delta off, and "
                          "the first depth without the base cache) and print the table behind the default")
+    ap.add_argument("--store", default=None, metavar="URL",
+                    help="only compare on object storage: an s3:// URL served by a local S3 server (moto) "
+                         "started here; casckpt vs DCP's FsspecWriter/FsspecReader over s3fs (tools/bench_s3.py)")
     ap.add_argument("--reshard", action="store_true",
                     help="only measure what an unchanged re-save writes after a world-size change "
                          "(FSDP2 on gloo: saved on 2 ranks, re-saved on 3 and 4; tools/bench_reshard.py)")
@@ -482,6 +485,14 @@ def main() -> None:
         import bench_small  # tools/ is on sys.path when bench runs as a script
 
         bench_small.main(args.repeat)
+        return
+    if args.store:
+        import bench_s3  # tools/ is on sys.path when bench runs as a script
+
+        res = bench_s3.s3_speed(args.store, args.mib, args.repeat)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bench-s3.json").write_text(json.dumps(res, indent=2))
+        bench_s3.report(res)
         return
     if args.reshard:
         import bench_reshard  # tools/ is on sys.path when bench runs as a script

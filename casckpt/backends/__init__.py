@@ -152,12 +152,21 @@ class Backend(ABC):
         """Release connections or handles."""
 
 
-def open_backend(location: str | os.PathLike | Backend) -> Backend:
-    """The back-end for a store location (a back-end given is used as it is). Today every other
-    location is a local path; this is the one place where a URL (``s3://…``) would choose another
-    back-end."""
+def open_backend(location: str | os.PathLike | Backend, *, options: dict | None = None) -> Backend:
+    """The back-end for a store location: a back-end given is used as it is; a URL (``s3://``,
+    ``gs://``, ``az://``) is object storage (``options`` override its environment settings);
+    anything else a local path."""
     if isinstance(location, Backend):
         return location
     from .local import LocalBackend  # NOTE: late: local imports this module
 
+    if isinstance(location, str) and "://" in location:
+        try:
+            from .object import ObjectBackend  # NOTE: late: obstore is the optional "cloud" extra
+        except ImportError as exc:
+            raise CasckptError(f"a store at {location.partition('://')[0]}:// needs obstore: "
+                               f"pip install 'casckpt[cloud]' ({exc})") from None
+        return ObjectBackend(location, options=options)
+    if options:
+        raise CasckptError("storage options apply only to a store on object storage (s3://, gs://, az://)")
     return LocalBackend(location)

@@ -1,0 +1,281 @@
+"""A store on S3 (moto's server on 127.0.0.1): the commit, what a save costs in requests, the
+index as a per-host cache, gc seen from other hosts, faults, a kill -9 mid-save, gc in a loop
+against saves, all through the real Store and real processes. Each "host" is a cache folder."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("obstore")
+
+import casckpt
+from casckpt.errors import LockLostError, SnapshotExistsError, StoreIOError
+from casckpt.objlock import Timing
+from s3kit import Fault
+from s3kit import moto, proxy, proxy_server, s3_url  # noqa: F401 (fixtures)
+from storekit import arrays, assert_same, gc_module, run_child, verify_module
+
+CHUNK = 16 << 10
+TIMING = "6:0.3:1.5"  # lock expiry, refresh, slack (seconds): a killed holder's lock goes in ~8 s
+
+
+@pytest.fixture(autouse=True)
+def fast_locks(monkeypatch):
+    monkeypatch.setenv("CASCKPT_LOCK_TIMING", TIMING)  # child processes
+    monkeypatch.setenv("CASCKPT_RETRY_TIMEOUT", "1.5")  # with the 1 s timeout: within 2.5 s
+    monkeypatch.setenv("CASCKPT_INIT_BACKOFF", "0.02")
+    monkeypatch.setenv("AWS_TIMEOUT", "1s")
+    monkeypatch.setattr(casckpt.Store, "lock_timing", Timing(*map(float, TIMING.split(":")), poll=0.05))
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """``host(name)``: make the next stores opened use that host's own index cache."""
+    def use(name: str):
+        monkeypatch.setenv("CASCKPT_CACHE_DIR", str(tmp_path / f"cache-{name}"))
+    use("a")
+    return use
+
+
+def open_s3(url, proxy=None, **kw):
+    kw.setdefault("workers", 2)
+    if proxy is not None:
+        kw["storage_options"] = {"endpoint": proxy.endpoint, **kw.get("storage_options", {})}
+    return casckpt.Store.open(url, **kw)
+
+
+def big(seed: int, n: int = 40) -> dict[str, np.ndarray]:
+    """``n`` chunks of float32 noise."""
+    return {"w": np.random.default_rng(seed).standard_normal(n * CHUNK // 4).astype(np.float32)}
+
+
+def chunk_keys(url: str) -> set[str]:
+    from casckpt.backends.object import ObjectBackend
+    return {b.key.rsplit("/", 1)[1] for b in ObjectBackend(url).list("chunks/")}
+
+
+def referenced(s) -> set[str]:
+    return {d.hex for n in s.snapshot_names() for d in s.live(s.manifest(n).digests())}
+
+
+def test_round_trip_on_a_fresh_host_and_racing_creators(s3_url, host):
+    with open_s3(s3_url, create=True, chunk_size=CHUNK) as s:
+        s.put_arrays("s1", arrays(1))
+        assert s.backend.local_path is None and str(s.index_path).startswith(str(casckpt.objcache.cache_root()))
+    host("b")
+    with open_s3(s3_url + "/", create=True) as s:  # an existing store: create is a no-op
+        assert_same(arrays(1), s.get_arrays("latest"))
+        assert s.put_arrays("s2", arrays(1)).new_chunks == 0  # the new host dedups against the store
+
+
+def test_a_concurrent_save_of_the_same_name_loses(s3_url, host):
+    with open_s3(s3_url, create=True, chunk_size=CHUNK):
+        pass
+    results, start = {}, threading.Barrier(2)
+
+    def save(who: str, seed: int) -> None:
+        with open_s3(s3_url, index_path=str(host_dir[who])) as s:
+            start.wait()
+            try:
+                results[who] = s.put_arrays("same", arrays(seed))
+            except SnapshotExistsError as exc:
+                results[who] = exc
+    host_dir = {w: casckpt.objcache.cache_root().parent / f"idx-{w}" for w in "xy"}
+    threads = [threading.Thread(target=save, args=(w, i)) for i, w in enumerate("xy")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    lost = [w for w, r in results.items() if isinstance(r, SnapshotExistsError)]
+    assert len(lost) == 1, results
+    winner = "y" if lost == ["x"] else "x"
+    with open_s3(s3_url) as s:
+        assert_same(arrays("xy".index(winner)), s.get_arrays("same"))
+
+
+def test_what_saves_cost_in_requests(s3_url, host, proxy, monkeypatch):
+    monkeypatch.setattr(casckpt.Store, "lock_timing", Timing())  # no refresh within the test
+    with open_s3(s3_url, proxy, create=True, chunk_size=CHUNK) as s:
+        data = big(1)
+        proxy.clear()
+        cold = s.put_arrays("cold", data)
+        assert proxy.count("PUT", "/chunks/") == cold.new_chunks == 40
+        proxy.clear()
+        assert s.put_arrays("same", data).new_chunks == 0
+        unchanged = len(proxy.requests)
+        assert proxy.count(path="/chunks/") == 0  # no HEAD, GET or PUT per unchanged chunk
+        assert unchanged <= 10, proxy.requests
+        data["w"][:: len(data["w"]) // 2] += 1  # 2 of 40 chunks change
+        proxy.clear()
+        changed = s.put_arrays("changed", data)
+        assert changed.new_chunks == 2
+        assert proxy.count("PUT", "/chunks/") == 2
+        assert proxy.count("HEAD", "/chunks/") == 0
+        assert proxy.count("GET", "/chunks/") <= 2  # at most a delta base read per new chunk
+        assert len(proxy.requests) - proxy.count(path="/chunks/") <= 16  # O(1): lock, epoch, manifests
+
+
+def test_a_new_host_reads_chunk_headers_never_bodies(s3_url, host, proxy):
+    with open_s3(s3_url, create=True, chunk_size=CHUNK, delta=False) as s:
+        s.put_arrays("s1", big(1))
+        s.put_arrays("s2", big(2, n=10))
+    host("b")
+    proxy.clear()
+    with open_s3(s3_url, proxy) as s:
+        assert s.put_arrays("s3", big(1)).new_chunks == 0
+        assert_same(big(2, n=10), s.get_arrays("s2"))
+    chunk_gets = [p for m, p in proxy.requests if m == "GET" and "/chunks/" in p]
+    assert len(chunk_gets) == 50 + 10  # 50 headers (ranged) for the cache, then 10 bodies for the load
+    assert len([p for p in proxy.ranged if "/chunks/" in p]) == 50
+
+
+def test_gc_on_another_host_is_seen_by_every_cache(s3_url, host):
+    with open_s3(s3_url, create=True, chunk_size=CHUNK, delta=False) as s:
+        s.put_arrays("x", big(1))
+        s.put_arrays("y", big(2))
+    host("b")
+    with open_s3(s3_url) as s:
+        s.delete("x")
+        plan = gc_module().gc(s)
+        assert len(plan.chunks) == 40
+    host("a")
+    with open_s3(s3_url, delta=False) as s:  # its cache still lists x's chunks
+        again = s.put_arrays("x-again", big(1))
+        assert again.new_chunks == 40  # written again, not trusted from a stale cache
+        assert_same(big(1), s.get_arrays("x-again"))
+        assert verify_module().verify(s).ok
+
+
+def test_a_save_that_keeps_failing_commits_nothing_and_the_next_works(s3_url, host, proxy):
+    with open_s3(s3_url, proxy, create=True, chunk_size=CHUNK, storage_options={"max_retries": 2}) as s:
+        s.put_arrays("s1", arrays(1))
+        proxy.plan(Fault("503", count=10_000, method="PUT", path="/chunks/"))
+        with pytest.raises(StoreIOError):
+            s.put_arrays("s2", arrays(2))
+        assert s.snapshot_names() == ["s1"]
+        proxy.clear()
+        s.put_arrays("s2", arrays(2))
+        assert_same(arrays(2), s.get_arrays("s2"))
+        assert_same(arrays(1), s.get_arrays("s1"))
+
+
+def test_transient_faults_during_a_save_and_a_load_are_absorbed(s3_url, host, proxy):
+    with open_s3(s3_url, proxy, create=True, chunk_size=CHUNK) as s:
+        proxy.plan(Fault("503", count=3, method="PUT"), Fault("drop", count=3, method="PUT", path="/chunks/"),
+                   Fault("500", count=3, method="GET"), Fault("drop", count=3, method="GET", path="/chunks/"))
+        s.put_arrays("s1", big(3, n=12))
+        assert_same(big(3, n=12), s.get_arrays("s1"))
+        assert len(proxy.injected) == 12
+
+
+def test_a_save_whose_lock_lapsed_fails_before_its_commit(s3_url, host, proxy):
+    with open_s3(s3_url, proxy, create=True, chunk_size=CHUNK) as s:
+        stalled = []
+
+        def progress(done, total):
+            if not stalled:  # the save stalls while its lock cannot be refreshed
+                stalled.append(1)
+                proxy.plan(Fault("503", count=10_000, method="PUT", path="/locks/"))
+                time.sleep(s.lock_timing.expiry)
+                proxy.clear()
+        with pytest.raises(LockLostError):
+            s.put_arrays("late", arrays(4), progress=progress)
+        assert not s.exists("late")
+        s.put_arrays("next", arrays(4))
+
+
+def test_kill9_mid_save_then_verify_and_gc(s3_url, host, proxy, monkeypatch):
+    with open_s3(s3_url, create=True, chunk_size=CHUNK) as s:
+        s.put_arrays("s1", arrays(1))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the child goes through the proxy
+    host("child")
+    proxy.plan(Fault("delay", count=10_000, method="PUT", path="/chunks/", seconds=0.2))
+    child = run_child("child.py", {"action": "save", "root": s3_url, "name": "crash", "seed": 99}, wait=False)
+    deadline = time.monotonic() + 60
+    while proxy.count("PUT", "/chunks/") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    proxy.clear()
+    host("a")
+    with open_s3(s3_url) as s:
+        assert s.snapshot_names() == ["s1"]
+        assert verify_module().verify(s).ok
+        gc_module().gc(s)  # waits until the killed save's lock is stale
+        assert chunk_keys(s3_url) == referenced(s)
+        s.put_arrays("crash", arrays(99))
+        assert_same(arrays(99), s.get_arrays("crash"))
+        assert_same(arrays(1), s.get_arrays("s1"))
+
+
+def test_gc_in_a_loop_against_saves_and_loads(s3_url, host, monkeypatch):
+    with open_s3(s3_url, create=True, chunk_size=CHUNK) as s:
+        s.put_arrays("base", arrays(0))
+    procs = []
+    for i, (action, extra) in enumerate([("save_loop", {"prefix": "p", "seed": 10, "keep": 2, "min_saves": 4}),
+                                         ("gc_loop", {"pause": 0.05})]):
+        host(f"child{i}")
+        procs.append(run_child("child.py", {"action": action, "root": s3_url, "seconds": 6, **extra}, wait=False))
+    host("a")
+    loads = 0
+    with open_s3(s3_url) as s:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            assert_same(arrays(0), s.get_arrays("base"))
+            loads += 1
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    saved = json.loads(outs[0][0].strip().splitlines()[-1])
+    ran = json.loads(outs[1][0].strip().splitlines()[-1])
+    assert saved["saved"] >= 4 and ran["runs"] >= 1 and loads >= 1
+    with open_s3(s3_url) as s:
+        for name in saved["kept"]:
+            assert_same(arrays(10 + int(name.split("-")[1])), s.get_arrays(name))
+        gc_module().gc(s)
+        assert chunk_keys(s3_url) == referenced(s)
+
+
+def test_every_command_takes_a_store_url(s3_url, host):
+    import subprocess
+    import sys
+    from storekit import child_env
+
+    with open_s3(s3_url, create=True, chunk_size=CHUNK) as s:
+        s.put_arrays("a", arrays(1))
+        s.put_arrays("b", arrays(2))
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "casckpt", *args], env=child_env(), capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    assert {x["name"] for x in json.loads(cli("--json", "ls", s3_url))} == {"a", "b"}
+    assert "w" in cli("show", s3_url, "a") and "changed" in cli("diff", s3_url, "a", "b")
+    assert "ok" in cli("verify", s3_url)
+    cli("rm", s3_url, "a")
+    cli("gc", s3_url)
+    cli("reindex", s3_url)
+    with open_s3(s3_url) as s:
+        assert s.snapshot_names() == ["b"] and chunk_keys(s3_url) == referenced(s)
+
+
+def test_secrets_stay_out_of_the_store_and_the_logs(s3_url, host, proxy, caplog):
+    secret = "sk-" + "9" * 30
+    with open_s3(s3_url, proxy, create=True, chunk_size=CHUNK,
+                 storage_options={"secret_access_key": secret, "max_retries": 1}) as s:
+        s.put_arrays("a", arrays(1))
+        proxy.plan(Fault("503", count=100, method="PUT"))
+        with pytest.raises(StoreIOError) as err:
+            s.put_arrays("b", arrays(2))
+        proxy.clear()
+    from casckpt.backends.object import ObjectBackend
+    b = ObjectBackend(s3_url)
+    assert not any(secret.encode() in b.get(x.key) for x in b.list(""))
+    assert secret not in str(err.value) + caplog.text

@@ -51,12 +51,16 @@ class RankPlan:
     ``stored``: digests known to be stored (hints for ranks that hash in write_data).
     ``bases``: new digest → ``(base digest, base depth)``: write that chunk as a delta against
     the base (an indexed chunk at the same place in the latest snapshot; see docs/FORMAT.md).
+    ``covers``: new digest → parts of stored chunks that may hold the same bytes (the latest
+    snapshot saved on another shard layout): if they do, refer to them instead of writing it
+    (see :mod:`casckpt.dcp.reshard`).
     """
 
     digests: dict[str, ItemDigests] | None
     write: frozenset[bytes]
     stored: frozenset[bytes]
     bases: dict[bytes, tuple[bytes, int]] = dataclasses.field(default_factory=dict)
+    covers: dict[bytes, tuple] = dataclasses.field(default_factory=dict)
 
 
 class DedupSavePlanner(DefaultSavePlanner):

@@ -30,6 +30,7 @@ from ..store import ChunkTask, SaveStats, Store, is_store
 from .host import Layout, host_batches, layout, write_key
 from .meta import metadata_to_json
 from .planner import CasStorageMeta, ItemDigests, LocalDigests, RankPlan
+from .reshard import covers, matching
 
 _NO_PLAN = RankPlan(None, frozenset(), frozenset())
 
@@ -174,8 +175,10 @@ class CasWriter(StorageWriter):
             self._unclaimed.update(*writes)
             hints = self._latest_hints(store, plans, local)
             bases = _delta_bases(store, local, writes)
+            cov = _covers(store, local, writes)
         return [dataclasses.replace(p, storage_data=RankPlan(loc, frozenset(w), hints if loc is None else frozenset(),
-                                                             {d: bases[d] for d in w if d in bases}))
+                                                             {d: bases[d] for d in w if d in bases},
+                                                             {d: cov[d] for d in w if d in cov}))
                 for p, loc, w in zip(plans, local, writes)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
@@ -201,8 +204,8 @@ class CasWriter(StorageWriter):
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         try:
             store = self._open(create=True)
-            items, new, packed = _collect(results)
-            items = _packed_refs(items, {**getattr(self, "_packed", {}), **packed})
+            items, new, packed, covered = _collect(results)
+            items = _covered_refs(_packed_refs(items, {**getattr(self, "_packed", {}), **packed}), covered)
             # NOTE: a rank without the index (DCP's default planner) reports a chunk it found
             # already on disk as handled; the index knows which of those the store had before.
             for d in store.index.has_many(new, synced_only=store.sync):  # as Store.stored() trusts
@@ -307,6 +310,25 @@ def _delta_bases(store: Store, local: list[dict[str, ItemDigests] | None],
     return {d.raw: (b.raw, depth) for d, (b, depth) in store.delta_bases(cands).items()}
 
 
+def _covers(store: Store, local: list[dict[str, ItemDigests] | None],
+            writes: list[set[bytes]]) -> dict[bytes, tuple]:
+    """Parts of stored chunks of the latest snapshot that may hold each new chunk's bytes (that
+    snapshot saved on another world size; see casckpt.dcp.reshard)."""
+    new = set().union(*writes) if writes else set()
+    if not new:
+        return {}
+    try:
+        prev = store.manifest("latest")
+    except CasckptError:  # no snapshot yet (or a damaged newest one): nothing to refer to
+        return {}
+    items = ((k, it.layout.dtype, it.layout.shape, it.layout.spans, it.digests)
+             for loc in local if loc for k, it in loc.items())
+    cands = covers(prev.items, items, new)
+    parts = {Digest(p[0]) for ps in cands.values() for p in ps}
+    ok = {d.raw for d in store.stored(parts)}  # trusted as a save trusts any chunk it refers to
+    return {d: ps for d, ps in cands.items() if all(p[0] in ok for p in ps)}
+
+
 def _assign(local: list[dict[str, ItemDigests] | None], stored: set[bytes]) -> list[set[bytes]]:
     """Give each new digest to one of the ranks holding it: the least loaded so far."""
     holders: dict[bytes, list[int]] = {}
@@ -333,6 +355,7 @@ class _RankWrite:
     def __init__(self, store: Store, plan: RankPlan, is_coordinator: bool, attempted: set[bytes]) -> None:
         self.store, self.plan, self.is_coordinator = store, plan, is_coordinator
         self.infos: dict[bytes, ChunkInfo] = {}  # chunks this rank wrote (or found unindexed)
+        self.covered: dict[bytes, tuple] = {}  # new chunks found inside stored ones: not written
         self.attempted = attempted  # every chunk this rank set out to write (the writer's, kept)
 
     def run(self, items: list[WriteItem], planner: SavePlanner) -> list[WriteResult]:
@@ -371,6 +394,8 @@ class _RankWrite:
         if self.is_coordinator and self.plan.digests is None:
             have = {d.raw for d in self.store.stored(t.digest for t in tasks.values())}
             tasks = {d: t for d, t in tasks.items() if d not in have}
+        if self.plan.covers:
+            tasks = self._drop_covered(tasks)
         packed = self._pack(tasks, described) if self.plan.digests is not None else {}
         self.attempted.update(tasks)
         written = self.store.write_chunks(list(tasks.values()))
@@ -398,18 +423,40 @@ class _RankWrite:
             del tasks[d]
         return out
 
+    def _drop_covered(self, tasks: dict[bytes, ChunkTask]) -> dict[bytes, ChunkTask]:
+        """``tasks`` less the chunks whose bytes equal the stored parts the plan names for them
+        (compared in parallel; each stored chunk decoded and verified once per batch)."""
+        cand = [t for d, t in tasks.items() if d in self.plan.covers]
+        if not cand:
+            return tasks
+        decoded: dict[bytes, memoryview] = {}
+
+        def get(d: bytes) -> memoryview:
+            if d not in decoded:
+                decoded[d] = self.store.chunks.get(Digest(d))
+            return decoded[d]
+
+        same = self.store.pipeline.map(lambda t: matching(t.data, self.plan.covers[t.digest.raw], get), cand)
+        for t, equal in zip(cand, same):
+            if equal:
+                self.covered[t.digest.raw] = self.plan.covers[t.digest.raw]
+                del tasks[t.digest.raw]
+        return tasks
+
     def _result(self, item: WriteItem, lay: Layout, digs: tuple[bytes, ...], packed=None) -> WriteResult:
         new = {d: self.infos[d].to_tuple() for d in set(digs) if d in self.infos}
         data = {"key": lay.key, "dtype": lay.dtype, "shape": list(lay.shape),
                 "chunks": [(d, n) for d, (_, n) in zip(digs, lay.spans)], "new": new,
-                "packed": {d: packed[d] for d in digs if d in packed} if packed else {}}
+                "packed": {d: packed[d] for d in digs if d in packed} if packed else {},
+                "covered": {d: self.covered[d] for d in set(digs) if d in self.covered}}
         return WriteResult(index=item.index, size_in_bytes=lay.nbytes, storage_data=data)
 
 
-def _collect(results: list[list[WriteResult]]) -> tuple[dict[str, Item], dict[Digest, ChunkInfo], dict]:
+def _collect(results: list[list[WriteResult]]) -> tuple[dict[str, Item], dict[Digest, ChunkInfo], dict, dict]:
     items: dict[str, Item] = {}
     new: dict[Digest, ChunkInfo] = {}
     packed: dict[bytes, tuple[bytes, int]] = {}
+    covered: dict[bytes, tuple] = {}  # see _covered_refs
     for rank_results in results:
         for wr in rank_results:
             sd = wr.storage_data
@@ -417,7 +464,8 @@ def _collect(results: list[list[WriteResult]]) -> tuple[dict[str, Item], dict[Di
                                              np.array([n for _, n in sd["chunks"]], np.int64))
             new.update({Digest(d): ChunkInfo.from_tuple(info) for d, info in sd["new"].items()})
             packed.update(sd.get("packed", {}))
-    return items, new, packed
+            covered.update(sd.get("covered", {}))
+    return items, new, packed, covered
 
 
 def _packed_refs(items: dict[str, Item], packed: dict[bytes, tuple[bytes, int]]) -> dict[str, Item]:
@@ -432,4 +480,22 @@ def _packed_refs(items: dict[str, Item], packed: dict[bytes, tuple[bytes, int]])
             refs = [packed.get(d, (d, 0)) for d in ds]  # NOTE: a whole chunk is its own part from 0
             out[key] = Item.columnar(it.dtype, it.shape, b"".join(p for p, _ in refs), it.lengths.copy(),
                                      np.array([o for _, o in refs], np.int64))
+    return out
+
+
+def _covered_refs(items: dict[str, Item], covered: dict[bytes, tuple]) -> dict[str, Item]:
+    """Items whose new chunks a rank found inside stored ones (casckpt.dcp.reshard), each such
+    ref replaced by refs to those parts. A chunk may sit in several ranks' items (a replicated
+    tensor): every item that holds it refers to the parts."""
+    if not covered:
+        return items
+    out = dict(items)
+    for key, it in items.items():
+        if not any(c.digest.raw in covered for c in it.chunks):
+            continue
+        refs = []
+        for c in it.chunks:
+            parts = covered.get(c.digest.raw)  # NOTE: never a stored chunk: it was not written
+            refs.extend([ChunkRef(Digest(d), n, o) for d, o, n in parts] if parts else [c])
+        out[key] = Item(it.dtype, it.shape, tuple(refs))
     return out

@@ -8,7 +8,6 @@ import json
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

@@ -94,7 +94,7 @@ def _record(path: Path, epoch: str) -> None:
 def catch_up(store, *, progress: Callable[[int, int], None] | None = None) -> dict:
     """Bring ``store``'s cache in line with the store. The caller holds the shared lock (or the
     exclusive one). Returns counts: entries dropped, snapshots and chunks taken in."""
-    backend, index = store.backend, store.index
+    backend, _ = store.backend, store.index  # NOTE: opens (or rebuilds) the cache first
     epoch = read_epoch(backend)
     dropped = 0
     if _state(store.index_path) != epoch:

@@ -55,7 +55,11 @@ def rebuild(store: Store, index: Index, *, verify: bool = False, progress: Progr
     counts chunk files checked."""
     started = time.perf_counter()
     if store.backend.local_path is None:  # a per-host cache of an object store (casckpt.objcache)
-        return objcache.rebuild(store, progress)
+        if verify:
+            raise CasckptError(f"reindex --verify is for stores on a file system; on {store.backend.url} the "
+                               "index is a cache rebuilt from chunk headers: run `casckpt verify` to read every chunk")
+        return {**objcache.rebuild(store, progress), "verified": False,
+                "seconds": round(time.perf_counter() - started, 3)}
     names = store.snapshot_names()
     referenced = _manifests(store, index, names)
     files = list(store.chunks)

@@ -74,6 +74,16 @@ def test_round_trip_on_a_fresh_host_and_racing_creators(s3_url, host):
         assert s.put_arrays("s2", arrays(1)).new_chunks == 0  # the new host dedups against the store
 
 
+def test_reindex_rebuilds_the_cache_and_refuses_verify(s3_url, host):
+    with open_s3(s3_url, create=True, chunk_size=CHUNK) as s:
+        s.put_arrays("s1", arrays(1))
+        r = s.reindex()
+        assert r["verified"] is False and r["seconds"] >= 0
+        with pytest.raises(casckpt.CasckptError, match="casckpt verify"):
+            s.reindex(verify=True)
+        assert_same(arrays(1), s.get_arrays("s1"))
+
+
 def test_a_concurrent_save_of_the_same_name_loses(s3_url, host):
     with open_s3(s3_url, create=True, chunk_size=CHUNK):
         pass

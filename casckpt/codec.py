@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import zstandard
@@ -170,34 +171,34 @@ def _spread(plane: np.ndarray, pieces: int = 8) -> np.ndarray | None:
 # -- codec 3: whole-byte exponents -----------------------------------------------------------------
 def _encode_exponent(raw: memoryview, k: int, w: int) -> tuple[int, list]:
     # NOTE: the top plane of each word (the exponent) is not probed: it nearly always pays.
-    comp, span = _compressor(None), w or min(k, 8)
-    header, parts = [struct.pack("<BB", k, w)], []
-    for i, plane in enumerate(pl.exponent_planes(raw, k, w)):
-        probe = None if i % span == span - 1 else _spread(plane)
-        flag, data = _pack_plane(comp, plane, probe)
-        header.append(_PLANE.pack(flag, len(data)))
-        parts.append(data)
-    if _nbytes(parts) >= raw.nbytes * (1 - MIN_SAVING):
-        return RAW, [raw]
-    return BGX, [b"".join(header), *parts]
+    span = w or min(k, 8)
+    return _planes_payload(BGX, raw, struct.pack("<BB", k, w), pl.exponent_planes(raw, k, w),
+                           lambda i: i % span == span - 1)
 
 
 # -- codec 4: the top 16 bits rotated --------------------------------------------------------------
 def _encode_rotated(raw: memoryview, k: int) -> tuple[int, list]:
     x = np.frombuffer(raw, dtype=f"<u{k}")
     r = pl.rotation(x if k == 2 else (x[::max(1, x.size // pl.SAMPLE)] >> 16).astype(np.uint16))
+    # NOTE: the top byte nearly always pays; so does the one below it once near-constant
+    # exponent bits were rotated into it (r >= 2). Other planes are sampled first.
+    return _planes_payload(BGR, raw, struct.pack("<BB", k, r), pl.rotated_planes(raw, k, r),
+                           lambda i: i == k - 1 or (i == k - 2 and r >= 2))
+
+
+def _planes_payload(kind: int, raw: memoryview, head: bytes, planes, pays: Callable[[int], bool]) -> tuple[int, list]:
+    """Codec 3 and 4's payload: ``head``, a flag and length per plane, then the planes, each
+    entropy-coded or raw; plane ``i`` is coded without a probe when ``pays(i)``. Raw if that saves
+    too little."""
     comp = _compressor(None)
-    header, parts = [struct.pack("<BB", k, r)], []
-    for i, plane in enumerate(pl.rotated_planes(raw, k, r)):
-        # NOTE: the top byte nearly always pays; so does the one below it once near-constant
-        # exponent bits were rotated into it (r >= 2). Other planes are sampled first.
-        probe = None if i == k - 1 or (i == k - 2 and r >= 2) else _spread(plane)
-        flag, data = _pack_plane(comp, plane, probe)
+    header, parts = [head], []
+    for i, plane in enumerate(planes):
+        flag, data = _pack_plane(comp, plane, None if pays(i) else _spread(plane))
         header.append(_PLANE.pack(flag, len(data)))
         parts.append(data)
     if _nbytes(parts) >= raw.nbytes * (1 - MIN_SAVING):
         return RAW, [raw]
-    return BGR, [b"".join(header), *parts]
+    return kind, [b"".join(header), *parts]
 
 
 # -- decoding --------------------------------------------------------------------------------------

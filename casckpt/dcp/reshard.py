@@ -48,11 +48,11 @@ class Extents:
     """The latest snapshot's refs on each group's byte line: ``(start, end, digest, chunk
     offset, whole)``, sorted by start."""
 
-    def __init__(self, items: Mapping[str, Item]) -> None:
+    def __init__(self, items: Mapping[str, Item], groups: set[tuple] | None = None) -> None:
         lines: dict[tuple, list] = {}
         for key, item in items.items():
             at = _line(key, item.dtype, item.shape, item.nbytes)
-            if at is None:
+            if at is None or groups is not None and at[0] not in groups:
                 continue
             group, base = at
             for ref, off in zip(item.chunks, item.offsets()):
@@ -87,19 +87,29 @@ def covers(prev: Mapping[str, Item], items: Iterable[tuple[str, str, tuple[int, 
            new: set[bytes]) -> dict[bytes, tuple[Piece, ...]]:
     """Candidate parts for each new digest: ``items`` yields ``(key, dtype, shape, spans,
     digests)`` of the items being saved; ``prev`` is the latest snapshot's items."""
-    ext = Extents(prev)
-    out: dict[bytes, tuple[Piece, ...]] = {}
+    todo = []
     for key, dtype, shape, spans, digests in items:
         at = _line(key, dtype, shape, sum(n for _, n in spans))
-        if at is None:
-            continue
-        group, base = at
+        if at is not None and not _same_grid(prev.get(key), dtype, shape, spans):
+            todo.append((at, spans, digests))
+    if not todo:  # NOTE: the common case, a save on the latest snapshot's layout: no line is laid
+        return {}
+    ext = Extents(prev, {group for (group, _), _, _ in todo})
+    out: dict[bytes, tuple[Piece, ...]] = {}
+    for (group, base), spans, digests in todo:
         for d, (o, n) in zip(digests, spans):
             if d in new and d not in out:
                 pieces = ext.cover(group, base + o, base + o + n)
                 if pieces is not None:
                     out[d] = pieces
     return out
+
+
+def _same_grid(old: Item | None, dtype: str, shape: tuple[int, ...], spans) -> bool:
+    """Whether the latest snapshot stored this item whole-chunk by whole-chunk on the same spans:
+    then every new chunk's range is one stored whole chunk, which :meth:`Extents.cover` refuses."""
+    return (old is not None and old.dtype == dtype and tuple(old.shape) == tuple(shape)
+            and old.ref_offsets is None and old.lengths.tolist() == [n for _, n in spans])
 
 
 def matching(data: memoryview, pieces: tuple[Piece, ...], get: Callable[[bytes], memoryview]) -> bool:

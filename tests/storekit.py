@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,22 @@ def lock_busy_event(monkeypatch, thread_name: str):
             raise
     monkeypatch.setattr(casckpt.lock.fcntl, "flock", flock)
     return busy
+
+
+def in_thread(fn, *, timeout: float = 60) -> dict:
+    """Run ``fn`` in another thread (as another process would: a thread may not wait on a lock it
+    holds itself); ``{"value": ...}`` or ``{"error": exc}``, empty if it did not end in time."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:
+            out["error"] = exc
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(timeout)
+    return out
 
 
 def arrays(seed: int, *, n: int = 6000) -> dict[str, np.ndarray]:

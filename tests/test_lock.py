@@ -15,7 +15,7 @@ import pytest
 import casckpt
 from casckpt import cli
 from casckpt.lock import EXCLUSIVE, SHARED, StoreLock, held_by_this_thread
-from storekit import arrays, lock_busy_event, new_store
+from storekit import arrays, in_thread, lock_busy_event, new_store
 
 
 @pytest.fixture
@@ -23,20 +23,6 @@ def lockfile(tmp_path):
     path = tmp_path / "lock"
     path.touch()
     return path
-
-
-def in_thread(fn):
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:
-            out["error"] = exc
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(60)
-    return out
 
 
 def test_shared_holds_coexist_and_exclude_an_exclusive_one(lockfile):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from casckpt.errors import CasckptError, LockLostError, LockTimeoutError
 from casckpt.lock import EXCLUSIVE, SHARED
 from casckpt.objlock import ObjectLock, Timing, held_by_this_thread
 from s3kit import Fault
+from storekit import in_thread
 from s3kit import moto, proxy, proxy_server, s3_url  # noqa: F401 (fixtures)
 
 # Short times so each test takes seconds: a lock not refreshed for 3.5 s (+1.5 s slack for S3's
@@ -39,15 +39,7 @@ def lock(url_or_backend, mode=SHARED, timeout=0.0, **kw) -> ObjectLock:
 def elsewhere(fn):
     """Run ``fn`` in another thread (as another process would: a thread may not wait on a lock it
     holds itself) and return its result or raise its exception."""
-    out = {}
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:
-            out["error"] = exc
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(timeout=120)
+    out = in_thread(fn, timeout=120)
     if "error" in out:
         raise out["error"]
     return out.get("value")

@@ -2,16 +2,20 @@
 
 Layout: ``chunks/<first two hex digits>/<64 hex digits>``. Each file is a header followed by the
 payload (see :mod:`casckpt.codec`). A full chunk has a 16-byte version 1 header; a delta chunk
-(its raw bytes XOR its base's, see :mod:`casckpt.delta`) a 48-byte version 2 header::
+(its raw bytes combined with its base's by ``op``, see :mod:`casckpt.delta`) a 48-byte version 2
+header::
 
     v1: magic b"CCK1" | version u8 = 1 | codec u8 | reserved u16 = 0 | raw_len u64 LE
-    v2: magic b"CCK1" | version u8 = 2 | codec u8 | depth u8 | reserved u8 = 0 | raw_len u64 LE
+    v2: magic b"CCK1" | version u8 = 2 | codec u8 | depth u8 | op u8 | raw_len u64 LE
         | base digest (32 bytes)
+
+``op`` 0: the payload codes ``raw XOR base``; 2, 4 or 8: the zigzag of ``raw - base`` as integers
+of that many bytes (store format version 4; before it the byte was 0).
 
 Chunks are blobs of the store's back-end (:mod:`casckpt.backends`) under the keys above, written
 with ``put_if_absent``, so a chunk that is already present is never rewritten (a concurrent writer
 of the same chunk loses the race harmlessly). Every read
-decodes the payload (a delta: its base first, then XOR) and checks the digest of the bytes it
+decodes the payload (a delta: its base first, then XOR or add) and checks the digest of the bytes it
 returns: wrong bytes are never returned, whatever the base holds.
 """
 
@@ -122,9 +126,11 @@ class ChunkDir:
         """``(header, codec, payload parts, (base, depth))`` of a new chunk file: a delta when a
         base of the same length is given, else a full chunk."""
         if base is not None and len(base[2]) == raw.nbytes and raw.nbytes:
-            kind, parts = codec.encode(delta.xor(raw, base[2]), group=group, config=config)
+            op = delta.op_for(group) if raw.nbytes % max(group, 1) == 0 else delta.XOR
+            kind, parts = codec.encode(delta.make(raw, base[2], op), group=group, config=config)
             depth = base[1] + 1
-            return HEADER2.pack(MAGIC, DELTA_VERSION, kind, depth, 0, raw.nbytes, base[0].raw), kind, parts, (base[0], depth)
+            head = HEADER2.pack(MAGIC, DELTA_VERSION, kind, depth, op, raw.nbytes, base[0].raw)
+            return head, kind, parts, (base[0], depth)
         kind, parts = codec.encode(raw, group=group, config=config)
         return HEADER.pack(MAGIC, VERSION, kind, 0, raw.nbytes), kind, parts, (None, 0)
 
@@ -132,9 +138,9 @@ class ChunkDir:
         """Make the given chunks (written, or deleted) durable (``map`` may run it in parallel)."""
         self.backend.sync([self.key(d) for d in digests], map=map)
 
-    def read_payload(self, digest: Digest, *, item: str = "") -> tuple[int, int, memoryview, Digest | None, int]:
-        """``(codec, raw_len, payload, base, depth)`` of a chunk file (``base`` None for a full
-        chunk), header checked, payload not yet verified."""
+    def read_payload(self, digest: Digest, *, item: str = "") -> tuple[int, int, memoryview, Digest | None, int, int]:
+        """``(codec, raw_len, payload, base, depth, op)`` of a chunk file (``base`` None and
+        ``op`` 0 for a full chunk), header checked, payload not yet verified."""
         path = self.where(digest)
         try:
             data = self.backend.get(self.key(digest))
@@ -145,7 +151,10 @@ class ChunkDir:
             raise CorruptChunkError(f"{exc}{_where(item)}", digest=digest.hex, path=str(path), item=item) from None
         base, depth, size = self._parse_header(digest, item, data)
         kind, raw_len = data[5], HEADER.unpack_from(data)[4]  # same offsets in both versions
-        return kind, raw_len, memoryview(data)[size:], base, depth
+        op = data[7] if base is not None else delta.XOR
+        if op and raw_len % op:
+            raise self._corrupt(digest, item, "bad delta chunk header")
+        return kind, raw_len, memoryview(data)[size:], base, depth, op
 
     def info_from_header(self, digest: Digest, head: bytes, stored_len: int) -> ChunkInfo:
         """The index entry of a chunk from its first bytes (at least :data:`HEADER2` long, or the
@@ -154,7 +163,8 @@ class ChunkDir:
         return ChunkInfo(HEADER.unpack_from(head)[4], stored_len, head[5], base, depth)
 
     def _parse_header(self, digest: Digest, item: str, data: bytes) -> tuple[Digest | None, int, int]:
-        """``(base, depth, header size)`` from the first bytes of a chunk file."""
+        """``(base, depth, header size)`` from the first bytes of a chunk file (a delta's ``op``
+        is checked here and read by :meth:`read_payload`)."""
         if len(data) < HEADER.size:
             raise self._corrupt(digest, item, "file is shorter than its header")
         magic, version, _, reserved, _ = HEADER.unpack_from(data)
@@ -162,8 +172,8 @@ class ChunkDir:
             return None, 0, HEADER.size
         if magic != MAGIC or version != DELTA_VERSION or len(data) < HEADER2.size:
             raise self._corrupt(digest, item, "bad chunk header")
-        _, _, _, depth, _, _, base = HEADER2.unpack_from(data)
-        if not 1 <= depth <= delta.MAX_DEPTH_LIMIT or base == digest.raw:
+        _, _, _, depth, op, _, base = HEADER2.unpack_from(data)
+        if not 1 <= depth <= delta.MAX_DEPTH_LIMIT or base == digest.raw or op not in (delta.XOR, *delta.SUB_WIDTHS):
             raise self._corrupt(digest, item, "bad delta chunk header")
         return Digest(base), depth, HEADER2.size
 
@@ -188,11 +198,12 @@ class ChunkDir:
         return self._read(digest, None, "")[1]
 
     def _read(self, digest: Digest, out: memoryview | None, item: str) -> tuple[memoryview, ChunkInfo]:
-        kind, raw_len, payload, base, depth = self.read_payload(digest, item=item)
+        parsed = self.read_payload(digest, item=item)
+        kind, raw_len, payload, base, depth, _ = parsed
         if out is not None and out.nbytes != raw_len:
             raise self._corrupt(digest, item, f"holds {raw_len} bytes where {out.nbytes} are expected")
         if base is not None:
-            return self._read_delta(digest, out, item, (kind, raw_len, payload, base, depth))
+            return self._read_delta(digest, out, item, parsed)
         try:
             # NOTE: raw and zstd chunks are checked before they touch ``out``; a byte-grouped
             # chunk is decoded into ``out`` column by column and checked there (a failed load
@@ -210,14 +221,14 @@ class ChunkDir:
 
     def _read_delta(self, digest: Digest, out: memoryview | None, item: str, parsed) -> tuple[memoryview, ChunkInfo]:
         """Decode the chain (this chunk's payload and its bases') into the destination at once
-        (:func:`casckpt.codec.decode_xor`), check the digest once at the end; if it fails, find
+        (:func:`casckpt.codec.decode_chain`), check the digest once at the end; if it fails, find
         out whether a base is to blame. No base is hashed on the way: the final check catches
         any wrong base (docs/FORMAT.md, "Delta chunks")."""
-        kind, raw_len, payload, base, depth = parsed
+        kind, raw_len, payload, base, depth, _ = parsed
         dest = memoryview(bytearray(raw_len)) if out is None else out
         chain = self._chain(digest, item, parsed)
         try:
-            codec.decode_xor([(c[1], c[3]) for c in chain], dest)
+            codec.decode_chain([(c[1], c[3], c[6]) for c in chain], dest)
         except codec.LayerError as exc:
             bad = self._corrupt(chain[exc.index][0], item, str(exc))
             raise (bad if exc.index == 0 else self._base_error(digest, base, item, bad)) from None
@@ -227,7 +238,7 @@ class ChunkDir:
         return dest, ChunkInfo(raw_len, payload.nbytes + HEADER2.size, kind, base, depth)
 
     def _chain(self, digest: Digest, item: str, parsed) -> list[tuple]:
-        """``[(digest, codec, raw_len, payload, base, depth), ...]`` from ``digest`` down to the
+        """``[(digest, codec, raw_len, payload, base, depth, op), ...]`` from ``digest`` down to the
         full chunk its chain starts from, headers checked, payloads not yet decoded."""
         chain = [(digest, *parsed)]
         while chain[-1][4] is not None:

@@ -119,7 +119,7 @@ def encode(raw: memoryview, *, group: int, config: CodecConfig) -> tuple[int, li
     if config.level <= 0 or n == 0:
         return RAW, [raw]
     if config.byte_grouping and group > 1 and n % group == 0:
-        if config.exponent and group in (2, 4):
+        if config.exponent and group == 2:
             return _encode_rotated(raw, group)
         if config.exponent and group in _WORDS:
             return _encode_exponent(raw, group, _WORDS[group])
@@ -375,6 +375,28 @@ def decode_xor(layers: list[tuple[int, memoryview]], out: memoryview) -> None:
     for i in range(last - 1, -1, -1):
         flat = _layer(i, lambda: decode_flat(layers[i][0], layers[i][1], size))
         pl.xor_into(np.frombuffer(out, dtype=np.uint8), np.frombuffer(flat, dtype=np.uint8))
+
+
+def decode_chain(layers: list[tuple[int, memoryview, int]], out: memoryview) -> None:
+    """Decode a chain of delta layers ``(codec, payload, op)`` into ``out``: the chunk's own
+    first, its full root last (whose ``op`` is not used). ``op`` says how a layer's decoded bytes
+    combine with the value of the layers below it: 0 XOR, ``w`` (2, 4, 8) add as the zigzag
+    of a difference of ``w``-byte integers (:func:`casckpt.planes.zigzag_sub`). All-XOR chains
+    take :func:`decode_xor`'s one-pass path. Raises :class:`LayerError`."""
+    size, last = out.nbytes, len(layers) - 1
+    if not any(op for _, _, op in layers[:last]):
+        decode_xor([(kind, payload) for kind, payload, _ in layers], out)
+        return
+    _layer(last, lambda: decode(layers[last][0], layers[last][1], size, out))
+    for i in range(last - 1, -1, -1):
+        kind, payload, op = layers[i]
+        if op:
+            buf = pl.scratch("zd", size, limit=pl.ZIGZAG_MAX)
+            _layer(i, lambda: decode(kind, payload, size, memoryview(buf)))
+            pl.add_unzigzag(np.frombuffer(out, dtype=np.uint8), buf, op)
+        else:
+            flat = _layer(i, lambda: decode_flat(kind, payload, size))
+            pl.xor_into(np.frombuffer(out, dtype=np.uint8), np.frombuffer(flat, dtype=np.uint8))
 
 
 def _decode_rotated_xor(layers: list, layouts: list[tuple], out: memoryview) -> None:

@@ -16,9 +16,10 @@ from .errors import CasckptError, StoreNotEmptyError, UnsafePathError, Unsupport
 CONFIG = "casckpt.json"
 FORMAT = "casckpt.store"
 # 2: the store may hold delta chunks (chunk header version 2) and index entries with bases.
-# 3: it may hold codec 4 chunks (casckpt.codec.BGR). An older store is upgraded in place the
-# first time this casckpt writes a chunk into it.
-VERSION = 3
+# 3: it may hold codec 4 chunks (casckpt.codec.BGR).
+# 4: delta chunks may be zigzag differences (chunk header op 2, 4, 8; casckpt.delta.make).
+# An older store is upgraded in place the first time this casckpt writes a chunk into it.
+VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)

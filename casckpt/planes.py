@@ -1,6 +1,6 @@
 """Byte planes of floating chunks, on numpy alone: the bit layouts of codecs 3 and 4 and their
-inverses (interleaving planes back into elements), the XOR of planes that delta chunks decode
-through, and the per-thread scratch buffers decoding uses. :mod:`casckpt.codec` holds the zstd
+inverses (interleaving planes back into elements), the XOR of planes and the zigzag differences
+that delta chunks decode through, and the per-thread scratch buffers decoding uses. :mod:`casckpt.codec` holds the zstd
 side and the payload formats (docs/FORMAT.md, "Chunk files")."""
 
 from __future__ import annotations
@@ -82,17 +82,19 @@ def _swap_sign(lo: np.ndarray, hi: np.ndarray) -> None:
 # that size is a new mmap under glibc, and first touching its pages made delta decodes ~1.5x
 # slower (measured). Bigger temporaries are allocated as they come.
 _SCRATCH_MAX = 1 << 20
+ZIGZAG_MAX = 8 << 20  # a zigzag delta's decode buffers: whole chunks, kept up to this size
 
 
-def scratch(slot, n: int, dtype=np.uint8) -> np.ndarray:
-    """``n`` elements of the calling thread's reusable buffer ``slot`` (a new array if too big)."""
+def scratch(slot, n: int, dtype=np.uint8, *, limit: int = _SCRATCH_MAX) -> np.ndarray:
+    """``n`` elements of the calling thread's reusable buffer ``slot`` (a new array if more than
+    ``limit`` bytes)."""
     nbytes = n * np.dtype(dtype).itemsize
-    if nbytes > _SCRATCH_MAX:
+    if nbytes > limit:
         return np.empty(n, dtype)
     bufs = _local.__dict__.setdefault("s", {})
     buf = bufs.get(slot)
     if buf is None or buf.nbytes < nbytes:
-        buf = bufs[slot] = np.empty(_SCRATCH_MAX, np.uint8)
+        buf = bufs[slot] = np.empty(max(nbytes, _SCRATCH_MAX), np.uint8)
     return buf[:nbytes].view(dtype)
 
 
@@ -176,3 +178,28 @@ def _widen(lo: np.ndarray, hi: np.ndarray, out: np.ndarray | None) -> np.ndarray
     word = np.left_shift(hi, 8 * lo.itemsize, out=out, dtype=wide)
     word |= lo
     return word
+
+
+# -- zigzag differences (delta chunks of floats, docs/FORMAT.md "Delta chunks") ----------------------
+def zigzag_sub(a, b, w: int) -> memoryview:
+    """A new buffer of ``zigzag(a - b)``: ``a`` and ``b`` read as little-endian ``w``-byte
+    integers, subtracted with wrap-around, the sign moved to the lowest bit (0, -1, 1, -2, ... →
+    0, 1, 2, 3, ...). A float that moved by a few units in its last place gives a small integer
+    whatever its sign, where its XOR would flip every bit up to the highest one a carry reached."""
+    d = np.subtract(np.frombuffer(a, dtype=f"<i{w}"), np.frombuffer(b, dtype=f"<i{w}"))
+    z = np.left_shift(d, 1)
+    d >>= 8 * w - 1  # arithmetic: all ones for a negative difference
+    z ^= d
+    return memoryview(z).cast("B")
+
+
+def add_unzigzag(out: np.ndarray, z: np.ndarray, w: int) -> None:
+    """``out += unzigzag(z)`` with wrap-around, ``out`` and ``z`` byte arrays of one length
+    (``z`` a scratch buffer: it is overwritten)."""
+    z = z.view(f"<u{w}")
+    sign = np.bitwise_and(z, 1, out=scratch("zz", z.size, z.dtype, limit=ZIGZAG_MAX))
+    np.negative(sign, out=sign)
+    z >>= 1
+    z ^= sign
+    np.add(out.view(f"<u{w}"), z, out=out.view(f"<u{w}"))
+

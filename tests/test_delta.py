@@ -156,7 +156,7 @@ def test_version_1_store_is_read_and_upgraded_at_first_write(tmp_path):
         assert json.loads((root / config.CONFIG).read_text())["version"] == 1
         s.put_arrays("s1", steps(2)[1])
         assert deltas(s)
-    assert json.loads((root / config.CONFIG).read_text())["version"] == config.VERSION == 3
+    assert json.loads((root / config.CONFIG).read_text())["version"] == config.VERSION == 4
     # an older casckpt (which reads up to version 1) now refuses the store instead of misreading
     doc = json.loads((root / config.CONFIG).read_text())
     with pytest.raises(casckpt.UnsupportedFormatError):
@@ -230,6 +230,33 @@ def test_a_cycle_of_bases_is_refused(tmp_path):
         with pytest.raises(casckpt.CorruptChunkError):
             s.get_arrays("s1")
         assert not verify(s).ok
+
+
+def test_float_deltas_are_zigzag_differences_and_other_bytes_xor(tmp_path):
+    """Floats moved by a few units in the last place: the difference of their bit patterns (op =
+    element size) codes smaller than their XOR; integers keep XOR (op 0). The header's op is what
+    the reader follows: a wrong or impossible one is a CorruptChunkError, never wrong bytes."""
+    states = steps(2)
+    states[1]["ids"] = states[0]["ids"] + 1
+    with saved(tmp_path / "s", states) as s:
+        ops = {}
+        for name in ("w", "ids"):
+            d = s.manifest("s1").items[name].chunks[0].digest
+            ops[name] = s.chunks.read_payload(d)[5]
+            assert s.index.get(d).base is not None
+        assert ops == {"w": 4, "ids": 0}
+        chunk, _ = _base_of_s1(s)
+        path = chunk_file(s.root, chunk)
+        good = path.read_bytes()
+        for op in (3, 8, 2):  # no such op; then the wrong widths, which only the digest catches
+            bad = bytearray(good)
+            bad[7] = op
+            path.write_bytes(bytes(bad))
+            delta.CACHE.clear()
+            with pytest.raises(casckpt.CorruptChunkError):
+                s.get_arrays("s1")
+        path.write_bytes(good)
+        assert_same(states[1], s.get_arrays("s1"))
 
 
 def test_saves_read_bases_from_the_cache_or_the_store_alike(tmp_path):

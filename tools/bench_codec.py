@@ -1,10 +1,11 @@
 """tools/bench_codec: single-snapshot compression of real weights, casckpt's codecs vs ZipNN.
 
-The bytes are MiniLM's (``realweights.minilm``, fp32) and the same cast to bf16, plus the XOR of two
-consecutive AdamW-like steps of each (what a delta chunk holds). Every tensor is cut into casckpt's
-chunks (2 MiB), and each chunk is compressed and decompressed by casckpt's byte-grouped codec 2
-(what stores wrote before codec 3), codec 3 (whole-byte exponents, what they wrote before codec 4),
-codec 4 (the top 16 bits rotated, the default now for 2- and 4-byte floats) and ZipNN (``zipnn``,
+The bytes are MiniLM's (``realweights.minilm``, fp32) and the same cast to bf16, plus the delta of two
+consecutive AdamW-like steps of each: the zigzag difference a delta chunk holds since store format 4,
+and the XOR it held before. Every tensor is cut into casckpt's chunks (2 MiB), and each chunk is
+compressed and decompressed by casckpt's byte-grouped codec 2 (what stores wrote before codec 3),
+codec 3 (whole-byte exponents; the default for 4- and 8-byte floats), codec 4 (the top 16 bits
+rotated; the default for 2-byte floats, and for 4-byte ones in store format 3) and ZipNN (``zipnn``,
 one thread), one after another on the same chunk, for several rounds. Figures are medians over the
 rounds; MB/s are raw bytes per second of the process's CPU time (``time.process_time``), which a
 machine shared with other jobs disturbs far less than wall time, and which counts every thread a
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-from casckpt import chunking, codec
+from casckpt import chunking, codec, planes
 from realweights import minilm
 
 LR = 1e-4  # AdamW step size of the XOR data sets (README, Performance: a fine-tune's)
@@ -48,9 +49,16 @@ def datasets() -> dict[str, tuple[list[np.ndarray], str]]:
     return {
         "fp32": (weights, "float32"),
         "bf16": ([to_bf16(w) for w in weights], "bfloat16"),
+        "fp32_sub_step": ([zigzag(b, a, 4) for a, b in zip(weights, stepped)], "float32"),
+        "bf16_sub_step": ([zigzag(to_bf16(b), to_bf16(a), 2) for a, b in zip(weights, stepped)], "bfloat16"),
         "fp32_xor_step": ([a.view(np.uint32) ^ b.view(np.uint32) for a, b in zip(weights, stepped)], "float32"),
         "bf16_xor_step": ([to_bf16(a) ^ to_bf16(b) for a, b in zip(weights, stepped)], "bfloat16"),
     }
+
+
+def zigzag(new: np.ndarray, old: np.ndarray, w: int) -> np.ndarray:
+    """What a delta chunk of floats codes (casckpt.delta.make): zigzag(new - old) as integers."""
+    return np.frombuffer(planes.zigzag_sub(new.tobytes(), old.tobytes(), w), dtype=f"<u{w}").reshape(new.shape)
 
 
 def chunks_of(arrays: list[np.ndarray]) -> list[memoryview]:
@@ -66,16 +74,18 @@ def chunks_of(arrays: list[np.ndarray]) -> list[memoryview]:
 class Casckpt:
     """A store writes the parts ``encode`` returns as they are; joining them is not timed."""
 
-    def __init__(self, config: codec.CodecConfig | None, group: int):
-        self.config, self.group = config, group  # config None: codec 3's encoder
+    def __init__(self, which: int, group: int):
+        self.which, self.group = which, group  # codec.BG, BGX or BGR (RAW when it does not pay)
 
     def prepare(self, chunk: memoryview) -> memoryview:
         return chunk
 
     def compress(self, chunk: memoryview):
-        if self.config is None:
+        if self.which == codec.BGX:
             return codec._encode_exponent(chunk, self.group, codec._WORDS[self.group])
-        return codec.encode(chunk, group=self.group, config=self.config)
+        if self.which == codec.BGR and self.group in (2, 4):
+            return codec._encode_rotated(chunk, self.group)
+        return codec.encode(chunk, group=self.group, config=codec.CodecConfig(exponent=self.which != codec.BG))
 
     def seal(self, packed):
         kind, parts = packed
@@ -116,9 +126,9 @@ class Zipnn:
 
 
 def coders(group: int, zipnn_dtype: str) -> dict[str, object]:
-    out = {"casckpt_codec2": Casckpt(codec.CodecConfig(exponent=False), group),
-           "casckpt_codec3": Casckpt(None, group),
-           "casckpt_codec4": Casckpt(codec.CodecConfig(), group)}
+    out = {"casckpt_codec2": Casckpt(codec.BG, group),
+           "casckpt_codec3": Casckpt(codec.BGX, group),
+           "casckpt_codec4": Casckpt(codec.BGR, group)}
     try:
         out["zipnn"] = Zipnn(zipnn_dtype)
     except ImportError:  # the bench extra is not installed: casckpt's figures alone

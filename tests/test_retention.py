@@ -136,7 +136,7 @@ def test_a_thinned_dcp_snapshot_loads_as_weights_only(tmp_path):
 
     root = tmp_path / "s"
     torch.manual_seed(0)
-    # NOTE: layers of 128 KiB and more: smaller tensors share packs (casckpt.packs), and thinning
+    # NOTE: layers of 16 KiB and more: smaller tensors share packs (casckpt.packs), and thinning
     # frees a pack only when no kept item is in it
     model = torch.nn.Sequential(torch.nn.Linear(16, 2048), torch.nn.Linear(2048, 16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -247,7 +247,7 @@ def minilm_run(steps: int = 10, seed: int = 0):
             yield fp32, {k: p.detach().to(torch.bfloat16) for k, p in params.items()}
 
 
-def minilm_checkpoints(work: Path, configs: dict[str, dict], *, loads: int = 3) -> dict:
+def minilm_checkpoints(work: Path, configs: dict[str, dict], *, loads: int = 5) -> dict:
     """Checkpoint every step of :func:`minilm_run` into one pair of stores (fp32 + AdamW, bf16
     weights) per config (``Store.open`` keywords; ``cache=False``: no base cache): cumulative
     storage, each save's time, and the time to load the last snapshot. One training run feeds
@@ -275,13 +275,18 @@ def minilm_checkpoints(work: Path, configs: dict[str, dict], *, loads: int = 3) 
                     res[kind]["bytes"].append(store_bytes(stores[kind].root))
                 last[kind] = {k: v.clone() for k, v in sd.items()}
         out = {}
+        # NOTE: the configs' loads take turns, so a noisy neighbour slows them alike
+        times = {(name, kind): [] for name, (_, stores, _) in runs.items() for kind in stores}
+        for _ in range(loads):
+            for name, (cache, stores, _) in runs.items():
+                delta.CACHE = cache
+                for kind, store in stores.items():
+                    times[name, kind].append(timed(lambda: cas_load(last[kind], store, "latest")))
         for name, (cache, stores, res) in runs.items():
-            delta.CACHE = cache
             for kind, store in stores.items():
                 r = res[kind]
                 r["one_dcp_snapshot"] = one_dcp[kind]
-                r["load_s"] = statistics.median(timed(lambda: cas_load(last[kind], store, "latest"))
-                                                for _ in range(loads))
+                r["load_s"] = statistics.median(times[name, kind])
                 r["save_step_s"] = statistics.median(r["save_s"][1:])
                 r["vs_one_dcp_snapshot"] = r["bytes"][-1] / one_dcp[kind]
             out[name] = res

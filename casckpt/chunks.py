@@ -127,7 +127,7 @@ class ChunkDir:
         base of the same length is given, else a full chunk."""
         if base is not None and len(base[2]) == raw.nbytes and raw.nbytes:
             op = delta.op_for(group) if raw.nbytes % max(group, 1) == 0 else delta.XOR
-            kind, parts = codec.encode(delta.make(raw, base[2], op), group=group, config=config)
+            kind, parts = codec.encode(delta.make(raw, base[2], op), group=group, config=config, zigzag=op != delta.XOR)
             depth = base[1] + 1
             head = HEADER2.pack(MAGIC, DELTA_VERSION, kind, depth, op, raw.nbytes, base[0].raw)
             return head, kind, parts, (base[0], depth)

@@ -109,8 +109,10 @@ def _nbytes(parts: list) -> int:
     return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
 
 
-def encode(raw: memoryview, *, group: int, config: CodecConfig) -> tuple[int, list]:
+def encode(raw: memoryview, *, group: int, config: CodecConfig, zigzag: bool = False) -> tuple[int, list]:
     """Compress one chunk. ``group`` is the element size to group bytes by (0 or 1: no grouping).
+    ``zigzag``: the elements are zigzag differences (a delta chunk of floats), whose top bit is no
+    sign, so codec 3 moves no bits (``w`` 0): the same bytes as moving it, decoded ~15 % faster.
 
     Returns ``(codec, parts)``: the payload is the concatenation of ``parts`` (bytes-like), so raw
     chunks are written straight from the caller's memory without a copy.
@@ -122,7 +124,7 @@ def encode(raw: memoryview, *, group: int, config: CodecConfig) -> tuple[int, li
         if config.exponent and group == 2:
             return _encode_rotated(raw, group)
         if config.exponent and group in _WORDS:
-            return _encode_exponent(raw, group, _WORDS[group])
+            return _encode_exponent(raw, group, 0 if zigzag else _WORDS[group])
         return _encode_grouped(raw, group, config.level)
     comp = _compressor(config.level)
     if n > 4 * _PROBE and not _worth_it(len(comp.compress(raw[:_PROBE])), _PROBE):

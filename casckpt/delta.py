@@ -100,11 +100,12 @@ def sample_ratio(raw: memoryview, base, *, group: int, config: codec.CodecConfig
     mine = b"".join(raw[o:o + k] for o, k in picks)
     theirs = b"".join(base[o:o + k] for o, k in picks)
     full = _encoded_len(memoryview(mine), group, config)
-    return _encoded_len(make(mine, theirs, op_for(group)), group, config) / max(full, 1)
+    op = op_for(group)
+    return _encoded_len(make(mine, theirs, op), group, config, op != XOR) / max(full, 1)
 
 
-def _encoded_len(view: memoryview, group: int, config: codec.CodecConfig) -> int:
-    _, parts = codec.encode(view, group=group, config=config)
+def _encoded_len(view: memoryview, group: int, config: codec.CodecConfig, zigzag: bool = False) -> int:
+    _, parts = codec.encode(view, group=group, config=config, zigzag=zigzag)
     return sum(memoryview(p).nbytes for p in parts)
 
 

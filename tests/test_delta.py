@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import casckpt
-from casckpt import config, delta
+from casckpt import codec, config, delta
 from casckpt.digest import digest_of
 from casckpt.gc import gc
 from casckpt.usage import du, ls
@@ -245,6 +245,8 @@ def test_float_deltas_are_zigzag_differences_and_other_bytes_xor(tmp_path):
             ops[name] = s.chunks.read_payload(d)[5]
             assert s.index.get(d).base is not None
         assert ops == {"w": 4, "ids": 0}
+        kind, _, payload, *_ = s.chunks.read_payload(s.manifest("s1").items["w"].chunks[0].digest)
+        assert (kind, bytes(payload[:2])) == (codec.BGX, bytes([4, 0]))  # no sign bit to move
         chunk, _ = _base_of_s1(s)
         path = chunk_file(s.root, chunk)
         good = path.read_bytes()

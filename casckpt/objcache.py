@@ -136,11 +136,12 @@ def _ingest(store, progress) -> tuple[int, int]:
     """Take in the snapshots the registry lacks; returns (snapshots, chunks) added."""
     index = store.index
     known = set(index.snapshot_table())
-    new = [n for n in store.snapshot_names() if n not in known]
+    listed = store.listed()
+    new = [n for n in listed if n not in known]
     added = 0
     for i, name in enumerate(new, 1):
         try:
-            m = store.manifest(name)
+            m = store.manifest(name, version=listed[name].version)
         except CasckptError as exc:  # deleted meanwhile, or damaged: nothing to vouch for
             log.warning("casckpt: cache skips snapshot %s: %s", name, exc)
             continue
@@ -166,12 +167,7 @@ def add_referenced(store, digests: Iterable[Digest]) -> int:
 
 def header_info(store, d: Digest) -> ChunkInfo:
     """A chunk's index entry from its header and size: one ranged GET, no body."""
-    key = store.chunks.key(d)
-    backend = store.backend
-    if hasattr(backend, "get_head"):
-        head, size = backend.get_head(key, HEADER2.size)
-    else:
-        head, size = backend.get_range(key, 0, HEADER2.size), backend.size(key) or 0
+    head, size = store.backend.get_head(store.chunks.key(d), HEADER2.size)
     return store.chunks.info_from_header(d, head, size)
 
 

@@ -105,19 +105,22 @@ class Snapshots:
         the few most recent ones, keyed by the blob's version (:meth:`Backend.version`: a file's
         identity, an object's ETag), or by its bytes where the back-end has none: resolving
         "latest" and then loading it reads and parses the manifest once. ``version``, the blob's
-        version as a listing just gave it (:meth:`listed`), spares asking for it (a HEAD on
-        object storage).
+        version as a listing just gave it (:meth:`listed`), lets a kept parse answer without a
+        request; without it, the version is asked for (a HEAD on object storage) only when a
+        parse of ``name`` is kept, and otherwise comes with the bytes.
         """
         name = self.resolve(name)
         path = self.manifest_key(name)
         try:
-            # NOTE: the version is known before the bytes are read: a manifest replaced in
-            # between is kept under the older version, never the reverse.
-            tag = version if version is not None else self.backend.version(path)
+            tag = version
+            if tag is None and any(n == name for n, _ in self._parsed):  # NOTE: else a HEAD spares nothing
+                tag = self.backend.version(path)
             if tag is not None and (name, tag) in self._parsed:
                 self._parsed.move_to_end((name, tag))
                 return self._parsed[(name, tag)]
-            data = self.backend.get(path)
+            # NOTE: the version read with the bytes: one GET on object storage, or taken before the
+            # read, so a manifest replaced meanwhile is kept under the older version, never the reverse
+            data, tag = self.backend.get_versioned(path)
         except BlobNotFoundError:
             raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
         except CasckptError:

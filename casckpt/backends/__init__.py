@@ -19,8 +19,9 @@ The contract, which ``tests/test_backend_conformance.py`` checks for every back-
   or one wave of concurrent requests, where the medium has a batch delete).
 - ``list`` yields the blobs whose key starts with a prefix, with their sizes (and, where the
   listing has them for free, their modification times and versions).
-- ``version`` (optional) is a value that changes whenever a blob is written; ``get_head``
-  (optional) returns a blob's first bytes and its size together, in one request where it can.
+- ``version`` (optional) is a value that changes whenever a blob is written; ``get_versioned``
+  returns a blob with its version, and ``get_head`` a blob's first bytes with its size, each in
+  one request where the medium can.
 - ``sync`` makes earlier writes made with ``sync=False``, and earlier deletes, durable, where the
   medium has such a step (fsync on a file system; nothing on object storage, where a completed
   PUT or DELETE is durable).
@@ -159,6 +160,13 @@ class Backend(ABC):
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
+
+    def get_versioned(self, key: str) -> tuple[bytes, Hashable | None]:
+        """The whole blob and its :meth:`version`. Raises BlobNotFoundError. By default the
+        version is taken first, so a blob replaced in between comes with the older version, never
+        the reverse; object storage overrides this with one GET, whose answer has the ETag."""
+        tag = self.version(key)
+        return self.get(key), tag
 
     def get_head(self, key: str, n: int) -> tuple[bytes, int]:
         """The first ``n`` bytes of the blob (fewer if it is shorter) and its whole size.

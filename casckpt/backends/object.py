@@ -153,6 +153,12 @@ class ObjectBackend(Backend):
         with self._errors(key, "reading"):
             return bytes(obstore.get(self._store, key).bytes())
 
+    def get_versioned(self, key: str) -> tuple[bytes, tuple[str, int] | None]:
+        check_key(key)
+        with self._errors(key, "reading"):
+            got = obstore.get(self._store, key)
+            return bytes(got.bytes()), _tag(got.meta)
+
     def get_range(self, key: str, start: int, end: int) -> bytes:
         check_key(key)
         if start < 0 or end < start:

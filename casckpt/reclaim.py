@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable, Sequence
 
+from . import objcache
 from .digest import Digest
 from .errors import CasckptError, IndexDamagedError, LockTimeoutError, StoreIOError
 from .lock import EXCLUSIVE
@@ -76,3 +77,5 @@ def delete_chunks(store, digests: Sequence[Digest], progress: Progress | None = 
             progress(i + len(batch), len(digests))
     if store.sync:
         store.chunks.sync(digests)  # NOTE: on a file system, one fsync per fan-out folder
+    if store.backend.local_path is None:
+        objcache.prune_damaged(store, digests)  # NOTE: markers of chunks verify found damaged

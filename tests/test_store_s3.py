@@ -405,3 +405,53 @@ def test_a_gc_whose_lock_lapsed_stops_before_its_next_batch(s3_url, host, proxy)
         plan = gc_module().gc(s)  # the next gc finishes the job
         assert len(plan.chunks) == n - 16 and chunk_keys(s3_url) == referenced(s)
         assert_same(arrays(1), s.get_arrays("keep"))
+
+
+def _damage(url: str, key: str) -> None:
+    """Flip a byte of a chunk object's payload (its header stays valid), as rot or a stray
+    writer would, straight on the bucket."""
+    from casckpt.backends.object import ObjectBackend
+    b = ObjectBackend(url)
+    data = bytearray(b.get(key))
+    data[-1] ^= 0xFF
+    b.replace(key, [bytes(data)])
+
+
+def test_a_chunk_verify_finds_damaged_is_forgotten_by_every_hosts_cache(s3_url, host):
+    data = big(5, n=6)
+    with open_s3(s3_url, create=True, chunk_size=CHUNK, delta=False) as s:
+        s.put_arrays("s1", data)
+        key = s.chunks.key(sorted(s.manifest("s1").digests(), key=lambda d: d.raw)[0])
+    host("b")
+    with open_s3(s3_url, delta=False) as s:
+        s.put_arrays("other", arrays(1))  # host b's cache now vouches for s1's chunks
+    _damage(s3_url, key)
+    host("a")
+    with open_s3(s3_url) as s:
+        report = verify_module().verify(s)
+        assert [p.kind for p in report.problems] == ["corrupt"]
+    host("b")
+    with open_s3(s3_url, delta=False) as s:
+        assert s.put_arrays("s2", data).new_chunks == 1  # written again, not trusted from b's cache
+        assert verify_module().verify(s).ok
+        assert_same(data, s.get_arrays("s1"))  # healed: same digest, same object
+        s.delete("s2")
+        s.delete("s1")
+        gc_module().gc(s)  # the chunk goes, and with it its marker
+    from casckpt.backends.object import ObjectBackend
+    assert list(ObjectBackend(s3_url).list("damaged/")) == []
+
+
+def test_a_new_host_skips_missing_and_damaged_chunks_and_the_next_save_rewrites_them(s3_url, host):
+    from casckpt.backends.object import ObjectBackend
+    data = big(6, n=6)
+    with open_s3(s3_url, create=True, chunk_size=CHUNK, delta=False) as s:
+        s.put_arrays("s1", data)
+        keys = sorted(s.chunks.key(d) for d in s.manifest("s1").digests())
+    ObjectBackend(s3_url).delete(keys[0])  # lost (a lifecycle rule, a stray delete)
+    b = ObjectBackend(s3_url)
+    b.replace(keys[1], [b"not a chunk"])  # a header no casckpt writes
+    host("new")
+    with open_s3(s3_url, delta=False) as s:  # the cache is made from nothing: a header read per chunk
+        assert s.put_arrays("s2", data).new_chunks == 2
+        assert_same(data, s.get_arrays("s1"))

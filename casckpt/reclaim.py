@@ -50,7 +50,8 @@ def _sweep(store, digests: set[Digest]) -> int:
         return 0  # a damaged manifest may reference any chunk
     uni = refcache.Universe(store)
     live = uni.mark(cat.keys.values())  # with their bases
-    doomed = [d for d in digests if store.chunks.exists(d) and not uni.marked(live, d)]
+    present = set(uni.files)  # NOTE: the chunk listing, not a stat (a HEAD) per chunk
+    doomed = [d for d in digests if d in present and not uni.marked(live, d)]
     try:
         store.index.remove_chunks(doomed)
     except (StoreIOError, IndexDamagedError):  # a full disk can refuse even this write

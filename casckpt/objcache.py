@@ -91,10 +91,20 @@ def announce_damaged(store, digests: Iterable[Digest]) -> None:
 def prune_damaged(store, gone: Iterable[Digest]) -> None:
     """Delete the markers of chunks gc deleted (the caller holds the exclusive lock and bumped the
     epoch): every cache drops an unreferenced chunk's entry at its next revalidation anyway."""
-    gone = {d.hex for d in gone}
-    keys = [b.key for b in store.backend.list(DAMAGED) if b.key[len(DAMAGED):] in gone]
+    _unmark(store, gone, before=store.check_lock)
+
+
+def clear_healed(store, good: Iterable[Digest]) -> None:
+    """Delete the markers of chunks ``verify`` just read and found whole (a save wrote them again
+    since they were marked): a cache that still vouches for one is right again."""
+    _unmark(store, good, before=None)
+
+
+def _unmark(store, digests: Iterable[Digest], *, before) -> None:
+    wanted = {d.hex for d in digests}
+    keys = [b.key for b in store.backend.list(DAMAGED) if b.key[len(DAMAGED):] in wanted]
     for i in range(0, len(keys), store.backend.delete_batch):
-        store.backend.delete_many(keys[i:i + store.backend.delete_batch], before=store.check_lock)
+        store.backend.delete_many(keys[i:i + store.backend.delete_batch], before=before)
 
 
 def _listed_damaged(backend: Backend) -> set[Digest]:

@@ -113,6 +113,8 @@ def _verify(store: Store, names: Iterable[str] | None, quick: bool, progress: Pr
     problems = tuple(p for p in store.pipeline.map(check, digests) if p is not None)
     if problems:
         _unvouch(store, problems)
+    if not quick and store.backend.local_path is None:  # NOTE: a chunk healed since it was marked
+        objcache.clear_healed(store, set(digests) - {Digest(bytes.fromhex(p.digest)) for p in problems})
     if every and not bad:
         live = store.live(refs)  # bases of delta chunks are not orphans
         orphans = sum(1 for d in store.chunks if d not in live)

@@ -430,16 +430,19 @@ def test_a_chunk_verify_finds_damaged_is_forgotten_by_every_hosts_cache(s3_url, 
     with open_s3(s3_url) as s:
         report = verify_module().verify(s)
         assert [p.kind for p in report.problems] == ["corrupt"]
+    from casckpt.backends.object import ObjectBackend
+    markers = lambda: [b.key for b in ObjectBackend(s3_url).list("damaged/")]  # noqa: E731
+    assert markers() == ["damaged/" + key.rsplit("/", 1)[1]]
     host("b")
     with open_s3(s3_url, delta=False) as s:
         assert s.put_arrays("s2", data).new_chunks == 1  # written again, not trusted from b's cache
-        assert verify_module().verify(s).ok
-        assert_same(data, s.get_arrays("s1"))  # healed: same digest, same object
-        s.delete("s2")
-        s.delete("s1")
+        assert verify_module().verify(s).ok and markers() == []  # healed: its marker goes
+        assert_same(data, s.get_arrays("s1"))  # same digest, same object
+        _damage(s3_url, key)
+        assert not verify_module().verify(s).ok and len(markers()) == 1
+        s.delete_all(["s1", "s2"])
         gc_module().gc(s)  # the chunk goes, and with it its marker
-    from casckpt.backends.object import ObjectBackend
-    assert list(ObjectBackend(s3_url).list("damaged/")) == []
+        assert markers() == []
 
 
 def test_a_new_host_skips_missing_and_damaged_chunks_and_the_next_save_rewrites_them(s3_url, host):

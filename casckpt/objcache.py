@@ -178,7 +178,7 @@ def _revalidate(store, damaged: set[Digest]) -> int:
         referenced |= m.digests()
     have = dict(index.chunks())
     referenced = delta.closure(referenced, lambda d: have[d].base if d in have else None)
-    gone = [d for d in have if d not in referenced or _on_damaged(d, have, damaged)]
+    gone = [d for d in have if d not in referenced or damaged and _on_damaged(d, have, damaged)]
     if gone:
         index.remove_chunks(gone)
     for name in set(index.snapshot_table()) - set(manifests):

@@ -75,14 +75,10 @@ def _policy_args(s) -> None:
 def cmd_ls(args) -> int:
     import json
 
-    from .errors import SnapshotNotFoundError
-    from .usage import du, ls
+    from .usage import du, latest as latest_of, ls
     with open_store(args) as store:
         rows, total = ls(store), du(store)
-        try:
-            latest = store.resolve("latest")
-        except SnapshotNotFoundError:
-            latest = None
+    latest = latest_of(rows)  # NOTE: from the rows, whose cache is current: no manifest read again
     rows = [r for r in rows if set(args.tag) <= set(r.tags)]
     if args.json:
         return emit_json([r.to_json() for r in rows])

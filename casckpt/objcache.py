@@ -28,11 +28,12 @@ from . import delta
 from .backends import Backend, BlobNotFoundError
 from .chunks import HEADER2, ChunkInfo
 from .digest import Digest
-from .errors import CasckptError
+from .errors import CasckptError, ChunkError
 
 log = logging.getLogger("casckpt")
 
 EPOCH = "epoch"
+DAMAGED = "damaged/"  # damaged/<64 hex>: a chunk verify found missing or corrupt (see announce_damaged)
 STATE = "casckpt-cache.json"  # in the index folder, beside LMDB's files
 
 
@@ -77,6 +78,45 @@ def announce_deletes(store) -> None:
         _record(store.index_path, new)
 
 
+def announce_damaged(store, digests: Iterable[Digest]) -> None:
+    """Tell every host's cache to forget chunks ``verify`` found missing or corrupt (this host's
+    entries are already dropped; the caller holds the shared lock): a marker object per chunk,
+    then a new epoch, so each cache revalidates, drops them and its next save writes them again.
+    This host records no new epoch: another verify may have marked other chunks meanwhile."""
+    for d in digests:
+        store.backend.put_if_absent(DAMAGED + d.hex, [json.dumps({"format": "casckpt.damaged", "version": 1}).encode()])
+    bump_epoch(store.backend)
+
+
+def prune_damaged(store, gone: Iterable[Digest]) -> None:
+    """Delete the markers of chunks gc deleted (the caller holds the exclusive lock and bumped the
+    epoch): every cache drops an unreferenced chunk's entry at its next revalidation anyway."""
+    _unmark(store, gone, before=store.check_lock)
+
+
+def clear_healed(store, good: Iterable[Digest]) -> None:
+    """Delete the markers of chunks ``verify`` just read and found whole (a save wrote them again
+    since they were marked): a cache that still vouches for one is right again."""
+    _unmark(store, good, before=None)
+
+
+def _unmark(store, digests: Iterable[Digest], *, before) -> None:
+    wanted = {d.hex for d in digests}
+    keys = [b.key for b in store.backend.list(DAMAGED) if b.key[len(DAMAGED):] in wanted]
+    for i in range(0, len(keys), store.backend.delete_batch):
+        store.backend.delete_many(keys[i:i + store.backend.delete_batch], before=before)
+
+
+def _listed_damaged(backend: Backend) -> set[Digest]:
+    out = set()
+    for blob in backend.list(DAMAGED):
+        try:
+            out.add(Digest(bytes.fromhex(blob.key[len(DAMAGED):])))
+        except ValueError:
+            continue  # not a marker casckpt writes
+    return out
+
+
 def _state(path: Path) -> str | None:
     try:
         return str(json.loads((path / STATE).read_text())["epoch"])
@@ -84,9 +124,21 @@ def _state(path: Path) -> str | None:
         return None
 
 
-def _record(path: Path, epoch: str) -> None:
+def _damaged(path: Path) -> set[Digest]:
+    """The marked chunks as of this cache's last revalidation (kept out of it until then)."""
+    try:
+        return {Digest(bytes.fromhex(h)) for h in json.loads((path / STATE).read_text()).get("damaged", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def _record(path: Path, epoch: str, damaged: set[Digest] | None = None) -> None:
+    """Record the epoch the cache agrees with and the marked chunks it keeps out (``None``: as
+    recorded before)."""
+    damaged = _damaged(path) if damaged is None else damaged
     tmp = path / f".{STATE}.{os.getpid()}"
-    tmp.write_text(json.dumps({"format": "casckpt.cache", "version": 1, "epoch": epoch}))
+    tmp.write_text(json.dumps({"format": "casckpt.cache", "version": 1, "epoch": epoch,
+                               "damaged": sorted(d.hex for d in damaged)}))
     os.replace(tmp, path / STATE)
 
 
@@ -96,11 +148,12 @@ def catch_up(store, *, progress: Callable[[int, int], None] | None = None) -> di
     exclusive one). Returns counts: entries dropped, snapshots and chunks taken in."""
     backend, _ = store.backend, store.index  # NOTE: opens (or rebuilds) the cache first
     epoch = read_epoch(backend)
-    dropped = 0
+    dropped, damaged = 0, None
     if _state(store.index_path) != epoch:
-        dropped = _revalidate(store)
-    snaps, chunks = _ingest(store, progress)
-    _record(store.index_path, epoch)
+        damaged = _listed_damaged(backend)  # NOTE: after the epoch: a verify marks, then bumps
+        dropped = _revalidate(store, damaged)
+    snaps, chunks = _ingest(store, progress, damaged if damaged is not None else _damaged(store.index_path))
+    _record(store.index_path, epoch, damaged)
     if dropped or snaps:
         log.info("casckpt: cache %s: %d entries dropped, %d snapshots (%d chunks) taken in",
                  store.index_path, dropped, snaps, chunks)
@@ -115,8 +168,9 @@ def rebuild(store, progress=None) -> dict:
             "snapshots": counts["snapshots"]}
 
 
-def _revalidate(store) -> int:
-    """Keep only entries that current manifests reference (with their bases)."""
+def _revalidate(store, damaged: set[Digest]) -> int:
+    """Keep only entries that current manifests reference (with their bases), less the chunks
+    marked damaged (and the deltas built on them)."""
     index = store.index
     manifests, _ = store.read_manifests()
     referenced: set[Digest] = set()
@@ -124,7 +178,7 @@ def _revalidate(store) -> int:
         referenced |= m.digests()
     have = dict(index.chunks())
     referenced = delta.closure(referenced, lambda d: have[d].base if d in have else None)
-    gone = [d for d in have if d not in referenced]
+    gone = [d for d in have if d not in referenced or damaged and _on_damaged(d, have, damaged)]
     if gone:
         index.remove_chunks(gone)
     for name in set(index.snapshot_table()) - set(manifests):
@@ -132,46 +186,78 @@ def _revalidate(store) -> int:
     return len(gone)
 
 
-def _ingest(store, progress) -> tuple[int, int]:
+def _on_damaged(d: Digest, have: dict, damaged: set[Digest]) -> bool:
+    for _ in range(delta.MAX_DEPTH_LIMIT + 1):  # NOTE: bounded even if hostile headers form a cycle
+        if d in damaged:
+            return True
+        d = have[d].base if d in have else None
+        if d is None:
+            return False
+    return True
+
+
+def _ingest(store, progress, damaged: set[Digest]) -> tuple[int, int]:
     """Take in the snapshots the registry lacks; returns (snapshots, chunks) added."""
     index = store.index
     known = set(index.snapshot_table())
-    new = [n for n in store.snapshot_names() if n not in known]
+    listed = store.listed()
+    new = [n for n in listed if n not in known]
     added = 0
     for i, name in enumerate(new, 1):
         try:
-            m = store.manifest(name)
+            m = store.manifest(name, version=listed[name].version)
         except CasckptError as exc:  # deleted meanwhile, or damaged: nothing to vouch for
             log.warning("casckpt: cache skips snapshot %s: %s", name, exc)
             continue
-        added += add_referenced(store, m.digests())
+        added += add_referenced(store, m.digests(), skip=damaged)
         index.put_snapshot(name, _row(m))
         if progress:
             progress(i, len(new))
     return len(new), added
 
 
-def add_referenced(store, digests: Iterable[Digest]) -> int:
-    """Index chunks a committed manifest references (and their bases), from their headers."""
+def add_referenced(store, digests: Iterable[Digest], *, skip: set[Digest] = frozenset()) -> int:
+    """Index chunks a committed manifest references (and their bases), from their headers. A
+    chunk that is missing, has a bad header or is in ``skip`` (marked damaged) stays out, and so
+    does a delta built on one: the next save of its data writes it again."""
     index, todo, infos = store.index, set(digests), {}
     while todo:
         todo -= index.has_many(todo) | set(infos)
-        found = store.pipeline.map(lambda d: (d, header_info(store, d)), sorted(todo, key=lambda d: d.raw))
+        found = store.pipeline.map(lambda d: (d, None if d in skip else _header_or_none(store, d)),
+                                   sorted(todo, key=lambda d: d.raw))
         infos.update(found)
-        todo = {i.base for _, i in found if i.base is not None}
+        todo = {i.base for _, i in found if i is not None and i.base is not None}
+    good = {d: i for d, i in infos.items() if _chain_ok(d, infos)}
     # NOTE: bases first is not needed inside one transaction; an indexed delta has an indexed base
-    index.add_chunks(infos)
-    return len(infos)
+    index.add_chunks(good)
+    return len(good)
+
+
+def _header_or_none(store, d: Digest) -> ChunkInfo | None:
+    try:
+        return header_info(store, d)
+    except (BlobNotFoundError, ChunkError) as exc:
+        log.warning("casckpt: cache leaves out chunk %s: %s", d, exc)
+        return None
+
+
+def _chain_ok(d: Digest, infos: dict) -> bool:
+    """Whether ``d``'s chain of bases is readable down to an indexed chunk or a full one."""
+    for _ in range(delta.MAX_DEPTH_LIMIT + 1):
+        if d not in infos:
+            return True  # indexed before
+        i = infos[d]
+        if i is None:
+            return False
+        if i.base is None:
+            return True
+        d = i.base
+    return False
 
 
 def header_info(store, d: Digest) -> ChunkInfo:
     """A chunk's index entry from its header and size: one ranged GET, no body."""
-    key = store.chunks.key(d)
-    backend = store.backend
-    if hasattr(backend, "get_head"):
-        head, size = backend.get_head(key, HEADER2.size)
-    else:
-        head, size = backend.get_range(key, 0, HEADER2.size), backend.size(key) or 0
+    head, size = store.backend.get_head(store.chunks.key(d), HEADER2.size)
     return store.chunks.info_from_header(d, head, size)
 
 

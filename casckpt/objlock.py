@@ -250,6 +250,6 @@ class ObjectLock:
 
     def _delete_quietly(self, key: str) -> None:
         try:
-            self.backend.delete(key)
+            self.backend.delete_many([key])  # NOTE: no HEAD first, as delete() makes to say if it was there
         except Exception as exc:  # NOTE: an undeleted lock object goes stale and is removed later
             log.warning("casckpt: could not delete lock %s on %s: %s", key, self.backend.url, exc)

@@ -14,13 +14,16 @@ The order is gc's: index entries first (an entry must never outlive its file), t
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
+from . import objcache
 from .digest import Digest
 from .errors import CasckptError, IndexDamagedError, LockTimeoutError, StoreIOError
 from .lock import EXCLUSIVE
 
 log = logging.getLogger("casckpt")
+
+Progress = Callable[[int, int], None]
 
 
 def reclaim(store, digests: Iterable[Digest]) -> int:
@@ -47,17 +50,33 @@ def _sweep(store, digests: set[Digest]) -> int:
         return 0  # a damaged manifest may reference any chunk
     uni = refcache.Universe(store)
     live = uni.mark(cat.keys.values())  # with their bases
-    doomed = [d for d in digests if store.chunks.exists(d) and not uni.marked(live, d)]
+    present = set(uni.files)  # NOTE: the chunk listing, not a stat (a HEAD) per chunk
+    doomed = [d for d in digests if d in present and not uni.marked(live, d)]
     try:
         store.index.remove_chunks(doomed)
     except (StoreIOError, IndexDamagedError):  # a full disk can refuse even this write
         indexed = store.index.has_many(doomed)
         doomed = [d for d in doomed if d not in indexed]
-    if doomed:
-        store.before_chunk_deletes()
-    for d in doomed:
-        store.check_lock()
-        store.chunks.delete(d)
-    if store.sync and doomed:
-        store.chunks.sync(doomed)
+    delete_chunks(store, doomed)
     return len(doomed)
+
+
+def delete_chunks(store, digests: Sequence[Digest], progress: Progress | None = None) -> None:
+    """Delete chunk files (gc's and a failed save's), their index entries already gone; the
+    caller holds the exclusive lock. Every host's cache is told first (the epoch, on object
+    storage); then batches of the back-end's ``delete_batch`` (one DeleteObjects request each on
+    S3), the lock checked right before each request (docs/FORMAT.md, "The lock on object
+    storage"); then the deletes are made durable. ``progress(done, total)`` after each batch."""
+    if not digests:
+        return
+    store.before_chunk_deletes()
+    step = store.backend.delete_batch
+    for i in range(0, len(digests), step):
+        batch = digests[i:i + step]
+        store.backend.delete_many([store.chunks.key(d) for d in batch], before=store.check_lock)
+        if progress:
+            progress(i + len(batch), len(digests))
+    if store.sync:
+        store.chunks.sync(digests)  # NOTE: on a file system, one fsync per fan-out folder
+    if store.backend.local_path is None:
+        objcache.prune_damaged(store, digests)  # NOTE: markers of chunks verify found damaged

@@ -1,10 +1,13 @@
 """What every snapshot references, without parsing every manifest each time: for ``ls`` and gc.
 
 Per snapshot the index caches (database ``refs``, see docs/FORMAT.md) the identity of its manifest
-file (inode, size, modification and change times: casckpt replaces a manifest, never edits it,
-so a new manifest is a new identity) and the sorted distinct **keys** of the digests it
-references: a key is a digest's first 8 bytes as a little-endian uint64. A cache entry whose
-identity differs from the file's (or that is missing) is rebuilt by parsing the manifest once.
+blob (a hash of its version: a file's inode, size, modification and change times; an object's
+ETag and size: casckpt replaces a manifest, never edits it, so a new manifest is a new identity)
+and the sorted distinct **keys** of the digests it references: a key is a digest's first 8 bytes
+as a little-endian uint64. A cache entry whose identity differs from the blob's (or that is
+missing) is rebuilt by parsing the manifest once. The versions come with the one listing of
+``snapshots/``, so a catalog whose cache is current reads no manifest, not even its metadata (on
+object storage: one LIST, no HEAD or GET per snapshot).
 
 Keys, not whole digests, keep the cache at 8 bytes per distinct chunk of a snapshot, and let
 numpy mark a store's chunks with sorted searches instead of one Python object per reference.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -56,27 +59,27 @@ def catalog(store, progress: Progress | None = None) -> Catalog:
     ``progress(done, total)`` counts snapshots. A snapshot deleted meanwhile is left out."""
     out = Catalog()
     table = store.index.snapshot_table()
-    names = store.snapshot_names()
-    for i, name in enumerate(names, 1):
+    listed = store.listed()
+    for i, name in enumerate(listed, 1):
         try:
-            out.rows[name], out.keys[name] = _entry(store, name, table.get(name))
+            out.rows[name], out.keys[name] = _entry(store, name, table.get(name), listed[name].version)
         except SnapshotNotFoundError:
             pass
         except CasckptError as exc:
             out.damaged[name] = str(exc)
         if progress:
-            progress(i, len(names))
+            progress(i, len(listed))
     return out
 
 
-def _entry(store, name: str, row: dict | None) -> tuple[dict, np.ndarray]:
-    # NOTE: stat before parsing: a manifest replaced in between is cached under the old
-    # identity, which no longer matches, so the worst case is one more parse later.
-    ident = _ident(name, store)
+def _entry(store, name: str, row: dict | None, version: Hashable | None) -> tuple[dict, np.ndarray]:
+    # NOTE: the version is taken (listed) before parsing: a manifest replaced in between is
+    # cached under the old identity, which no longer matches, so the worst case is one more parse.
+    ident = _ident(name, store, version)
     cached = store.index.get_refs(name)
     if cached is not None and cached[:IDENT_SIZE] == ident and row and "origin" in row:
         return row, np.frombuffer(cached, KEY, offset=IDENT_SIZE)
-    m = store.manifest(name)
+    m = store.manifest(name, version=version)
     row, keys = _registry_row(m), m.digest_keys()
     try:  # a cache: a read-only or full index only costs a parse next time
         store.index.put_snapshot(name, row)
@@ -86,13 +89,13 @@ def _entry(store, name: str, row: dict | None) -> tuple[dict, np.ndarray]:
     return row, keys
 
 
-def _ident(name: str, store) -> bytes:
+def _ident(name: str, store, version: Hashable | None = None) -> bytes:
     """32 bytes that change whenever snapshot ``name``'s manifest is written: a hash of the
-    back-end's version of the blob (a file's inode, size and times), or of its bytes where the
-    back-end has no cheap version."""
+    back-end's version of the blob (``version`` where a listing gave it; a file's inode, size and
+    times; an object's ETag and size), or of its bytes where the back-end has no version."""
     key = store.manifest_key(name)
     try:
-        tag = store.backend.version(key)
+        tag = version if version is not None else store.backend.version(key)
         if tag is None:
             return digest_of(store.backend.get(key)).raw
     except BlobNotFoundError:
@@ -111,8 +114,10 @@ class Universe:
         self.store = store
         ekeys, evals = store.index.chunk_table()
         self.entries = ekeys  # raw digests of index entries, sorted
-        fdigs = list(store.chunks) if files else []
+        listed = list(store.chunks.sizes()) if files else []  # NOTE: one listing, sizes included
+        fdigs = [d for d, _ in listed]
         self.files = fdigs
+        self.file_sizes = np.fromiter((n for _, n in listed), np.int64, len(listed))  # stored bytes, per file
         eraw, fraw = b"".join(ekeys), b"".join(d.raw for d in fdigs)
         ek, fk = keys_of(eraw), keys_of(fraw)
         self.keys = np.unique(np.concatenate([ek, fk]))

@@ -137,14 +137,12 @@ def header_info(chunks, d: Digest) -> ChunkInfo:
     CorruptChunkError if the header is not one casckpt writes)."""
     path, key = chunks.where(d), chunks.key(d)
     try:
-        head, size = chunks.backend.get_range(key, 0, HEADER2.size), chunks.backend.size(key)
+        head, size = chunks.backend.get_head(key, HEADER2.size)  # NOTE: one open (one GET), not two
     except BlobNotFoundError:
         raise MissingChunkError(f"chunk {d} is missing: {path}", digest=d.hex, path=str(path)) from None
     except OSError as exc:
         raise CorruptChunkError(f"chunk {d} is unreadable: {exc.strerror or exc}: {path}",
                                 digest=d.hex, path=str(path)) from None
-    if size is None:
-        raise MissingChunkError(f"chunk {d} is missing: {path}", digest=d.hex, path=str(path))
     base, depth, hsize = chunks._parse_header(d, "", head)
     kind, raw_len = head[5], HEADER.unpack_from(head)[4]
     if (kind not in _CODECS or not 0 < raw_len <= chunking.MAX_CHUNK_SIZE or size <= hsize

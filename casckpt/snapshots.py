@@ -14,9 +14,9 @@ import math
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Hashable, Iterable
 
-from .backends import BlobNotFoundError
+from .backends import Blob, BlobNotFoundError
 from .errors import (CasckptError, IndexDamagedError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
                      StoreIOError)
 from .lock import EXCLUSIVE
@@ -72,13 +72,14 @@ class Snapshots:
         are not read (the margin absorbs clock skew between hosts sharing the store).
         """
         # NOTE: a listing without times (None) sorts last and is never skipped.
-        paths = [(mtime if mtime is not None else math.inf, name) for name, mtime in self._listed()]
+        listed = self.listed()
+        paths = [(b.mtime if b.mtime is not None else math.inf, name) for name, b in listed.items()]
         best: tuple[str, str] | None = None
         for mtime, name in sorted(paths, reverse=True):
             if best is not None and mtime < _timestamp(best[0]) - LATEST_SKEW:
                 break
             try:
-                m = self.manifest(name)
+                m = self.manifest(name, version=listed[name].version)
             except SnapshotNotFoundError:
                 continue
             except CasckptError as exc:  # NOTE: one damaged manifest must not block every resume
@@ -97,22 +98,29 @@ class Snapshots:
     def exists(self, name: str) -> bool:
         return self.backend.exists(self.manifest_key(name))
 
-    def manifest(self, name: str) -> Manifest:
+    def manifest(self, name: str, *, version: Hashable | None = None) -> Manifest:
         """The committed manifest of ``name`` (or ``"latest"``), fully validated.
 
         A committed manifest never changes in place (overwrite replaces it), so parses are kept for
         the few most recent ones, keyed by the blob's version (:meth:`Backend.version`: a file's
-        identity), or by its bytes where the back-end has none: resolving "latest" and then
-        loading it reads and parses the manifest once.
+        identity, an object's ETag), or by its bytes where the back-end has none: resolving
+        "latest" and then loading it reads and parses the manifest once. ``version``, the blob's
+        version as a listing just gave it (:meth:`listed`), lets a kept parse answer without a
+        request; without it, the version is asked for (a HEAD on object storage) only when a
+        parse of ``name`` is kept, and otherwise comes with the bytes.
         """
         name = self.resolve(name)
         path = self.manifest_key(name)
         try:
-            tag = self.backend.version(path)
+            tag = version
+            if tag is None and any(n == name for n, _ in self._parsed):  # NOTE: else a HEAD spares nothing
+                tag = self.backend.version(path)
             if tag is not None and (name, tag) in self._parsed:
                 self._parsed.move_to_end((name, tag))
                 return self._parsed[(name, tag)]
-            data = self.backend.get(path)
+            # NOTE: the version read with the bytes: one GET on object storage, or taken before the
+            # read, so a manifest replaced meanwhile is kept under the older version, never the reverse
+            data, tag = self.backend.get_versioned(path)
         except BlobNotFoundError:
             raise SnapshotNotFoundError(f"no snapshot {name!r} in store {self.root}") from None
         except CasckptError:
@@ -139,15 +147,16 @@ class Snapshots:
 
     def snapshot_names(self) -> list[str]:
         """Names of committed snapshots, from the manifests (the source of truth)."""
-        return [name for name, _ in self._listed()]
+        return list(self.listed())
 
-    def _listed(self) -> list[tuple[str, float | None]]:
-        """``(name, mtime)`` of every manifest: one listing of ``snapshots/``."""
-        out = []
+    def listed(self) -> dict[str, Blob]:
+        """Every committed snapshot's manifest blob by name (its size and, where the listing
+        gives them, its time and version): one listing of ``snapshots/``."""
+        out = {}
         for blob in self.backend.list(SNAPSHOTS):
             f = blob.key[len(SNAPSHOTS):]
             if f.endswith(".json") and is_valid_name(f[:-5]):
-                out.append((f[:-5], blob.mtime))
+                out[f[:-5]] = blob
         return out
 
     def read_manifests(self, progress: Callable[[int, int], None] | None = None
@@ -155,16 +164,16 @@ class Snapshots:
         """Every committed manifest that parses, and ``{name: why}`` for those that do not (a
         snapshot deleted meanwhile is in neither). ``progress(done, total)`` counts manifests."""
         good, bad = {}, {}
-        names = self.snapshot_names()
-        for i, name in enumerate(names, 1):
+        listed = self.listed()
+        for i, name in enumerate(listed, 1):
             try:
-                good[name] = self.manifest(name)
+                good[name] = self.manifest(name, version=listed[name].version)
             except SnapshotNotFoundError:
                 pass  # deleted meanwhile (a reader without the lock)
             except CasckptError as exc:
                 bad[name] = str(exc)
             if progress:
-                progress(i, len(names))
+                progress(i, len(listed))
         return good, bad
 
     def snapshots(self) -> list[SnapshotInfo]:
@@ -227,10 +236,12 @@ class Snapshots:
         return names
 
     def unpublish(self, names: Iterable[str]) -> None:
-        """Delete manifests, durably (the caller holds the exclusive lock)."""
+        """Delete manifests, durably (the caller holds the exclusive lock, checked before each
+        delete request: batches of the back-end's ``delete_batch``, one request each on S3)."""
         keys = [self.manifest_key(n) for n in names]
-        for k in keys:
-            self.backend.delete(k)
+        step = self.backend.delete_batch
+        for i in range(0, len(keys), step):
+            self.backend.delete_many(keys[i:i + step], before=self.check_lock)
         if self.sync and keys:
             self.backend.sync(keys)
 

@@ -126,6 +126,15 @@ def ls(store: Store) -> list[SnapshotUsage]:
     return sorted(rows, key=lambda r: (r.created, r.name))
 
 
+def latest(rows: list[SnapshotUsage]) -> str | None:
+    """The snapshot ``"latest"`` names, from :func:`ls`'s rows (the rule of
+    :meth:`casckpt.Store.resolve`: the greatest ``(created, name)`` among readable snapshots a
+    save made, else among all readable ones), so ``ls`` reads no manifest to show it."""
+    ok = [r for r in rows if not r.damaged]
+    pool = [r for r in ok if r.origin == "save"] or ok
+    return max(pool, key=lambda r: (r.created, r.name)).name if pool else None
+
+
 def du(store: Store, *, disk: bool = False) -> Usage:
     """Totals for the whole store, from the snapshot registry and the chunk index; with ``disk``,
     also the file-system blocks the store's files take (:func:`disk_usage`; a store on a local

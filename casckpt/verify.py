@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from . import delta
+from . import delta, objcache
 from .digest import Digest
 from .errors import (CasckptError, ChunkError, IndexDamagedError, MissingChunkError, SnapshotNotFoundError,
                      StoreIOError)
@@ -113,6 +113,11 @@ def _verify(store: Store, names: Iterable[str] | None, quick: bool, progress: Pr
     problems = tuple(p for p in store.pipeline.map(check, digests) if p is not None)
     if problems:
         _unvouch(store, problems)
+    if not quick and store.backend.local_path is None:  # NOTE: a chunk healed since it was marked
+        try:
+            objcache.clear_healed(store, set(digests) - {Digest(bytes.fromhex(p.digest)) for p in problems})
+        except CasckptError as exc:  # read-only credentials: the markers only cost a check later
+            log.warning("casckpt: verify could not clear the markers of healed chunks: %s", exc)
     if every and not bad:
         live = store.live(refs)  # bases of delta chunks are not orphans
         orphans = sum(1 for d in store.chunks if d not in live)
@@ -126,10 +131,16 @@ def _unvouch(store: Store, problems: tuple[ChunkProblem, ...]) -> None:
     # NOTE: an index entry vouches for a good file; dropped, the next save of that data
     # writes the chunk again instead of reusing the bad one (and so heals these snapshots);
     # a damaged base loses its entry too.
+    bad = {Digest(bytes.fromhex(h)) for p in problems for h in (p.digest, p.base) if h}
     try:
-        store.index.remove_chunks(Digest(bytes.fromhex(h)) for p in problems for h in (p.digest, p.base) if h)
+        store.index.remove_chunks(bad)
     except (StoreIOError, IndexDamagedError) as exc:  # a read-only store: report, change nothing
         log.warning("casckpt: verify could not drop the bad chunks' index entries: %s", exc)
+    if store.backend.local_path is None:  # NOTE: every host's cache, not only this one
+        try:
+            objcache.announce_damaged(store, sorted(bad, key=lambda d: d.raw))
+        except CasckptError as exc:
+            log.warning("casckpt: verify could not tell other hosts' caches about the bad chunks: %s", exc)
 
 
 def _check(store: Store, d: Digest, refs: list[tuple[str, str]], quick: bool) -> ChunkProblem | None:

@@ -99,6 +99,16 @@ class BackendConformance:
         backend.delete("v/a")
         assert backend.version("v/a") is None
 
+    def test_listed_versions_when_given_are_the_blobs_versions(self, backend: Backend):
+        backend.replace("v/a", [b"one"])
+        backend.replace("v/b", [b"one"])
+        before = {b.key: b.version for b in backend.list("v/")}
+        for key, version in before.items():
+            assert version is None or version == backend.version(key)
+        backend.replace("v/a", [b"two, longer"])
+        (after,) = [b for b in backend.list("v/") if b.key == "v/a"]
+        assert after.version is None or (after.version == backend.version("v/a") and after.version != before["v/a"])
+
     def test_listed_times_when_given_are_recent(self, backend: Backend):
         backend.put_if_absent("t/a", [b"x"])
         (blob,) = backend.list("t/")
@@ -110,6 +120,57 @@ class BackendConformance:
         data = bytes(range(10))
         backend.put_if_absent("r", [data])
         assert backend.get_range("r", start, end) == data[start:end]
+
+    def test_get_versioned_gives_the_bytes_and_their_version(self, backend: Backend):
+        backend.replace("v/g", [b"one"])
+        data, version = backend.get_versioned("v/g")
+        assert data == b"one" and (version is None or version == backend.version("v/g"))
+        backend.replace("v/g", [b"two, longer"])
+        data, again = backend.get_versioned("v/g")
+        assert data == b"two, longer" and (again is None or again != version)
+        with pytest.raises(BlobNotFoundError):
+            backend.get_versioned("v/nope")
+
+    def test_get_head_gives_the_first_bytes_and_the_size(self, backend: Backend):
+        data = os.urandom(5000)
+        backend.put_if_absent("h/long", [data])
+        backend.put_if_absent("h/short", [b"abc"])
+        backend.put_if_absent("h/empty", [])
+        assert backend.get_head("h/long", 48) == (data[:48], 5000)
+        assert backend.get_head("h/short", 48) == (b"abc", 3)
+        assert backend.get_head("h/empty", 48) == (b"", 0)
+        with pytest.raises(BlobNotFoundError):
+            backend.get_head("h/nope", 48)
+
+    # -- batch deletes ---------------------------------------------------------------------------
+    def test_delete_many_removes_those_named_and_tolerates_missing_ones(self, backend: Backend):
+        for i in range(6):
+            backend.put_if_absent(f"m/{i}", [b"x" * i])
+        checks = []
+        backend.delete_many(["m/0", "m/2", "m/nope", "m/4"], before=lambda: checks.append(1))
+        assert {b.key for b in backend.list("m/")} == {"m/1", "m/3", "m/5"}
+        assert checks  # the lock check ran before the deleting request(s)
+        backend.delete_many([])
+        backend.delete_many(["m/1", "m/3", "m/5"])
+        assert list(backend.list("m/")) == []
+
+    def test_delete_many_refuses_more_than_a_batch(self, backend: Backend):
+        backend.put_if_absent("m/keep", [b"x"])
+        with pytest.raises(ValueError):
+            backend.delete_many(["m/keep"] * (backend.delete_batch + 1))
+        assert backend.exists("m/keep")
+
+    def test_delete_many_stops_when_the_check_fails(self, backend: Backend):
+        backend.put_if_absent("m/a", [b"x"])
+
+        class Lapsed(Exception):
+            pass
+
+        def lapsed():
+            raise Lapsed()
+        with pytest.raises(Lapsed):
+            backend.delete_many(["m/a"], before=lapsed)
+        assert backend.exists("m/a")  # nothing deleted once the check failed
 
     # -- listing ---------------------------------------------------------------------------------
     def test_list_by_prefix(self, backend: Backend):
@@ -131,7 +192,9 @@ class BackendConformance:
     def test_hostile_key_refused(self, backend: Backend, key: str):
         for op in (lambda: backend.get(key), lambda: backend.get_range(key, 0, 1),
                    lambda: backend.put_if_absent(key, [b"x"]), lambda: backend.replace(key, [b"x"]),
-                   lambda: backend.delete(key), lambda: backend.size(key)):
+                   lambda: backend.delete(key), lambda: backend.size(key), lambda: backend.get_head(key, 8),
+                   lambda: backend.get_versioned(key), lambda: backend.version(key),
+                   lambda: backend.delete_many(["ok", key])):
             with pytest.raises(UnsafePathError):
                 op()
         with pytest.raises(UnsafePathError):
@@ -222,6 +285,12 @@ class BlobMachine(RuleBasedStateMachine):
     def delete(self, key):
         assert self.backend.delete(key) == (key in self.model)
         self.model.pop(key, None)
+
+    @rule(chosen=st.lists(keys, max_size=4, unique=True))
+    def delete_many(self, chosen):
+        self.backend.delete_many(chosen)
+        for k in chosen:
+            self.model.pop(k, None)
 
     @rule(key=keys, start=st.integers(0, 70), length=st.integers(0, 70))
     def get_range(self, key, start, length):

@@ -85,3 +85,18 @@ def test_a_store_copied_elsewhere_rebuilds_its_cache(tmp_path, monkeypatch):
     reads = count_manifest_reads(monkeypatch)
     with open_store(tmp_path / "copy") as s:
         assert ls(s) == before and reads == ["s0.json"]
+
+
+def test_ls_names_the_latest_snapshot_as_resolve_does(tmp_path):
+    from casckpt.usage import latest
+
+    with new_store(tmp_path / "s") as s:
+        assert latest(ls(s)) is None
+        s.put_arrays("imp", arrays(0), meta={"import": {"from": "x"}})
+        assert latest(ls(s)) == s.resolve("latest") == "imp"  # only imports: the newest of them
+        s.put_arrays("a", arrays(1))
+        s.put_arrays("b", arrays(2))
+        s.put_arrays("imp2", arrays(3), meta={"import": {"from": "y"}})
+        assert latest(ls(s)) == s.resolve("latest") == "b"  # imports never are, next to saves
+        s.manifest_path("b").write_bytes(b"{not json")  # a damaged manifest is skipped
+        assert latest(ls(s)) == s.resolve("latest") == "a"

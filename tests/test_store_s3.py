@@ -289,3 +289,172 @@ def test_secrets_stay_out_of_the_store_and_the_logs(s3_url, host, proxy, caplog)
     b = ObjectBackend(s3_url)
     assert not any(secret.encode() in b.get(x.key) for x in b.list(""))
     assert secret not in str(err.value) + caplog.text
+
+
+# -- metadata costs (issue 13): ls, gc planning and gc, counted in requests ----------------------
+def ls_like_the_cli(s) -> tuple[list, str | None]:
+    """What ``casckpt ls`` does: rows, totals and the latest snapshot."""
+    from casckpt import usage
+    rows = usage.ls(s)
+    usage.du(s)
+    return rows, usage.latest(rows)
+
+
+def manifest_requests(proxy) -> list[tuple[str, str]]:
+    """Requests for a manifest object itself (a GET or HEAD of snapshots/NAME.json; listings are
+    requests on the bucket, and name no .json)."""
+    return [(m, p) for m, p in proxy.requests if "/snapshots/" in p and p.endswith(".json")]
+
+
+def test_repeated_ls_and_gc_planning_read_no_manifest(s3_url, host, proxy):
+    with open_s3(s3_url, create=True, chunk_size=CHUNK) as s:
+        for i in range(4):
+            s.put_arrays(f"s{i}", arrays(i))
+        s.put_arrays("imported", arrays(9), meta={"import": {"from": "test"}})
+    proxy.clear()
+    with open_s3(s3_url, proxy) as s:  # a fresh process would see this: no parse kept in memory
+        first, latest = ls_like_the_cli(s)
+    assert latest == "s3" and [r.name for r in first] == ["s0", "s1", "s2", "s3", "imported"]
+    assert sorted(manifest_requests(proxy)) == sorted(("GET", p) for _, p in manifest_requests(proxy))
+    assert len(manifest_requests(proxy)) == 5  # each manifest read once, to fill the cache
+    counts = []
+    for _ in range(2):
+        proxy.clear()
+        with open_s3(s3_url, proxy) as s:
+            assert ls_like_the_cli(s) == (first, "s3")
+        assert manifest_requests(proxy) == [] and proxy.count(path="/chunks/") == 0
+        counts.append(len(proxy.requests))
+    assert counts[0] == counts[1] <= 4, proxy.requests  # config and listings only
+    proxy.clear()
+    with open_s3(s3_url, proxy) as s:
+        plan = gc_module().plan_gc(s, keep_last=2)
+    assert plan.drop and manifest_requests(proxy) == [] and proxy.count(path="/chunks/") == 0
+    # more snapshots: once taken in, an ls costs what it did with fewer
+    with open_s3(s3_url) as s:
+        for i in range(4, 10):
+            s.put_arrays(f"s{i}", arrays(i))
+        ls_like_the_cli(s)
+    proxy.clear()
+    with open_s3(s3_url, proxy) as s:
+        assert ls_like_the_cli(s)[1] == "s9"
+    assert manifest_requests(proxy) == [] and len(proxy.requests) == counts[0]
+
+
+def test_a_manifest_replaced_on_s3_is_read_again(s3_url, host, proxy):
+    from casckpt.manifest import Manifest
+    from casckpt.usage import ls
+
+    with open_s3(s3_url, create=True, chunk_size=CHUNK, delta=False) as s:
+        s.put_arrays("s0", big(1, n=4))
+        s.put_arrays("s1", big(2, n=4))
+        assert [r.unique_bytes > 0 for r in ls(s)] == [True, True]  # both cached
+        m, m0 = s.manifest("s1"), s.manifest("s0")
+        # s1 rewritten to name s0's items (as a thinning gc rewrites a manifest in place)
+        s.commit(Manifest("s1", m.created, m.chunk_size, m0.items, m.meta), {}, overwrite=True)
+    proxy.clear()
+    with open_s3(s3_url, proxy) as s:
+        assert [r.unique_bytes for r in ls(s)] == [0, 0]  # both hold the same chunks now
+        assert manifest_requests(proxy) == [("GET", manifest_requests(proxy)[0][1])]
+        assert manifest_requests(proxy)[0][1].endswith("/snapshots/s1.json")
+        assert_same(big(1, n=4), s.get_arrays("s1"))
+
+
+def test_gc_deletes_in_batches_without_a_request_per_chunk(s3_url, host, proxy):
+    from casckpt.lock import EXCLUSIVE
+
+    with open_s3(s3_url, create=True, chunk_size=CHUNK, delta=False) as s:
+        s.put_arrays("x", big(1))
+        s.put_arrays("keep", arrays(1))
+        s.delete("x")
+    proxy.clear()
+    with open_s3(s3_url, proxy) as s:
+        s.backend.delete_batch = 16  # NOTE: S3 takes 1,000 per request; 40 chunks make 3 batches here
+        gc = gc_module()
+        with s.lock(EXCLUSIVE):
+            plan = gc.plan_gc(s)
+            n = len(plan.chunks)
+            assert 32 < n <= 40 and plan.chunk_bytes > n * CHUNK // 2
+            assert proxy.count("HEAD") == 0 and proxy.count(path="/chunks/") == 0  # sizes from the listing
+            proxy.clear()
+            gc.execute(s, plan)
+            assert proxy.count("POST") == 3  # DeleteObjects: 16 + 16 + the rest
+            assert proxy.count(path="/chunks/") == 0  # no HEAD or DELETE per chunk
+        assert chunk_keys(s3_url) == referenced(s)
+        assert_same(arrays(1), s.get_arrays("keep"))
+
+
+def test_a_gc_whose_lock_lapsed_stops_before_its_next_batch(s3_url, host, proxy):
+    with open_s3(s3_url, create=True, chunk_size=CHUNK, delta=False) as s:
+        s.put_arrays("x", big(1))
+        s.put_arrays("keep", arrays(1))
+        s.delete("x")
+        n = len(chunk_keys(s3_url) - referenced(s))
+    with open_s3(s3_url, proxy) as s:
+        s.backend.delete_batch = 16
+        stalled = []
+
+        def progress(done, total):
+            if not stalled:  # after the first batch, the lock cannot be refreshed for a while
+                stalled.append(done)
+                proxy.plan(Fault("503", count=10_000, method="PUT", path="/locks/"))
+                time.sleep(s.lock_timing.expiry)
+                proxy.clear()
+        with pytest.raises(LockLostError):
+            gc_module().gc(s, progress=progress)
+        assert stalled == [16] and len(chunk_keys(s3_url) - referenced(s)) == n - 16
+        plan = gc_module().gc(s)  # the next gc finishes the job
+        assert len(plan.chunks) == n - 16 and chunk_keys(s3_url) == referenced(s)
+        assert_same(arrays(1), s.get_arrays("keep"))
+
+
+def _damage(url: str, key: str) -> None:
+    """Flip a byte of a chunk object's payload (its header stays valid), as rot or a stray
+    writer would, straight on the bucket."""
+    from casckpt.backends.object import ObjectBackend
+    b = ObjectBackend(url)
+    data = bytearray(b.get(key))
+    data[-1] ^= 0xFF
+    b.replace(key, [bytes(data)])
+
+
+def test_a_chunk_verify_finds_damaged_is_forgotten_by_every_hosts_cache(s3_url, host):
+    data = big(5, n=6)
+    with open_s3(s3_url, create=True, chunk_size=CHUNK, delta=False) as s:
+        s.put_arrays("s1", data)
+        key = s.chunks.key(sorted(s.manifest("s1").digests(), key=lambda d: d.raw)[0])
+    host("b")
+    with open_s3(s3_url, delta=False) as s:
+        s.put_arrays("other", arrays(1))  # host b's cache now vouches for s1's chunks
+    _damage(s3_url, key)
+    host("a")
+    with open_s3(s3_url) as s:
+        report = verify_module().verify(s)
+        assert [p.kind for p in report.problems] == ["corrupt"]
+    from casckpt.backends.object import ObjectBackend
+    markers = lambda: [b.key for b in ObjectBackend(s3_url).list("damaged/")]  # noqa: E731
+    assert markers() == ["damaged/" + key.rsplit("/", 1)[1]]
+    host("b")
+    with open_s3(s3_url, delta=False) as s:
+        assert s.put_arrays("s2", data).new_chunks == 1  # written again, not trusted from b's cache
+        assert verify_module().verify(s).ok and markers() == []  # healed: its marker goes
+        assert_same(data, s.get_arrays("s1"))  # same digest, same object
+        _damage(s3_url, key)
+        assert not verify_module().verify(s).ok and len(markers()) == 1
+        s.delete_all(["s1", "s2"])
+        gc_module().gc(s)  # the chunk goes, and with it its marker
+        assert markers() == []
+
+
+def test_a_new_host_skips_missing_and_damaged_chunks_and_the_next_save_rewrites_them(s3_url, host):
+    from casckpt.backends.object import ObjectBackend
+    data = big(6, n=6)
+    with open_s3(s3_url, create=True, chunk_size=CHUNK, delta=False) as s:
+        s.put_arrays("s1", data)
+        keys = sorted(s.chunks.key(d) for d in s.manifest("s1").digests())
+    ObjectBackend(s3_url).delete(keys[0])  # lost (a lifecycle rule, a stray delete)
+    b = ObjectBackend(s3_url)
+    b.replace(keys[1], [b"not a chunk"])  # a header no casckpt writes
+    host("new")
+    with open_s3(s3_url, delta=False) as s:  # the cache is made from nothing: a header read per chunk
+        assert s.put_arrays("s2", data).new_chunks == 2
+        assert_same(data, s.get_arrays("s1"))

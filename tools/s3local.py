@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 _LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/1\.1"')
+# NOTE: werkzeug wraps the request line of every answer but a 200 in ANSI colour codes (a 206
+# ranged GET, a 204 DELETE, a 404): strip them, or those requests go uncounted.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class _Requests(logging.Handler):
@@ -22,7 +25,7 @@ class _Requests(logging.Handler):
         self.out = open(path, "a", buffering=1)
 
     def emit(self, record: logging.LogRecord) -> None:
-        m = _LINE.search(record.getMessage())
+        m = _LINE.search(_ANSI.sub("", record.getMessage()))
         if m:
             self.out.write(f"{m.group(1)} {m.group(2)}\n")
 

@@ -14,9 +14,14 @@ The contract, which ``tests/test_backend_conformance.py`` checks for every back-
   nobody ever sees a partly written blob under the key.
 - ``replace`` writes a blob whether or not the key exists; readers see the old blob or the whole
   new one, never a mix.
-- ``delete`` removes a blob (a missing key is not an error) and says whether it was there.
+- ``delete`` removes a blob (a missing key is not an error) and says whether it was there;
+  ``delete_many`` removes several (at most :attr:`Backend.delete_batch` per call: one request,
+  or one wave of concurrent requests, where the medium has a batch delete).
 - ``list`` yields the blobs whose key starts with a prefix, with their sizes (and, where the
-  listing has it for free, their modification times).
+  listing has them for free, their modification times and versions).
+- ``version`` (optional) is a value that changes whenever a blob is written; ``get_versioned``
+  returns a blob with its version, and ``get_head`` a blob's first bytes with its size, each in
+  one request where the medium can.
 - ``sync`` makes earlier writes made with ``sync=False``, and earlier deletes, durable, where the
   medium has such a step (fsync on a file system; nothing on object storage, where a completed
   PUT or DELETE is durable).
@@ -39,7 +44,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Iterable, Iterator
+from typing import Callable, Hashable, Iterable, Iterator, Sequence
 
 from ..errors import CasckptError, UnsafePathError
 
@@ -56,12 +61,14 @@ class BlobNotFoundError(CasckptError, FileNotFoundError):
 
 @dataclass(frozen=True, slots=True)
 class Blob:
-    """One listed blob: its key and size in bytes, and when it was last written (seconds since
-    the epoch) where the listing gives that for free (None where it does not)."""
+    """One listed blob: its key and size in bytes, and, where the listing gives them for free
+    (None where it does not), when it was last written (seconds since the epoch) and its
+    version: what :meth:`Backend.version` said of the blob when it was listed."""
 
     key: str
     size: int
     mtime: float | None = field(default=None, compare=False)
+    version: Hashable | None = field(default=None, compare=False)
 
 
 def check_key(key: str) -> str:
@@ -94,6 +101,10 @@ class Backend(ABC):
     #: Where the medium is a local file system, its root folder (the default home of the LMDB
     #: index and the flock target); None for object storage.
     local_path: Path | None = None
+    #: The most keys one :meth:`delete_many` call takes. On object storage a call is one request
+    #: (or one wave of concurrent requests), so it ends within the back-end's bound on one
+    #: operation (``deadline``), which the lock's safety argument needs (casckpt.objlock).
+    delete_batch: int = 1000
 
     @property
     @abstractmethod
@@ -123,6 +134,18 @@ class Backend(ABC):
     def delete(self, key: str) -> bool:
         """Remove the blob; True if it was there."""
 
+    def delete_many(self, keys: Sequence[str], *, before: Callable[[], None] | None = None) -> None:
+        """Remove the blobs under ``keys`` (at most :attr:`delete_batch`; a missing key is not an
+        error). ``before()`` is called right before each request that deletes (the store's lock
+        check: a delete must start only while the lock is sure to hold when it lands).
+        Back-ends with a batch delete override this; by default, one :meth:`delete` each."""
+        if len(keys) > self.delete_batch:
+            raise ValueError(f"{len(keys)} keys in one delete_many; at most {self.delete_batch}")
+        for key in keys:
+            if before:
+                before()
+            self.delete(key)
+
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[Blob]:
         """Every blob whose key starts with ``prefix``, in no particular order."""
@@ -137,6 +160,21 @@ class Backend(ABC):
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
+
+    def get_versioned(self, key: str) -> tuple[bytes, Hashable | None]:
+        """The whole blob and its :meth:`version`. Raises BlobNotFoundError. By default the
+        version is taken first, so a blob replaced in between comes with the older version, never
+        the reverse; object storage overrides this with one GET, whose answer has the ETag."""
+        tag = self.version(key)
+        return self.get(key), tag
+
+    def get_head(self, key: str, n: int) -> tuple[bytes, int]:
+        """The first ``n`` bytes of the blob (fewer if it is shorter) and its whole size.
+        Raises BlobNotFoundError. Back-ends override this with one request (a ranged GET)."""
+        head, size = self.get_range(key, 0, n), self.size(key)
+        if size is None:
+            raise BlobNotFoundError(f"no blob {key!r} in {self.url}")
+        return head, size
 
     def version(self, key: str) -> Hashable | None:
         """Optional: a cheap value that changes whenever the blob under ``key`` is written (a

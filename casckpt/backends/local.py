@@ -84,21 +84,21 @@ class LocalBackend(Backend):
             st = os.lstat(self.path(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        # NOTE: a replace makes a new inode, so this changes even within one mtime tick
-        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        return _version(st)
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         if start < 0 or end < start:
             raise ValueError(f"bad byte range [{start}, {end})")
         fd = self._open(key)
         try:
-            out = bytearray()
-            while len(out) < end - start:
-                got = os.pread(fd, end - start - len(out), start + len(out))
-                if not got:
-                    break  # the end of the file
-                out += got
-            return bytes(out)
+            return _pread(fd, start, end)
+        finally:
+            os.close(fd)
+
+    def get_head(self, key: str, n: int) -> tuple[bytes, int]:
+        fd = self._open(key)  # NOTE: header and size of one open file, whatever replaces it meanwhile
+        try:
+            return _pread(fd, 0, n), os.fstat(fd).st_size
         finally:
             os.close(fd)
 
@@ -118,7 +118,7 @@ class LocalBackend(Backend):
                 return
         for key, st in _walk(self.root / folder if folder else self.root, folder):
             if key.startswith(prefix):
-                yield Blob(key, st.st_size, st.st_mtime)
+                yield Blob(key, st.st_size, st.st_mtime, _version(st))
 
     # -- writes -----------------------------------------------------------------------------------
     def put_if_absent(self, key: str, parts: Iterable, *, sync: bool = True) -> bool:
@@ -222,6 +222,22 @@ def _fsync_if_there(path: Path) -> None:
             fsutil.fsync_file(path)
         except FileNotFoundError:
             pass  # deleted meanwhile
+
+
+def _version(st: os.stat_result) -> tuple:
+    # NOTE: a replace makes a new inode, so this changes even within one mtime tick
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _pread(fd: int, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of an open file, cut at its end."""
+    out = bytearray()
+    while len(out) < end - start:
+        got = os.pread(fd, end - start - len(out), start + len(out))
+        if not got:
+            break  # the end of the file
+        out += got
+    return bytes(out)
 
 
 def _walk(folder: Path, key_prefix: str) -> Iterator[tuple[str, os.stat_result]]:

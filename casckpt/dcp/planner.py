@@ -14,9 +14,13 @@ from torch.distributed.checkpoint.planner import ReadItem, SavePlan
 from torch.distributed.checkpoint._nested_dict import FLATTEN_MAPPING
 from torch.distributed.checkpoint._traverse import set_element
 
+from .. import gcpause
 from ..digest import digest_of
 from ..pipeline import Pipeline
 from .host import Layout, host_batches, layout
+
+
+INLINE_HASH = 64 << 10  # spans smaller than this are hashed in the planning thread
 
 
 @dataclass
@@ -85,26 +89,39 @@ class DedupSavePlanner(DefaultSavePlanner):
         self._chunk_size = getattr(storage_meta, "casckpt_chunk_size", 0) or 0
 
     def create_local_plan(self) -> SavePlan:
-        plan = super().create_local_plan()
-        if not self._chunk_size:
-            return plan
-        return dataclasses.replace(plan, storage_data=LocalDigests(self._chunk_size, self._hash(plan)))
+        with gcpause.paused():
+            plan = super().create_local_plan()
+            if not self._chunk_size:
+                return plan
+            return dataclasses.replace(plan, storage_data=LocalDigests(self._chunk_size, self._hash(plan)))
+
+    def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
+        with gcpause.paused():
+            return super().create_global_plan(all_plans)
 
     def _hash(self, plan: SavePlan) -> dict[str, ItemDigests]:
         pipe = Pipeline(workers=self.workers)
         out: dict[str, ItemDigests] = {}
         try:
             for batch in host_batches(plan.items, self.resolve_data):
-                # NOTE: one parallel map over every chunk of the batch: per-item maps of a few
-                # chunks each left the threads waiting on each other.
                 lays = [(layout(item, self._chunk_size, data.nbytes), data) for item, data in batch]
-                jobs = [(data, o, n) for lay, data in lays for o, n in lay.spans]
-                digs = iter(pipe.map(lambda j: digest_of(j[0][j[1]:j[1] + j[2]]).raw, jobs))
-                for lay, _ in lays:
-                    out[lay.key] = ItemDigests(lay, tuple(next(digs) for _ in lay.spans))
+                out.update(_digests(pipe, lays))
         finally:
             pipe.close()
         return out
+
+
+def _digests(pipe: Pipeline, lays: list[tuple[Layout, memoryview]]) -> dict[str, ItemDigests]:
+    """Digest of every span of a batch: spans of at least INLINE_HASH bytes in one parallel map
+    (per-item maps of a few chunks each left the threads waiting on each other), smaller ones in
+    this thread (handing a few KiB to a thread costs more than hashing them)."""
+    jobs = [(data, o, n) for lay, data in lays for o, n in lay.spans if n >= INLINE_HASH]
+    big = iter(pipe.map(lambda j: digest_of(j[0][j[1]:j[1] + j[2]]).raw, jobs))
+    out = {}
+    for lay, data in lays:
+        out[lay.key] = ItemDigests(lay, tuple(next(big) if n >= INLINE_HASH else digest_of(data[o:o + n]).raw
+                                              for o, n in lay.spans))
+    return out
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):

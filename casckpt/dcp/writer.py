@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteIte
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from .. import checkpoint_id as ids, chunking, packs
+from .. import checkpoint_id as ids, chunking, gcpause, packs
 from ..chunks import ChunkInfo
 from ..digest import Digest, digest_of
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
@@ -163,7 +163,7 @@ class CasWriter(StorageWriter):
         self.release()
         lock = store.lock(SHARED).acquire()
         self._lock_release = weakref.finalize(self, lock.release)
-        with self._released_on_error():
+        with self._released_on_error(), gcpause.paused():
             if not all(p.usable for p in plans):
                 raise CasckptError("CasWriter does not support DCP plan caching (enable_plan_caching)")
             local = [self._local_digests(p, store.config.chunk_size) for p in plans]
@@ -182,7 +182,7 @@ class CasWriter(StorageWriter):
                 for p, loc, w in zip(plans, local, writes)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        with self._released_on_error():
+        with self._released_on_error(), gcpause.paused():
             return self._write_data(plan, planner)
 
     def _write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
@@ -203,24 +203,25 @@ class CasWriter(StorageWriter):
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         try:
-            store = self._open(create=True)
-            items, new, packed, covered = _collect(results)
-            items = _covered_refs(_packed_refs(items, {**getattr(self, "_packed", {}), **packed}), covered)
-            # NOTE: a rank without the index (DCP's default planner) reports a chunk it found
-            # already on disk as handled; the index knows which of those the store had before.
-            for d in store.index.has_many(new, synced_only=store.sync):  # as Store.stored() trusts
-                del new[d]
-            refs = {c.digest for it in items.values() for c in it.chunks}
-            unknown = refs - new.keys()
-            for d in unknown - store.stored(unknown):
-                new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
-            sm = StorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id)
-            md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
-            meta = {"dcp": metadata_to_json(md), **self.user_meta}
-            m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
-            self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
-            store.index.add_members(packed)  # NOTE: after the packs' entries (commit): dedup from now on
-            self._unclaimed = set()  # committed: nothing to reclaim
+            with gcpause.paused():
+                store = self._open(create=True)
+                items, new, packed, covered = _collect(results)
+                items = _covered_refs(_packed_refs(items, {**getattr(self, "_packed", {}), **packed}), covered)
+                # NOTE: a rank without the index (DCP's default planner) reports a chunk it found
+                # already on disk as handled; the index knows which of those the store had before.
+                for d in store.index.has_many(new, synced_only=store.sync):  # as Store.stored() trusts
+                    del new[d]
+                refs = {c.digest for it in items.values() for c in it.chunks}
+                unknown = refs - new.keys()
+                for d in unknown - store.stored(unknown):
+                    new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
+                sm = StorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id)
+                md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
+                meta = {"dcp": metadata_to_json(md), **self.user_meta}
+                m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
+                self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
+                store.index.add_members(packed)  # NOTE: after the packs' entries (commit): dedup from now on
+                self._unclaimed = set()  # committed: nothing to reclaim
         finally:
             self.close()  # the lock, threads and index handle of a store this writer opened
 

@@ -15,7 +15,7 @@ from torch.distributed.checkpoint._nested_dict import FLATTEN_MAPPING
 from torch.distributed.checkpoint._traverse import set_element
 
 from .. import gcpause
-from ..digest import digest_of
+from ..digest import digest_of, raw_digest
 from ..pipeline import Pipeline
 from .host import Layout, host_batches, layout
 
@@ -99,6 +99,13 @@ class DedupSavePlanner(DefaultSavePlanner):
         with gcpause.paused():
             return super().create_global_plan(all_plans)
 
+    def _dedup_save_plans(self, all_plans: list[SavePlan]) -> list[SavePlan]:
+        # NOTE: DCP's dedup drops items that several plans hold; one plan holds nothing twice, and
+        # DCP builds index sets and a new plan for it anyway (a tenth of a second per 20k items).
+        if len(all_plans) == 1:
+            return all_plans
+        return super()._dedup_save_plans(all_plans)
+
     def _hash(self, plan: SavePlan) -> dict[str, ItemDigests]:
         pipe = Pipeline(workers=self.workers)
         out: dict[str, ItemDigests] = {}
@@ -119,7 +126,7 @@ def _digests(pipe: Pipeline, lays: list[tuple[Layout, memoryview]]) -> dict[str,
     big = iter(pipe.map(lambda j: digest_of(j[0][j[1]:j[1] + j[2]]).raw, jobs))
     out = {}
     for lay, data in lays:
-        out[lay.key] = ItemDigests(lay, tuple(next(big) if n >= INLINE_HASH else digest_of(data[o:o + n]).raw
+        out[lay.key] = ItemDigests(lay, tuple(next(big) if n >= INLINE_HASH else raw_digest(data[o:o + n])
                                               for o, n in lay.spans))
     return out
 

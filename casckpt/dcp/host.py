@@ -82,14 +82,17 @@ def host_bytes(data: torch.Tensor | io.BytesIO, item: WriteItem) -> memoryview:
     if data.shape != expect and tuple(data.shape) != tuple(expect):  # NOTE: both torch.Size, mostly
         raise CasckptError(f"{item.index.fqn!r}: the planner resolved a tensor of shape "
                            f"{tuple(data.shape)} for a chunk of shape {tuple(expect)}")
-    t = data.detach()
+    # NOTE: each check costs a fraction of the no-op call it saves (many small tensors feel it)
+    t = data.detach() if data.requires_grad else data
     if not t.is_cpu:
         t = t.to("cpu")
-    if t.is_conj() or t.is_neg() or not t.is_contiguous():  # NOTE: checks cost less than no-op calls
+    if t.is_conj() or t.is_neg() or not t.is_contiguous():
         t = t.resolve_conj().resolve_neg().contiguous()
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.view(-1).view(torch.uint8).numpy()).toreadonly()
+    if t.dim() != 1:
+        t = t.view(-1)
+    return memoryview(t.view(torch.uint8).numpy()).toreadonly()
 
 
 def host_batches(items: Iterable[WriteItem], resolve: Callable[[WriteItem], object], *,

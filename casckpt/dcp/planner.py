@@ -126,8 +126,12 @@ def _digests(pipe: Pipeline, lays: list[tuple[Layout, memoryview]]) -> dict[str,
     big = iter(pipe.map(lambda j: digest_of(j[0][j[1]:j[1] + j[2]]).raw, jobs))
     out = {}
     for lay, data in lays:
-        out[lay.key] = ItemDigests(lay, tuple(next(big) if n >= INLINE_HASH else raw_digest(data[o:o + n])
-                                              for o, n in lay.spans))
+        spans = lay.spans
+        if len(spans) == 1 and spans[0][1] < INLINE_HASH:  # NOTE: most items: the span is the item
+            out[lay.key] = ItemDigests(lay, (raw_digest(data),))
+        else:
+            out[lay.key] = ItemDigests(lay, tuple(next(big) if n >= INLINE_HASH else raw_digest(data[o:o + n])
+                                                  for o, n in spans))
     return out
 
 

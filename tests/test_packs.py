@@ -18,6 +18,7 @@ import casckpt
 from casckpt.diff import diff
 from casckpt.digest import digest_of
 from casckpt.gc import gc
+from casckpt.usage import show
 from casckpt.verify import verify
 from conftest import chunk_files
 
@@ -74,6 +75,21 @@ def test_unchanged_small_items_dedup_against_their_pack(tmp_path):
         assert sorted(r.changed) == ["m.1.w", "m.2.w", "m.3.w"]
         assert verify(s).ok
     assert same(sd, load(root, "c", sd))
+
+
+def test_show_charges_a_packed_item_its_share_of_the_pack(tmp_path):
+    root, sd = tmp_path / "s", small_state()
+    casckpt.save(sd, root, "a", chunk_size=CHUNK)
+    with casckpt.Store.open(root) as s:
+        detail = show(s, "a")
+        m = s.manifest("a")
+        packs = {c.digest for k, it in m.items.items() if k != "big" for c in it.chunks}
+        pack_bytes = sum(s.index.get(d).stored_len for d in packs)
+    items = {i.name: i for i in detail.items}
+    small = [items[k] for k in sd if k != "big"]
+    assert all(0 < i.stored_bytes < i.logical_bytes * 2 for i in small)  # not the whole pack each
+    assert abs(sum(i.stored_bytes for i in small) - pack_bytes) <= len(small)  # shares add up (rounding)
+    assert detail.stored_bytes == pack_bytes + items["big"].stored_bytes
 
 
 def test_gc_keeps_a_pack_while_any_snapshot_references_part_of_it(tmp_path):

@@ -428,15 +428,25 @@ class _RankWrite:
         """Move the new chunks of small items out of ``tasks`` into packs (new tasks in their
         place): member digest → (pack digest, offset)."""
         small = packs.limit(self.store.config.chunk_size)
-        members = [(d, tasks[d].data) for _, lay, digs in described
-                   if lay.nbytes < small for d in digs if d in tasks]
+        # NOTE: one set of packs per byte grouping (element size of floats, else 0), so a pack
+        # compresses as its members would have
+        groups: dict[int, dict[bytes, memoryview]] = {}
+        for _, lay, digs in described:
+            if lay.nbytes < small:
+                for d in digs:
+                    if d in tasks:
+                        groups.setdefault(tasks[d].group, {}).setdefault(d, tasks[d].data)
         out: dict[bytes, tuple[bytes, int]] = {}
-        for data, offs in packs.build(members, self.store.config.chunk_size):
-            if len(offs) < 2:
-                continue  # NOTE: a pack of one would be that chunk itself: store it whole
-            pack = digest_of(data)
-            tasks[pack.raw] = ChunkTask(pack, memoryview(data), 0)
-            out.update({d: (pack.raw, o) for d, o in offs.items()})
+        seen: set[bytes] = set()
+        for group, members in groups.items():
+            members = {d: v for d, v in members.items() if d not in seen}  # the same bytes in two groups
+            seen.update(members)
+            for data, offs in packs.build(list(members.items()), self.store.config.chunk_size):
+                if len(offs) < 2:
+                    continue  # NOTE: a pack of one would be that chunk itself: store it whole
+                pack = digest_of(data)
+                tasks[pack.raw] = ChunkTask(pack, memoryview(data), group)
+                out.update({d: (pack.raw, o) for d, o in offs.items()})
         for d in out:
             del tasks[d]
         return out

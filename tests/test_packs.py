@@ -53,6 +53,9 @@ def test_small_items_share_few_files_and_load_bit_exact(tmp_path):
     doc = json.loads((root / "snapshots" / "a.json").read_bytes())
     assert "offsets" in doc["items"]["m.0.w"] and "offsets" not in doc["items"]["big"]
     assert same(sd, load(root, "a", sd))
+    with casckpt.Store.open(root) as s:  # a pack of float32 members is byte-grouped as they are
+        m = s.manifest("a")
+        assert s.index.get(m.items["m.0.w"].chunks[0].digest).codec == s.index.get(m.items["big"].chunks[0].digest).codec
 
 
 def test_unchanged_small_items_dedup_against_their_pack(tmp_path):

@@ -34,8 +34,8 @@ def state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def cpu_timed(cpu: list, fn) -> float:
-    """Wall seconds of ``fn()``; its process CPU seconds (every thread) go to ``cpu``: on a
-    shared machine the wall-clock ratio swings with the other jobs, the CPU ratio much less."""
+    """Wall seconds of ``fn()``; its process CPU seconds (every thread) go to ``cpu``: a second
+    view on a shared machine, where the wall-clock ratio swings with the other jobs."""
     c0 = time.process_time()
     wall = bench.timed(fn)
     cpu.append(time.process_time() - c0)

@@ -258,6 +258,7 @@ class CasWriter(StorageWriter):
         if self._unclaimed and self._store is not None:
             reclaim(self._store, (Digest(d) for d in self._unclaimed))
         self._unclaimed = set()
+        self._planned, self._packed = {}, {}  # NOTE: a writer kept after its save holds no plan
         if self._own and self._store is not None:
             self._store.close()
             self._store = None

@@ -69,8 +69,9 @@ class CasWriter(StorageWriter):
        assigns each new digest to one rank, and gives it a delta base (the indexed chunk at the
        same place in the latest snapshot) that the rank reads back from the chunk directory.
     4. all ranks: ``write_data(plan, planner)``: writes this rank's chunk files (never the index)
-       and fsyncs them.
-    5. coordinator: ``finish(metadata, results)``: builds the manifest (DCP's Metadata as JSON)
+       and fsyncs them; returns one ``WriteResult`` per rank (what it wrote), not one per item.
+    5. coordinator: ``finish(metadata, results)``: builds the manifest (DCP's Metadata as JSON;
+       items from the digests of planning and those ranks without them hashed)
        and commits it (chunks fsynced, indexed, manifest published), then releases the lock.
 
     If step 3 or the coordinator's step 4 fails, the lock is released at once. If another rank

@@ -32,7 +32,7 @@ def spans(shape: tuple[int, ...], itemsize: int, chunk_size: int, *, row0: int =
     nbytes = math.prod(shape) * itemsize
     if nbytes == 0:
         return []
-    if len(shape) == 0:
+    if len(shape) == 0 or (nbytes <= chunk_size and row0 == 0):  # one chunk (most items, by count)
         return [(0, nbytes)]
     rows = shape[0]
     row_bytes = nbytes // rows

@@ -147,7 +147,8 @@ class Item:
 
     @property
     def nbytes(self) -> int:
-        return int(self._lengths.sum())
+        n = self._lengths
+        return sum(n.tolist()) if len(n) <= 16 else int(n.sum())  # NOTE: numpy's call cost, as in _runs
 
     def offsets(self) -> list[int]:
         """Start offset of each chunk in the item's bytes."""

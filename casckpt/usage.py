@@ -82,8 +82,9 @@ class ItemUsage:
 @dataclass(frozen=True, slots=True)
 class SnapshotDetail:
     """``show``: a snapshot's items. An item's ``stored_bytes`` counts each distinct chunk once,
-    including chunks it shares with other items or snapshots; ``stored_bytes`` of the snapshot
-    counts each distinct chunk of the snapshot once."""
+    including chunks it shares with other items or snapshots; an item that is part of a chunk (a
+    member of a pack) is charged its share of that chunk, in proportion to its length;
+    ``stored_bytes`` of the snapshot counts each distinct chunk of the snapshot once."""
 
     name: str
     created: str
@@ -204,11 +205,23 @@ def _blocks(path) -> tuple[int, int]:
 def show(store: Store, name: str) -> SnapshotDetail:
     """The items of snapshot ``name`` (or ``"latest"``) with their stored sizes."""
     m = store.manifest(name)
-    sizes = {d: (i.stored_len if i else 0) for d in m.digests() for i in [store.index.get(d)]}
-    items = tuple(ItemUsage(k, it.dtype, it.shape, len(it.chunks), it.nbytes,
-                            sum(sizes[d] for d in {c.digest for c in it.chunks}))
+    infos = {d: store.index.get(d) for d in m.digests()}
+    items = tuple(ItemUsage(k, it.dtype, it.shape, len(it.chunks), it.nbytes, _charged(it, infos))
                   for k, it in m.items.items())
-    return SnapshotDetail(m.name, m.created, m.logical_bytes, sum(sizes.values()), items, tuple(m.meta))
+    total = sum(i.stored_len for i in infos.values() if i)
+    return SnapshotDetail(m.name, m.created, m.logical_bytes, total, items, tuple(m.meta))
+
+
+def _charged(it, infos: dict) -> int:
+    """An item's stored bytes: each distinct whole chunk it refers to, and for each ref into part
+    of a chunk (a member of a pack) that part's share of the chunk's stored bytes."""
+    whole = {c.digest for c in it.chunks if c.offset is None}
+    parts = {(c.digest, c.offset): c.length for c in it.chunks if c.offset is not None}
+    total = sum(infos[d].stored_len for d in whole if infos[d])
+    for (d, _), n in parts.items():
+        info = infos[d]
+        total += round(info.stored_len * n / info.raw_len) if info and info.raw_len else 0
+    return total
 
 
 def _ratio(a: int, b: int) -> float | None:

@@ -21,7 +21,7 @@ PKG = Path(__file__).resolve().parent.parent / "casckpt"
 LAYERS: list[tuple[str, set[str]]] = [
     ("errors", {"errors"}),
     ("basics", {"digest", "codec", "planes", "dtypes", "chunking", "nest", "fsutil", "pipeline", "delta",
-                "progress", "clifmt", "retention", "spotcheck", "packs"}),
+                "progress", "clifmt", "retention", "spotcheck", "packs", "gcpause"}),
     ("seam and parts", {"backends", "backends.local", "backends.object", "chunks", "index", "manifest", "lock",
                         "objlock", "objcache", "config", "thin", "checkpoint_id", "safetensors_file"}),
     ("store", {"store", "snapshots", "saving", "arrays", "bases", "reindex", "reclaim", "refcache"}),

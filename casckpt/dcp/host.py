@@ -59,8 +59,8 @@ def layout(item: WriteItem, chunk_size: int, nbytes: int | None = None) -> Layou
         return Layout(key, "bytes", shape, tuple(chunking.spans(shape, 1, chunk_size)))
     td = item.tensor_data
     name = dtype_name(td.properties.dtype)
-    shape = tuple(int(s) for s in td.chunk.sizes)
-    full_rows = len(shape) >= 1 and list(shape[1:]) == list(td.size[1:])
+    shape = tuple(map(int, td.chunk.sizes))
+    full_rows = len(shape) >= 1 and shape[1:] == tuple(map(int, td.size[1:]))
     row0 = int(td.chunk.offsets[0]) if full_rows else 0
     spans = chunking.spans(shape, dtypes.lookup(name).itemsize, chunk_size, row0=row0)
     return Layout(key, name, shape, tuple(spans))
@@ -78,17 +78,21 @@ def host_bytes(data: torch.Tensor | io.BytesIO, item: WriteItem) -> memoryview:
     if not isinstance(data, torch.Tensor) or data.layout != torch.strided:
         raise CasckptError(f"casckpt cannot store {item.index.fqn!r}: a {type(data).__name__} "
                            f"({getattr(data, 'layout', '')}) is not a dense tensor")
-    expect = tuple(item.tensor_data.chunk.sizes)
-    if tuple(data.shape) != expect:
+    expect = item.tensor_data.chunk.sizes
+    if data.shape != expect and tuple(data.shape) != tuple(expect):  # NOTE: both torch.Size, mostly
         raise CasckptError(f"{item.index.fqn!r}: the planner resolved a tensor of shape "
-                           f"{tuple(data.shape)} for a chunk of shape {expect}")
-    t = data.detach()
-    if t.device.type != "cpu":
+                           f"{tuple(data.shape)} for a chunk of shape {tuple(expect)}")
+    # NOTE: each check costs a fraction of the no-op call it saves (many small tensors feel it)
+    t = data.detach() if data.requires_grad else data
+    if not t.is_cpu:
         t = t.to("cpu")
-    t = t.resolve_conj().resolve_neg().contiguous()
+    if t.is_conj() or t.is_neg() or not t.is_contiguous():
+        t = t.resolve_conj().resolve_neg().contiguous()
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).toreadonly()
+    if t.dim() != 1:
+        t = t.view(-1)
+    return memoryview(t.view(torch.uint8).numpy()).toreadonly()
 
 
 def host_batches(items: Iterable[WriteItem], resolve: Callable[[WriteItem], object], *,

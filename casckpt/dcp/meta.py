@@ -49,11 +49,23 @@ def _storage_to_json(fqn: str, v: Any) -> dict:
         return {"type": "bytes"}
     if not isinstance(v, TensorStorageMetadata):
         raise CasckptError(f"DCP metadata for {fqn!r} has unknown type {type(v).__name__}")
-    p = v.properties
-    return {"type": "tensor", "dtype": dtype_name(p.dtype), "size": list(v.size),
-            "layout": str(p.layout).removeprefix("torch."), "requires_grad": bool(p.requires_grad),
-            "memory_format": str(p.memory_format).removeprefix("torch."), "pin_memory": bool(p.pin_memory),
+    return {"type": "tensor", **_properties_json(v.properties), "size": list(v.size),
             "chunks": [[list(c.offsets), list(c.sizes)] for c in v.chunks]}
+
+
+def _properties_json(p: TensorProperties) -> dict:
+    # NOTE: a checkpoint has a handful of distinct property sets and may have 100k tensors
+    key = (p.dtype, p.layout, p.requires_grad, p.memory_format, p.pin_memory)
+    out = _PROPS.get(key)
+    if out is None:
+        out = _PROPS[key] = {"dtype": dtype_name(p.dtype), "layout": str(p.layout).removeprefix("torch."),
+                             "requires_grad": bool(p.requires_grad),
+                             "memory_format": str(p.memory_format).removeprefix("torch."),
+                             "pin_memory": bool(p.pin_memory)}
+    return out
+
+
+_PROPS: dict[tuple, dict] = {}
 
 
 def _planner_data_to_json(pd: Any) -> dict | None:

@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,9 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteIte
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from .. import checkpoint_id as ids, chunking, packs
+from .. import checkpoint_id as ids, chunking, gcpause, packs
 from ..chunks import ChunkInfo
-from ..digest import Digest, digest_of
+from ..digest import DIGEST_SIZE, Digest, digest_of
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
 from ..lock import SHARED
 from ..delta import same_place
@@ -68,8 +69,9 @@ class CasWriter(StorageWriter):
        assigns each new digest to one rank, and gives it a delta base (the indexed chunk at the
        same place in the latest snapshot) that the rank reads back from the chunk directory.
     4. all ranks: ``write_data(plan, planner)``: writes this rank's chunk files (never the index)
-       and fsyncs them.
-    5. coordinator: ``finish(metadata, results)``: builds the manifest (DCP's Metadata as JSON)
+       and fsyncs them; returns one ``WriteResult`` per rank (what it wrote), not one per item.
+    5. coordinator: ``finish(metadata, results)``: builds the manifest (DCP's Metadata as JSON;
+       items from the digests of planning and those ranks without them hashed)
        and commits it (chunks fsynced, indexed, manifest published), then releases the lock.
 
     If step 3 or the coordinator's step 4 fails, the lock is released at once. If another rank
@@ -107,6 +109,8 @@ class CasWriter(StorageWriter):
         self._lock_release: weakref.finalize | None = None
         self._started = 0.0
         self._unclaimed: set[bytes] = set()  # chunks this save planned or wrote, until it commits
+        self._planned: dict[str, ItemDigests] = {}  # items hashed at planning (coordinator)
+        self._packed: dict[bytes, tuple[bytes, int]] = {}  # their small chunks already in packs
 
     # -- DCP interface --------------------------------------------------------------------------
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
@@ -163,10 +167,11 @@ class CasWriter(StorageWriter):
         self.release()
         lock = store.lock(SHARED).acquire()
         self._lock_release = weakref.finalize(self, lock.release)
-        with self._released_on_error():
+        with self._released_on_error(), gcpause.paused():
             if not all(p.usable for p in plans):
                 raise CasckptError("CasWriter does not support DCP plan caching (enable_plan_caching)")
             local = [self._local_digests(p, store.config.chunk_size) for p in plans]
+            self._planned = {k: it for loc in local if loc for k, it in loc.items()}  # finish() needs no more
             known = {d for loc in local if loc for it in loc.values() for d in it.digests}
             stored = {d.raw for d in store.stored(Digest(d) for d in known)}
             self._packed = packs.known(store, known - stored)  # small items already in a pack
@@ -182,7 +187,7 @@ class CasWriter(StorageWriter):
                 for p, loc, w in zip(plans, local, writes)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        with self._released_on_error():
+        with self._released_on_error(), gcpause.paused():
             return self._write_data(plan, planner)
 
     def _write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
@@ -203,26 +208,31 @@ class CasWriter(StorageWriter):
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         try:
-            store = self._open(create=True)
-            items, new, packed, covered = _collect(results)
-            items = _covered_refs(_packed_refs(items, {**getattr(self, "_packed", {}), **packed}), covered)
-            # NOTE: a rank without the index (DCP's default planner) reports a chunk it found
-            # already on disk as handled; the index knows which of those the store had before.
-            for d in store.index.has_many(new, synced_only=store.sync):  # as Store.stored() trusts
-                del new[d]
-            refs = {c.digest for it in items.values() for c in it.chunks}
-            unknown = refs - new.keys()
-            for d in unknown - store.stored(unknown):
-                new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
-            sm = StorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id)
-            md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
-            meta = {"dcp": metadata_to_json(md), **self.user_meta}
-            m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
-            self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
-            store.index.add_members(packed)  # NOTE: after the packs' entries (commit): dedup from now on
-            self._unclaimed = set()  # committed: nothing to reclaim
+            with gcpause.paused():
+                self._commit(metadata, results)  # NOTE: its objects are freed before the collector resumes
         finally:
             self.close()  # the lock, threads and index handle of a store this writer opened
+
+    def _commit(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        store = self._open(create=True)
+        items, new, packed, covered = _collect(results, self._planned, self._packed)
+        items = _covered_refs(items, covered)
+        # NOTE: a rank without the index (DCP's default planner) reports a chunk it found
+        # already on disk as handled; the index knows which of those the store had before.
+        for d in store.index.has_many(new, synced_only=store.sync):  # as Store.stored() trusts
+            del new[d]
+        raw = b"".join(it.raw_digests for it in items.values())
+        refs = {Digest(d) for d in {raw[i:i + DIGEST_SIZE] for i in range(0, len(raw), DIGEST_SIZE)}}
+        unknown = refs - new.keys()
+        for d in unknown - store.stored(unknown):
+            new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
+        sm = StorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id)
+        md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
+        meta = {"dcp": metadata_to_json(md), **self.user_meta}
+        m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
+        self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
+        store.index.add_members(packed)  # NOTE: after the packs' entries (commit): dedup from now on
+        self._unclaimed = set()  # committed: nothing to reclaim
 
     # -- helpers --------------------------------------------------------------------------------
     def release(self) -> None:
@@ -249,6 +259,7 @@ class CasWriter(StorageWriter):
         if self._unclaimed and self._store is not None:
             reclaim(self._store, (Digest(d) for d in self._unclaimed))
         self._unclaimed = set()
+        self._planned, self._packed = {}, {}  # NOTE: a writer kept after its save holds no plan
         if self._own and self._store is not None:
             self._store.close()
             self._store = None
@@ -356,25 +367,36 @@ class _RankWrite:
         self.store, self.plan, self.is_coordinator = store, plan, is_coordinator
         self.infos: dict[bytes, ChunkInfo] = {}  # chunks this rank wrote (or found unindexed)
         self.covered: dict[bytes, tuple] = {}  # new chunks found inside stored ones: not written
+        self.packed: dict[bytes, tuple[bytes, int]] = {}  # new small chunks put in packs: (pack, offset)
         self.attempted = attempted  # every chunk this rank set out to write (the writer's, kept)
 
     def run(self, items: list[WriteItem], planner: SavePlanner) -> list[WriteResult]:
+        """Write what the plan gives this rank; one WriteResult (for the first item) reports it all.
+
+        NOTE: items hashed at planning need no result of their own: the coordinator kept their
+        layout and digests from the plans (a WriteResult per item cost more than hashing it).
+        """
         known = self.plan.digests or {}
-        results = []
+        write = self.plan.write
         need = []
         for item in items:
             it = known.get(write_key(item))
-            if it is not None and not self.plan.write.intersection(it.digests):
-                results.append(self._result(item, it.layout, it.digests))  # nothing to write: no data
-            else:
+            if it is None or not write.isdisjoint(it.digests):
                 need.append(item)
+        hashed: list[tuple[Layout, tuple[bytes, ...]]] = []
         for batch in host_batches(need, planner.resolve_data):
-            results.extend(self._write_batch(batch, known))
-        return results
+            hashed.extend(self._write_batch(batch, known))
+        if not items:
+            return []
+        out = _RankOut(hashed, {d: i.to_tuple() for d, i in self.infos.items()}, self.packed, self.covered)
+        return [WriteResult(index=items[0].index, size_in_bytes=sum(i.stored_len for i in self.infos.values()),
+                            storage_data=out)]
 
-    def _write_batch(self, batch, known) -> list[WriteResult]:
+    def _write_batch(self, batch, known) -> list[tuple[Layout, tuple[bytes, ...]]]:
+        """Write a batch's new chunks; the layout and digests of the items hashed here."""
         tasks: dict[bytes, ChunkTask] = {}
         described = []
+        hashed = []
         for item, data in batch:
             it = known.get(write_key(item))
             if it is not None:
@@ -386,6 +408,7 @@ class _RankWrite:
                 lay = layout(item, self.store.config.chunk_size, data.nbytes)
                 digs = tuple(d.raw for d in self.store.hash_spans(data, list(lay.spans)))
                 todo = [d not in self.plan.stored for d in digs]
+                hashed.append((lay, digs))
             for d, (o, n), t in zip(digs, lay.spans, todo):
                 if t and d not in self.infos and d not in tasks:
                     b = self.plan.bases.get(d)
@@ -400,25 +423,32 @@ class _RankWrite:
         self.attempted.update(tasks)
         written = self.store.write_chunks(list(tasks.values()))
         self.infos.update({d.raw: i for d, i in written.items()})
-        results = [self._result(item, lay, digs, packed) for item, lay, digs in described]
-        if packed and results:  # NOTE: the packs' infos ride on the batch's first result
-            results[0].storage_data["new"].update(
-                {p: self.infos[p].to_tuple() for p, _ in packed.values()})
-        return results
+        self.packed.update(packed)
+        return hashed
 
     def _pack(self, tasks: dict[bytes, ChunkTask], described) -> dict[bytes, tuple[bytes, int]]:
         """Move the new chunks of small items out of ``tasks`` into packs (new tasks in their
         place): member digest → (pack digest, offset)."""
         small = packs.limit(self.store.config.chunk_size)
-        members = [(d, tasks[d].data) for _, lay, digs in described
-                   if lay.nbytes < small for d in digs if d in tasks]
+        # NOTE: one set of packs per byte grouping (element size of floats, else 0), so a pack
+        # compresses as its members would have
+        groups: dict[int, dict[bytes, memoryview]] = {}
+        for _, lay, digs in described:
+            if lay.nbytes < small:
+                for d in digs:
+                    if d in tasks:
+                        groups.setdefault(tasks[d].group, {}).setdefault(d, tasks[d].data)
         out: dict[bytes, tuple[bytes, int]] = {}
-        for data, offs in packs.build(members, self.store.config.chunk_size):
-            if len(offs) < 2:
-                continue  # NOTE: a pack of one would be that chunk itself: store it whole
-            pack = digest_of(data)
-            tasks[pack.raw] = ChunkTask(pack, memoryview(data), 0)
-            out.update({d: (pack.raw, o) for d, o in offs.items()})
+        seen: set[bytes] = set()
+        for group, members in groups.items():
+            members = {d: v for d, v in members.items() if d not in seen}  # the same bytes in two groups
+            seen.update(members)
+            for data, offs in packs.build(list(members.items()), self.store.config.chunk_size):
+                if len(offs) < 2:
+                    continue  # NOTE: a pack of one would be that chunk itself: store it whole
+                pack = digest_of(data)
+                tasks[pack.raw] = ChunkTask(pack, memoryview(data), group)
+                out.update({d: (pack.raw, o) for d, o in offs.items()})
         for d in out:
             del tasks[d]
         return out
@@ -443,44 +473,52 @@ class _RankWrite:
                 del tasks[t.digest.raw]
         return tasks
 
-    def _result(self, item: WriteItem, lay: Layout, digs: tuple[bytes, ...], packed=None) -> WriteResult:
-        new = {d: self.infos[d].to_tuple() for d in set(digs) if d in self.infos}
-        data = {"key": lay.key, "dtype": lay.dtype, "shape": list(lay.shape),
-                "chunks": [(d, n) for d, (_, n) in zip(digs, lay.spans)], "new": new,
-                "packed": {d: packed[d] for d in digs if d in packed} if packed else {},
-                "covered": {d: self.covered[d] for d in set(digs) if d in self.covered}}
-        return WriteResult(index=item.index, size_in_bytes=lay.nbytes, storage_data=data)
+
+@dataclass(frozen=True, slots=True)
+class _RankOut:
+    """``WriteResult.storage_data`` from CasWriter, one per rank: the layout and digests of the
+    items it hashed itself (without digests from planning), chunk infos of the files it wrote (or
+    found unindexed), member digest → (pack, offset) of the small chunks it packed, and new
+    chunks it found inside stored ones (see _covered_refs)."""
+
+    hashed: list[tuple[Layout, tuple[bytes, ...]]]
+    new: dict[bytes, tuple]
+    packed: dict[bytes, tuple[bytes, int]]
+    covered: dict[bytes, tuple]
 
 
-def _collect(results: list[list[WriteResult]]) -> tuple[dict[str, Item], dict[Digest, ChunkInfo], dict, dict]:
-    items: dict[str, Item] = {}
+def _collect(results: list[list[WriteResult]], planned: dict[str, ItemDigests],
+             known: dict[bytes, tuple[bytes, int]]) -> tuple[dict[str, Item], dict[Digest, ChunkInfo], dict, dict]:
+    """The manifest items (those ``planned`` and those the ranks hashed), refs into packs for
+    members of packs (those ``known`` at planning and those the ranks packed now); the new
+    chunks' infos; the members packed now; and new chunks found inside stored ones."""
+    outs = [wr.storage_data for rank_results in results for wr in rank_results]
     new: dict[Digest, ChunkInfo] = {}
     packed: dict[bytes, tuple[bytes, int]] = {}
     covered: dict[bytes, tuple] = {}  # see _covered_refs
-    for rank_results in results:
-        for wr in rank_results:
-            sd = wr.storage_data
-            items[sd["key"]] = Item.columnar(sd["dtype"], tuple(sd["shape"]), b"".join(d for d, _ in sd["chunks"]),
-                                             np.array([n for _, n in sd["chunks"]], np.int64))
-            new.update({Digest(d): ChunkInfo.from_tuple(info) for d, info in sd["new"].items()})
-            packed.update(sd.get("packed", {}))
-            covered.update(sd.get("covered", {}))
+    for out in outs:
+        new.update({Digest(d): ChunkInfo.from_tuple(info) for d, info in out.new.items()})
+        packed.update(out.packed)
+        covered.update(out.covered)
+    members = {**known, **packed} if packed else known
+    items = {k: _item(it.layout, it.digests, members) for k, it in planned.items()}
+    items.update({lay.key: _item(lay, digs, members) for out in outs for lay, digs in out.hashed})
     return items, new, packed, covered
 
 
-def _packed_refs(items: dict[str, Item], packed: dict[bytes, tuple[bytes, int]]) -> dict[str, Item]:
-    """Items whose chunks sit in packs, their refs pointing into the packs (see casckpt.packs)."""
-    if not packed:
-        return items
-    out = dict(items)
-    for key, it in items.items():
-        raw = it.raw_digests
-        ds = [raw[i:i + 32] for i in range(0, len(raw), 32)]
-        if any(d in packed for d in ds):
-            refs = [packed.get(d, (d, 0)) for d in ds]  # NOTE: a whole chunk is its own part from 0
-            out[key] = Item.columnar(it.dtype, it.shape, b"".join(p for p, _ in refs), it.lengths.copy(),
-                                     np.array([o for _, o in refs], np.int64))
-    return out
+def _item(lay: Layout, digests: tuple[bytes, ...], packed: dict[bytes, tuple[bytes, int]]) -> Item:
+    """An item's manifest entry; refs to members of packs point into the packs (casckpt.packs)."""
+    if len(digests) == 1:  # NOTE: most items, every packed one: no per-ref lists
+        lengths, ref = np.array((lay.spans[0][1],), np.int64), packed.get(digests[0])
+        if ref is None:
+            return Item.columnar(lay.dtype, lay.shape, digests[0], lengths)
+        return Item.columnar(lay.dtype, lay.shape, ref[0], lengths, np.array((ref[1],), np.int64))
+    lengths = np.array([n for _, n in lay.spans], np.int64)
+    if not packed or packed.keys().isdisjoint(digests):
+        return Item.columnar(lay.dtype, lay.shape, b"".join(digests), lengths)
+    refs = [packed.get(d, (d, 0)) for d in digests]  # NOTE: a whole chunk is its own part from 0
+    return Item.columnar(lay.dtype, lay.shape, b"".join(p for p, _ in refs), lengths,
+                         np.array([o for _, o in refs], np.int64))
 
 
 def _covered_refs(items: dict[str, Item], covered: dict[bytes, tuple]) -> dict[str, Item]:

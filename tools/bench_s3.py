@@ -7,6 +7,7 @@ No other address is contacted: the AWS variables point at the local server, with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
@@ -51,6 +52,26 @@ class Server:
         self.proc.wait()
 
 
+@contextlib.contextmanager
+def served(prefix: str):
+    """A local S3 server in a fresh temp folder, with this process's environment pointed at it
+    (credentials, endpoint, a cache folder) for the duration; all undone afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    server = Server(work)
+    saved = {k: os.environ.get(k) for k in (*ENV, "AWS_ENDPOINT_URL", "CASCKPT_CACHE_DIR")}
+    os.environ.update(ENV, AWS_ENDPOINT_URL=server.endpoint, CASCKPT_CACHE_DIR=str(work / "cache"))
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def counted(server: Server, fn) -> tuple[float, dict]:
     """Seconds ``fn`` takes and the requests it made, by method."""
     before = len(server.requests())
@@ -78,12 +99,8 @@ def s3_speed(store_url: str, mib: int, repeat: int) -> dict:
         raise SystemExit("tools/bench --store takes an s3:// URL (it runs against a local S3 server)")
     bucket, _, prefix = rest.partition("/")
     prefix = prefix.strip("/") or "casckpt"
-    work = Path(tempfile.mkdtemp(prefix="casckpt-bench-s3-"))
-    server = Server(work)
-    saved = {k: os.environ.get(k) for k in (*ENV, "AWS_ENDPOINT_URL", "CASCKPT_CACHE_DIR")}
-    os.environ.update(ENV, AWS_ENDPOINT_URL=server.endpoint, CASCKPT_CACHE_DIR=str(work / "cache"))
-    opts = {"endpoint_url": server.endpoint, "key": ENV["AWS_ACCESS_KEY_ID"], "secret": ENV["AWS_SECRET_ACCESS_KEY"]}
-    try:
+    with served("casckpt-bench-s3-") as server:
+        opts = {"endpoint_url": server.endpoint, "key": ENV["AWS_ACCESS_KEY_ID"], "secret": ENV["AWS_SECRET_ACCESS_KEY"]}
         server.bucket(bucket)
         sd = bench.model_state(mib)
         runs = {k: [] for k in ("dcp_save", "dcp_load", "cold", "unchanged", "changed5", "load")}
@@ -117,14 +134,6 @@ def s3_speed(store_url: str, mib: int, repeat: int) -> dict:
                            "unchanged_save": med["unchanged"] / med["dcp_save"],
                            "changed5_save": med["changed5"] / med["dcp_save"],
                            "load": med["load"] / med["dcp_load"]}}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def report(res: dict) -> None:

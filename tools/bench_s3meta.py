@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_s3 import ENV, Server  # noqa: E402
+from bench_s3 import Server, served  # noqa: E402
 
 CHUNK = 16 << 10
 
@@ -71,13 +69,9 @@ def populate(url: str, snapshots: int, chunks: int, bulk: int) -> None:
 
 
 def run(snapshots: int, chunks: int, bulk: int) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="casckpt-s3meta-"))
-    server = Server(work)
-    saved = {k: os.environ.get(k) for k in (*ENV, "AWS_ENDPOINT_URL", "CASCKPT_CACHE_DIR")}
-    os.environ.update(ENV, AWS_ENDPOINT_URL=server.endpoint, CASCKPT_CACHE_DIR=str(work / "cache"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    url = "s3://meta/store"
-    try:
+    with served("casckpt-s3meta-") as server:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        url = "s3://meta/store"
         server.bucket("meta")
         populate(url, snapshots, chunks, bulk)
         out = {"snapshots": snapshots + 1, "chunks_per_snapshot": chunks, "bulk_chunks": bulk}
@@ -91,14 +85,6 @@ def run(snapshots: int, chunks: int, bulk: int) -> dict:
         out["reindex"] = command(server, env, "reindex", url)
         del out["reindex"]["stdout"]
         return out
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:

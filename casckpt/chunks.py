@@ -126,8 +126,7 @@ class ChunkDir:
         """``(header, codec, payload parts, (base, depth))`` of a new chunk file: a delta when a
         base of the same length is given, else a full chunk."""
         if base is not None and len(base[2]) == raw.nbytes and raw.nbytes:
-            op = delta.op_for(group) if raw.nbytes % max(group, 1) == 0 else delta.XOR
-            kind, parts = codec.encode(delta.make(raw, base[2], op), group=group, config=config, zigzag=op != delta.XOR)
+            op, kind, parts = delta.encode(raw, base[2], group=group, config=config)
             depth = base[1] + 1
             head = HEADER2.pack(MAGIC, DELTA_VERSION, kind, depth, op, raw.nbytes, base[0].raw)
             return head, kind, parts, (base[0], depth)
@@ -151,9 +150,7 @@ class ChunkDir:
             raise CorruptChunkError(f"{exc}{_where(item)}", digest=digest.hex, path=str(path), item=item) from None
         base, depth, size = self._parse_header(digest, item, data)
         kind, raw_len = data[5], HEADER.unpack_from(data)[4]  # same offsets in both versions
-        op = data[7] if base is not None else delta.XOR
-        if op and raw_len % op:
-            raise self._corrupt(digest, item, "bad delta chunk header")
+        op = data[7] if base is not None else delta.XOR  # checked by _parse_header
         return kind, raw_len, memoryview(data)[size:], base, depth, op
 
     def info_from_header(self, digest: Digest, head: bytes, stored_len: int) -> ChunkInfo:
@@ -172,8 +169,9 @@ class ChunkDir:
             return None, 0, HEADER.size
         if magic != MAGIC or version != DELTA_VERSION or len(data) < HEADER2.size:
             raise self._corrupt(digest, item, "bad chunk header")
-        _, _, _, depth, op, _, base = HEADER2.unpack_from(data)
-        if not 1 <= depth <= delta.MAX_DEPTH_LIMIT or base == digest.raw or op not in (delta.XOR, *delta.SUB_WIDTHS):
+        _, _, _, depth, op, raw_len, base = HEADER2.unpack_from(data)
+        if (not 1 <= depth <= delta.MAX_DEPTH_LIMIT or base == digest.raw
+                or op not in (delta.XOR, *delta.SUB_WIDTHS) or (op and raw_len % op)):
             raise self._corrupt(digest, item, "bad delta chunk header")
         return Digest(base), depth, HEADER2.size
 

@@ -82,8 +82,16 @@ def make(raw, base, op: int) -> memoryview:
     return xor(raw, base) if op == XOR else pl.zigzag_sub(raw, base, op)
 
 
+def encode(raw, base, *, group: int, config: codec.CodecConfig) -> tuple[int, int, list]:
+    """``(op, codec, payload parts)`` of ``raw`` as a delta against ``base`` (same length): the
+    one place that picks how a delta is made and coded, for the chunk written and its samples."""
+    op = op_for(group) if memoryview(raw).nbytes % max(group, 1) == 0 else XOR
+    kind, parts = codec.encode(make(raw, base, op), group=group, config=config, zigzag=op != XOR)
+    return op, kind, parts
+
+
 def sample_ratio(raw: memoryview, base, *, group: int, config: codec.CodecConfig) -> float:
-    """Compressed size of ``raw XOR base`` over that of ``raw``, estimated on four element-aligned
+    """Compressed size of ``raw`` as a delta against ``base`` over that of ``raw``, estimated on four element-aligned
     samples spread over the chunk (about 6 % of a 2 MiB chunk's compression work): whether a
     delta is worth a base decode on every load (``<= MIN_GAIN``) is decided before any
     whole-chunk XOR or second compression."""
@@ -99,13 +107,11 @@ def sample_ratio(raw: memoryview, base, *, group: int, config: codec.CodecConfig
     # ~3x as much (per-call and per-plane overhead on 4 KiB planes).
     mine = b"".join(raw[o:o + k] for o, k in picks)
     theirs = b"".join(base[o:o + k] for o, k in picks)
-    full = _encoded_len(memoryview(mine), group, config)
-    op = op_for(group)
-    return _encoded_len(make(mine, theirs, op), group, config, op != XOR) / max(full, 1)
+    full = _nbytes(codec.encode(memoryview(mine), group=group, config=config)[1])
+    return _nbytes(encode(mine, theirs, group=group, config=config)[2]) / max(full, 1)
 
 
-def _encoded_len(view: memoryview, group: int, config: codec.CodecConfig, zigzag: bool = False) -> int:
-    _, parts = codec.encode(view, group=group, config=config, zigzag=zigzag)
+def _nbytes(parts: list) -> int:
     return sum(memoryview(p).nbytes for p in parts)
 
 

@@ -21,7 +21,7 @@ from torch.futures import Future
 
 from .. import checkpoint_id as ids, chunking, gcpause, packs
 from ..chunks import ChunkInfo
-from ..digest import DIGEST_SIZE, Digest, digest_of
+from ..digest import Digest, digest_of
 from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
 from ..lock import SHARED
 from ..delta import same_place
@@ -221,15 +221,13 @@ class CasWriter(StorageWriter):
         # already on disk as handled; the index knows which of those the store had before.
         for d in store.index.has_many(new, synced_only=store.sync):  # as Store.stored() trusts
             del new[d]
-        raw = b"".join(it.raw_digests for it in items.values())
-        refs = {Digest(d) for d in {raw[i:i + DIGEST_SIZE] for i in range(0, len(raw), DIGEST_SIZE)}}
-        unknown = refs - new.keys()
-        for d in unknown - store.stored(unknown):
-            new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
         sm = StorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id)
         md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
         meta = {"dcp": metadata_to_json(md), **self.user_meta}
         m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
+        unknown = m.digests() - new.keys()
+        for d in unknown - store.stored(unknown):
+            new[d] = store.chunks.check(d)  # a file a rank found on disk but not indexed: verify
         self.stats = store.commit(m, new, overwrite=self.overwrite, started=self._started)
         store.index.add_members(packed)  # NOTE: after the packs' entries (commit): dedup from now on
         self._unclaimed = set()  # committed: nothing to reclaim

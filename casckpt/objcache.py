@@ -103,8 +103,7 @@ def clear_healed(store, good: Iterable[Digest]) -> None:
 def _unmark(store, digests: Iterable[Digest], *, before) -> None:
     wanted = {d.hex for d in digests}
     keys = [b.key for b in store.backend.list(DAMAGED) if b.key[len(DAMAGED):] in wanted]
-    for i in range(0, len(keys), store.backend.delete_batch):
-        store.backend.delete_many(keys[i:i + store.backend.delete_batch], before=before)
+    store.backend.delete_batched(keys, before=before)
 
 
 def _listed_damaged(backend: Backend) -> set[Digest]:

@@ -70,12 +70,7 @@ def delete_chunks(store, digests: Sequence[Digest], progress: Progress | None = 
     if not digests:
         return
     store.before_chunk_deletes()
-    step = store.backend.delete_batch
-    for i in range(0, len(digests), step):
-        batch = digests[i:i + step]
-        store.backend.delete_many([store.chunks.key(d) for d in batch], before=store.check_lock)
-        if progress:
-            progress(i + len(batch), len(digests))
+    store.backend.delete_batched([store.chunks.key(d) for d in digests], before=store.check_lock, progress=progress)
     if store.sync:
         store.chunks.sync(digests)  # NOTE: on a file system, one fsync per fan-out folder
     if store.backend.local_path is None:

@@ -239,9 +239,7 @@ class Snapshots:
         """Delete manifests, durably (the caller holds the exclusive lock, checked before each
         delete request: batches of the back-end's ``delete_batch``, one request each on S3)."""
         keys = [self.manifest_key(n) for n in names]
-        step = self.backend.delete_batch
-        for i in range(0, len(keys), step):
-            self.backend.delete_many(keys[i:i + step], before=self.check_lock)
+        self.backend.delete_batched(keys, before=self.check_lock)
         if self.sync and keys:
             self.backend.sync(keys)
 

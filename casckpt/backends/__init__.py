@@ -16,7 +16,8 @@ The contract, which ``tests/test_backend_conformance.py`` checks for every back-
   new one, never a mix.
 - ``delete`` removes a blob (a missing key is not an error) and says whether it was there;
   ``delete_many`` removes several (at most :attr:`Backend.delete_batch` per call: one request,
-  or one wave of concurrent requests, where the medium has a batch delete).
+  or one wave of concurrent requests, where the medium has a batch delete); ``delete_batched``
+  feeds it any number of keys.
 - ``list`` yields the blobs whose key starts with a prefix, with their sizes (and, where the
   listing has them for free, their modification times and versions).
 - ``version`` (optional) is a value that changes whenever a blob is written; ``get_versioned``
@@ -160,6 +161,16 @@ class Backend(ABC):
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
+
+    def delete_batched(self, keys: Sequence[str], *, before: Callable[[], None] | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> None:
+        """:meth:`delete_many` over any number of keys, :attr:`delete_batch` at a time
+        (``progress(done, total)`` after each batch)."""
+        for i in range(0, len(keys), self.delete_batch):
+            batch = keys[i:i + self.delete_batch]
+            self.delete_many(batch, before=before)
+            if progress:
+                progress(i + len(batch), len(keys))
 
     def get_versioned(self, key: str) -> tuple[bytes, Hashable | None]:
         """The whole blob and its :meth:`version`. Raises BlobNotFoundError. By default the

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import codec, delta
+from . import chunking, codec, delta
 from .backends import Backend, BlobNotFoundError
 from .digest import Digest, digest_of
 from .errors import CorruptChunkError, MissingChunkError, UnsafePathError
@@ -153,11 +153,24 @@ class ChunkDir:
         op = data[7] if base is not None else delta.XOR  # checked by _parse_header
         return kind, raw_len, memoryview(data)[size:], base, depth, op
 
-    def info_from_header(self, digest: Digest, head: bytes, stored_len: int) -> ChunkInfo:
-        """The index entry of a chunk from its first bytes (at least :data:`HEADER2` long, or the
-        whole chunk) and stored size, without reading the payload (CorruptChunkError)."""
-        base, depth, _ = self._parse_header(digest, "", head)
-        return ChunkInfo(HEADER.unpack_from(head)[4], stored_len, head[5], base, depth)
+    def head_info(self, digest: Digest) -> ChunkInfo:
+        """A chunk's index entry from its header and stored size alone, without its payload: one
+        open (one ranged GET). MissingChunkError, or CorruptChunkError if the header is not one
+        casckpt writes (reindex without --verify, and a host's cache taking in a manifest)."""
+        where = self.where(digest)
+        try:
+            head, size = self.backend.get_head(self.key(digest), HEADER2.size)
+        except BlobNotFoundError:
+            raise MissingChunkError(f"chunk {digest} is missing: {where}", digest=digest.hex, path=where) from None
+        except OSError as exc:
+            raise CorruptChunkError(f"chunk {digest} is unreadable: {exc.strerror or exc}: {where}",
+                                    digest=digest.hex, path=where) from None
+        base, depth, hsize = self._parse_header(digest, "", head)
+        kind, raw_len = head[5], HEADER.unpack_from(head)[4]
+        if (kind not in codec.KNOWN or not 0 < raw_len <= chunking.MAX_CHUNK_SIZE or size <= hsize
+                or kind == codec.RAW and size != hsize + raw_len):
+            raise CorruptChunkError(f"chunk {digest} has a bad header or size: {where}", digest=digest.hex, path=where)
+        return ChunkInfo(raw_len, size, kind, base, depth)
 
     def _parse_header(self, digest: Digest, item: str, data: bytes) -> tuple[Digest | None, int, int]:
         """``(base, depth, header size)`` from the first bytes of a chunk file (a delta's ``op``

@@ -43,7 +43,7 @@ from . import planes as pl  # the numpy side: bit layouts, interleaving, XOR of 
 RAW, ZSTD, BG, BGX, BGR = 0, 1, 2, 3, 4
 CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BG: "bg+zstd", BGX: "bgx+zstd", BGR: "bgr+zstd"}
 GROUPED = frozenset({BG, BGX, BGR})  # decoded plane by plane straight into the caller's buffer
-KNOWN = frozenset({RAW, ZSTD}) | GROUPED  # every codec this casckpt reads (reindex checks headers against it)
+KNOWN = frozenset({RAW, ZSTD}) | GROUPED  # every codec this casckpt reads (ChunkDir.head_info checks headers against it)
 
 # NOTE: a chunk is stored raw unless compression saves at least this fraction; below that the
 # decompression cost on every load buys almost nothing.

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 from . import delta
 from .backends import Backend, BlobNotFoundError
-from .chunks import HEADER2, ChunkInfo
+from .chunks import ChunkInfo
 from .digest import Digest
 from .errors import CasckptError, ChunkError
 
@@ -234,7 +234,7 @@ def add_referenced(store, digests: Iterable[Digest], *, skip: set[Digest] = froz
 
 def _header_or_none(store, d: Digest) -> ChunkInfo | None:
     try:
-        return header_info(store, d)
+        return store.chunks.head_info(d)
     except (BlobNotFoundError, ChunkError) as exc:
         log.warning("casckpt: cache leaves out chunk %s: %s", d, exc)
         return None
@@ -254,10 +254,6 @@ def _chain_ok(d: Digest, infos: dict) -> bool:
     return False
 
 
-def header_info(store, d: Digest) -> ChunkInfo:
-    """A chunk's index entry from its header and size: one ranged GET, no body."""
-    head, size = store.backend.get_head(store.chunks.key(d), HEADER2.size)
-    return store.chunks.info_from_header(d, head, size)
 
 
 def _row(m) -> dict:

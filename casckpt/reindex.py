@@ -23,12 +23,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
-from . import chunking, codec, refcache
-from .backends import BlobNotFoundError
-from .chunks import HEADER, HEADER2, ChunkInfo
-from . import objcache
+from . import objcache, refcache
+from .chunks import ChunkInfo
 from .digest import Digest
-from .errors import CasckptError, CorruptChunkError, MissingChunkError
+from .errors import CasckptError
 from .index import Index
 from .lock import EXCLUSIVE
 from .snapshots import _registry_row
@@ -40,7 +38,6 @@ log = logging.getLogger("casckpt")
 
 Progress = Callable[[int, int], None]
 _BATCH = 256  # chunk headers per task
-_CODECS = codec.KNOWN
 
 
 def reindex(store: Store, *, progress: Progress | None = None, verify: bool = False) -> dict:
@@ -64,7 +61,7 @@ def rebuild(store: Store, index: Index, *, verify: bool = False, progress: Progr
     referenced = _manifests(store, index, names)
     files = list(store.chunks)
     todo = [d for d in files if d.raw in referenced]
-    check = store.chunks.check if verify else (lambda d: header_info(store.chunks, d))
+    check = store.chunks.check if verify else store.chunks.head_info
     infos = _check_all(store, check, todo, progress)
     _add_bases(store, check, infos)
     good = _chained(infos)
@@ -132,20 +129,3 @@ def _chained(infos: dict[Digest, ChunkInfo | None]) -> dict[Digest, ChunkInfo]:
     return {d: i for d, i in infos.items() if good(d)}
 
 
-def header_info(chunks, d: Digest) -> ChunkInfo:
-    """A chunk's index entry from its header and file size alone (MissingChunkError or
-    CorruptChunkError if the header is not one casckpt writes)."""
-    path, key = chunks.where(d), chunks.key(d)
-    try:
-        head, size = chunks.backend.get_head(key, HEADER2.size)  # NOTE: one open (one GET), not two
-    except BlobNotFoundError:
-        raise MissingChunkError(f"chunk {d} is missing: {path}", digest=d.hex, path=str(path)) from None
-    except OSError as exc:
-        raise CorruptChunkError(f"chunk {d} is unreadable: {exc.strerror or exc}: {path}",
-                                digest=d.hex, path=str(path)) from None
-    base, depth, hsize = chunks._parse_header(d, "", head)
-    kind, raw_len = head[5], HEADER.unpack_from(head)[4]
-    if (kind not in _CODECS or not 0 < raw_len <= chunking.MAX_CHUNK_SIZE or size <= hsize
-            or kind == codec.RAW and size != hsize + raw_len):
-        raise CorruptChunkError(f"chunk {d} has a bad header or size: {path}", digest=d.hex, path=str(path))
-    return ChunkInfo(raw_len, size, kind, base, depth)

@@ -9,6 +9,7 @@ its size. Format 2 (written) keeps each item's refs columnar, so validation runs
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -105,10 +106,20 @@ class Item:
         object.__setattr__(item, "_chunks", None)
         return item
 
+    @classmethod
+    def single(cls, dtype: str, shape: tuple[int, ...], digest: bytes, length: int,
+               offset: int | None = None) -> "Item":
+        """An item of one ref (most items of a DCP save: every small one), its length array shared
+        with every other one-ref item of that length (read-only, as every item's arrays are)."""
+        return cls.columnar(dtype, shape, digest, _one(length), None if offset is None else np.array((offset,), np.int64))
+
     def _init(self, dtype, shape, raw, lengths, offsets) -> None:
-        for k, v in (("dtype", dtype), ("shape", tuple(shape)), ("_raw", bytes(raw)),
-                     ("_lengths", lengths), ("_offsets", offsets)):
-            object.__setattr__(self, k, v)
+        setattr_ = object.__setattr__  # NOTE: unrolled: 20k small items of a save call this
+        setattr_(self, "dtype", dtype)
+        setattr_(self, "shape", tuple(shape))
+        setattr_(self, "_raw", bytes(raw))
+        setattr_(self, "_lengths", lengths)
+        setattr_(self, "_offsets", offsets)
         lengths.setflags(write=False)
         if offsets is not None:
             offsets.setflags(write=False)
@@ -181,6 +192,15 @@ class Item:
             out["offsets"] = self._offsets.tolist()
         return out
 
+    def to_text(self) -> str:
+        """``to_json()`` (the newest format) as compact JSON text, written directly: the same
+        bytes as ``json.dumps`` of it, at a fifth of the cost (a save of 20k small items feels it)."""
+        lens = self._lengths
+        runs = f"[{int(lens[0])},1]" if len(lens) == 1 else ",".join(f"[{n},{c}]" for n, c in _runs(lens))
+        offs = "" if self._offsets is None else f',"offsets":[{",".join(map(str, self._offsets.tolist()))}]'
+        return (f'{{"dtype":{_json_str(self.dtype)},"shape":[{",".join(map(str, self.shape))}],'
+                f'"digests":"{self._raw.hex()}","lengths":[{runs}]{offs}}}')
+
     @classmethod
     def from_json(cls, key: str, obj: Any, version: int = VERSION) -> "Item":
         if not isinstance(obj, dict):
@@ -197,6 +217,20 @@ class Item:
         if len(item) and np.any(item.lengths % dt.itemsize):
             raise ManifestError(f"item {key!r} has a chunk boundary inside a {dt.name} element")
         return item
+
+
+@functools.lru_cache(maxsize=4096)
+def _one(n: int) -> np.ndarray:
+    out = np.array((n,), np.int64)
+    out.setflags(write=False)
+    return out
+
+
+_json_str = json.encoder.encode_basestring_ascii  # a str as JSON text, as json.dumps writes it
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
 def _runs(lengths: np.ndarray) -> list[list[int]]:
@@ -312,10 +346,14 @@ class Manifest:
     def to_bytes(self, version: int = VERSION) -> bytes:
         """The manifest file's bytes, in format ``version`` (default: the newest; 1 for readers
         older than format 2, which cannot hold refs into part of a chunk)."""
-        doc = {"format": FORMAT, "version": version, "name": self.name, "created": self.created,
-               "chunk_size": self.chunk_size,
-               "items": {k: v.to_json(version) for k, v in self.items.items()}, "meta": self.meta}
-        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+        head = {"format": FORMAT, "version": version, "name": self.name, "created": self.created,
+                "chunk_size": self.chunk_size}
+        if version != VERSION:
+            doc = {**head, "items": {k: v.to_json(version) for k, v in self.items.items()}, "meta": self.meta}
+            return _dumps(doc).encode()
+        # NOTE: the same bytes as _dumps of the whole document, items written by Item.to_text
+        items = ",".join(f"{_json_str(k)}:{v.to_text()}" for k, v in self.items.items())
+        return f'{_dumps(head)[:-1]},"items":{{{items}}},"meta":{_dumps(self.meta)}}}'.encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = "manifest") -> "Manifest":

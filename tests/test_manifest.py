@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import casckpt
 from casckpt import manifest
@@ -48,6 +49,25 @@ def test_round_trip_many_refs_and_every_length_shape():
     assert back.items == m.items and back.meta == m.meta
     assert [c.length for c in back.items["i3"].chunks] == [4, 8, 4, 4, 8] * 30
     assert back.refs == 1 + 8 + 150 and len(back.digest_keys()) == len(back.digests())
+
+
+_lens = st.lists(st.integers(1, 1 << 22), max_size=40)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(keys=st.lists(st.text(max_size=12), min_size=1, max_size=4, unique=True),
+       shapes=st.lists(st.integers(0, 10 ** 6), max_size=4), lens=_lens, partial=st.booleans(),
+       meta=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3))
+def test_written_bytes_are_json_dumps_of_the_document(keys, shapes, lens, partial, meta):
+    # the manifest writes its items' JSON directly (Item.to_text): the bytes must be exactly
+    # json.dumps of the document, whatever the keys (unicode, quotes), shapes and refs
+    raw = bytes(range(32)) * len(lens)
+    offs = np.arange(len(lens), dtype=np.int64) * 3 if partial else None
+    items = {k: Item.columnar("float32", tuple(shapes), raw, np.array(lens, np.int64), offs) for k in keys}
+    m = Manifest("m", manifest.utc_now(), 4096, items, meta)
+    doc = {"format": manifest.FORMAT, "version": manifest.VERSION, "name": "m", "created": m.created,
+           "chunk_size": 4096, "items": {k: v.to_json() for k, v in items.items()}, "meta": meta}
+    assert m.to_bytes() == json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _pack_snapshot(store, name: str, parts: list[bytes]) -> bytes:

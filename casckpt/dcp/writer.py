@@ -507,10 +507,10 @@ def _collect(results: list[list[WriteResult]], planned: dict[str, ItemDigests],
 def _item(lay: Layout, digests: tuple[bytes, ...], packed: dict[bytes, tuple[bytes, int]]) -> Item:
     """An item's manifest entry; refs to members of packs point into the packs (casckpt.packs)."""
     if len(digests) == 1:  # NOTE: most items, every packed one: no per-ref lists
-        lengths, ref = np.array((lay.spans[0][1],), np.int64), packed.get(digests[0])
+        ref = packed.get(digests[0])
         if ref is None:
-            return Item.columnar(lay.dtype, lay.shape, digests[0], lengths)
-        return Item.columnar(lay.dtype, lay.shape, ref[0], lengths, np.array((ref[1],), np.int64))
+            return Item.single(lay.dtype, lay.shape, digests[0], lay.spans[0][1])
+        return Item.single(lay.dtype, lay.shape, ref[0], lay.spans[0][1], ref[1])
     lengths = np.array([n for _, n in lay.spans], np.int64)
     if not packed or packed.keys().isdisjoint(digests):
         return Item.columnar(lay.dtype, lay.shape, b"".join(digests), lengths)

@@ -58,17 +58,44 @@ def layout(item: WriteItem, chunk_size: int, nbytes: int | None = None) -> Layou
         shape = (nbytes,)
         return Layout(key, "bytes", shape, tuple(chunking.spans(shape, 1, chunk_size)))
     td = item.tensor_data
-    name = dtype_name(td.properties.dtype)
+    name, itemsize = _dtype(td.properties.dtype)
     shape = tuple(map(int, td.chunk.sizes))
     full_rows = len(shape) >= 1 and shape[1:] == tuple(map(int, td.size[1:]))
     row0 = int(td.chunk.offsets[0]) if full_rows else 0
-    spans = chunking.spans(shape, dtypes.lookup(name).itemsize, chunk_size, row0=row0)
-    return Layout(key, name, shape, tuple(spans))
+    return Layout(key, name, shape, tuple(chunking.spans(shape, itemsize, chunk_size, row0=row0)))
+
+
+_DTYPES: dict[torch.dtype, tuple[str, int]] = {}
+
+
+def _dtype(dt: torch.dtype) -> tuple[str, int]:
+    """The store's name and item size of a torch dtype (a dict look-up after the first time)."""
+    out = _DTYPES.get(dt)
+    if out is None:
+        name = dtype_name(dt)
+        out = _DTYPES[dt] = (name, dtypes.lookup(name).itemsize)
+    return out
+
+
+# dtypes whose tensors numpy can view (it has no bfloat16 or float8)
+_NUMPY_DTYPES = frozenset({torch.float64, torch.float32, torch.float16, torch.complex64, torch.complex128,
+                           torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool})
 
 
 def host_bytes(data: torch.Tensor | io.BytesIO, item: WriteItem) -> memoryview:
     """C-order bytes of ``data`` on the host, without a copy when it is already a contiguous CPU
     tensor. CUDA tensors should go through :func:`host_batches` so copies stay bounded."""
+    if type(data) is torch.Tensor and data.dtype in _NUMPY_DTYPES:
+        # NOTE: most tensors, in one call: numpy() refuses a tensor that is not on the CPU, not
+        # dense, requires grad or has a lazy conj/neg bit, and the cast one not C-contiguous;
+        # those take the checks below, which copy or say what is wrong.
+        try:
+            view = memoryview(data.numpy()).cast("B")
+        except (RuntimeError, TypeError):
+            pass
+        else:
+            _check_shape(data, item)
+            return view.toreadonly()
     if isinstance(data, io.BytesIO):
         return data.getbuffer().toreadonly()
     if isinstance(data, torch.Tensor) and data.is_quantized:
@@ -78,10 +105,7 @@ def host_bytes(data: torch.Tensor | io.BytesIO, item: WriteItem) -> memoryview:
     if not isinstance(data, torch.Tensor) or data.layout != torch.strided:
         raise CasckptError(f"casckpt cannot store {item.index.fqn!r}: a {type(data).__name__} "
                            f"({getattr(data, 'layout', '')}) is not a dense tensor")
-    expect = item.tensor_data.chunk.sizes
-    if data.shape != expect and tuple(data.shape) != tuple(expect):  # NOTE: both torch.Size, mostly
-        raise CasckptError(f"{item.index.fqn!r}: the planner resolved a tensor of shape "
-                           f"{tuple(data.shape)} for a chunk of shape {tuple(expect)}")
+    _check_shape(data, item)
     # NOTE: each check costs a fraction of the no-op call it saves (many small tensors feel it)
     t = data.detach() if data.requires_grad else data
     if not t.is_cpu:
@@ -93,6 +117,13 @@ def host_bytes(data: torch.Tensor | io.BytesIO, item: WriteItem) -> memoryview:
     if t.dim() != 1:
         t = t.view(-1)
     return memoryview(t.view(torch.uint8).numpy()).toreadonly()
+
+
+def _check_shape(data: torch.Tensor, item: WriteItem) -> None:
+    expect = item.tensor_data.chunk.sizes
+    if data.shape != expect and tuple(data.shape) != tuple(expect):  # NOTE: both torch.Size, mostly
+        raise CasckptError(f"{item.index.fqn!r}: the planner resolved a tensor of shape "
+                           f"{tuple(data.shape)} for a chunk of shape {tuple(expect)}")
 
 
 def host_batches(items: Iterable[WriteItem], resolve: Callable[[WriteItem], object], *,

@@ -1,5 +1,5 @@
-"""DedupSavePlanner's global plan equals DefaultSavePlanner's: the same metadata, items and index
-hints (it builds them without DCP's per-item dataclasses.replace), over tensors, byte items and
+"""DedupSavePlanner's global plan equals DefaultSavePlanner's: the same metadata, items and shard
+index hints (it builds them without DCP's per-item dataclasses.replace), over tensors, byte items and
 shards of one tensor spread over several plans; one plan skips DCP's dedup, several do not."""
 
 import io
@@ -33,7 +33,10 @@ def plans() -> list[SavePlan]:
 
 
 def hints(ps: list[SavePlan]) -> list[list[tuple]]:
-    return [[(i.index.fqn, tuple(i.index.offset or ()), i.index.index, i.type) for i in p.items] for p in ps]
+    """Each item's place; the index hint of shards (a whole tensor's, DCP's 0, is read by nothing:
+    global_save_plan keeps the planned item)."""
+    return [[(i.index.fqn, tuple(i.index.offset or ()), i.index.index if i.type == WriteItemType.SHARD else None,
+              i.type) for i in p.items] for p in ps]
 
 
 def test_global_save_plan_equals_dcps():

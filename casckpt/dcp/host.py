@@ -138,7 +138,7 @@ def host_batches(items: Iterable[WriteItem], resolve: Callable[[WriteItem], obje
     held = 0
     for item in items:
         data = resolve(item)
-        if isinstance(data, torch.Tensor) and data.device.type == "cuda":
+        if isinstance(data, torch.Tensor) and data.is_cuda:  # NOTE: .device makes an object per call
             devices.add(data.device)
             data = data.detach().to("cpu", non_blocking=True)
             held += data.numel() * data.element_size()

@@ -136,9 +136,13 @@ _WRITE_ITEM_FIELDS = {"index", "type", "bytes_io_data", "tensor_data"}
 
 
 def global_save_plan(plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
-    """DCP's ``create_default_global_save_plan`` (the metadata of every item, and each tensor
+    """DCP's ``create_default_global_save_plan`` (the metadata of every item, and each shard
     item's index hint: its chunk's position in that metadata), equal in result, building each
-    new write item directly. A WriteItem with fields this does not know goes to DCP's."""
+    new write item directly. A WriteItem with fields this does not know goes to DCP's.
+
+    A whole tensor's item is kept as planned: DCP would give it the hint 0, which nothing reads
+    (only a ShardedTensor's shard is looked up by hint; hints are outside equality), and a new
+    write item per tensor is most of this step for 20k small tensors."""
     if {f.name for f in dataclasses.fields(WriteItem)} != _WRITE_ITEM_FIELDS:
         return create_default_global_save_plan(plans)
     md: dict = {}
@@ -159,8 +163,10 @@ def global_save_plan(plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
             tmd = md.get(fqn)
             if tmd is None:
                 tmd = md[fqn] = TensorStorageMetadata(properties=td.properties, size=td.size, chunks=[])
-            items.append(WriteItem(index=MetadataIndex(fqn, item.index.offset, len(tmd.chunks)), type=item.type,
-                                   bytes_io_data=item.bytes_io_data, tensor_data=td))
+            if item.type == WriteItemType.SHARD:
+                item = WriteItem(index=MetadataIndex(fqn, item.index.offset, len(tmd.chunks)), type=item.type,
+                                 bytes_io_data=item.bytes_io_data, tensor_data=td)
+            items.append(item)
             tmd.chunks.append(td.chunk)
         out.append(dataclasses.replace(plan, items=items))
     return out, Metadata(md)

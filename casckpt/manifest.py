@@ -233,6 +233,19 @@ def _dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
+class RawJSON(str):
+    """JSON text already encoded by its writer (DCP's metadata: ``casckpt.dcp.meta``), a value
+    of a manifest's ``meta`` that :meth:`Manifest.to_bytes` writes as it is. Only a writer's
+    manifest holds one; a manifest read back holds the parsed value."""
+
+
+def _meta_text(meta: dict) -> str:
+    """``_dumps(meta)``, with :class:`RawJSON` values written as they are."""
+    if not any(isinstance(v, RawJSON) for v in meta.values()):
+        return _dumps(meta)
+    return "{" + ",".join(f"{_json_str(k)}:{v if isinstance(v, RawJSON) else _dumps(v)}" for k, v in meta.items()) + "}"
+
+
 def _runs(lengths: np.ndarray) -> list[list[int]]:
     """``[[length, count], ...]``: run-length coded lengths (an item's chunks are mostly equal)."""
     if len(lengths) <= 16:  # NOTE: most items; numpy's per-call cost would dominate here
@@ -349,11 +362,10 @@ class Manifest:
         head = {"format": FORMAT, "version": version, "name": self.name, "created": self.created,
                 "chunk_size": self.chunk_size}
         if version != VERSION:
-            doc = {**head, "items": {k: v.to_json(version) for k, v in self.items.items()}, "meta": self.meta}
-            return _dumps(doc).encode()
-        # NOTE: the same bytes as _dumps of the whole document, items written by Item.to_text
-        items = ",".join(f"{_json_str(k)}:{v.to_text()}" for k, v in self.items.items())
-        return f'{_dumps(head)[:-1]},"items":{{{items}}},"meta":{_dumps(self.meta)}}}'.encode()
+            items = _dumps({k: v.to_json(version) for k, v in self.items.items()})
+        else:  # NOTE: the same bytes as _dumps of the item table, each item written by Item.to_text
+            items = "{" + ",".join(f"{_json_str(k)}:{v.to_text()}" for k, v in self.items.items()) + "}"
+        return f'{_dumps(head)[:-1]},"items":{items},"meta":{_meta_text(self.meta)}}}'.encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = "manifest") -> "Manifest":

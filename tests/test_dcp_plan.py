@@ -1,6 +1,7 @@
 """DedupSavePlanner's global plan equals DefaultSavePlanner's: the same metadata, items and shard
 index hints (it builds them without DCP's per-item dataclasses.replace), over tensors, byte items and
-shards of one tensor spread over several plans; one plan skips DCP's dedup, several do not."""
+shards of one tensor spread over several plans; one plan skips DCP's dedup, several do not. The
+global metadata's JSON text, written directly, equals json.dumps of its JSON form."""
 
 import io
 
@@ -59,3 +60,31 @@ def test_the_planners_global_plan_equals_the_default_planners():
         assert hints(ours) == hints(theirs) and ours == theirs
         assert md.state_dict_metadata == md_dcp.state_dict_metadata and md.planner_data == md_dcp.planner_data
     assert sum(i.index.fqn == "shared" for p in ours for i in p.items) == 1  # two plans: deduplicated
+
+
+def test_metadata_text_is_json_dumps_of_metadata_json_and_reads_back():
+    # the writer puts DCP's metadata into the manifest as text it writes itself (meta.RawJSON):
+    # the bytes must be json.dumps of metadata_to_json, and a manifest read back must give it
+    import json
+
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta, TensorStorageMetadata
+
+    from casckpt.dcp.meta import metadata_from_json, metadata_to_json, metadata_to_text
+    from casckpt.manifest import Manifest, utc_now
+
+    props = [TensorProperties.create_from_tensor(t) for t in
+             (torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16, requires_grad=True), torch.zeros(1, 1).to(torch.int8))]
+    sdm = {"w": TensorStorageMetadata(props[0], torch.Size([2]), [ChunkStorageMetadata(torch.Size([0]), torch.Size([2]))]),
+           'q"\\ü.x': TensorStorageMetadata(props[1], torch.Size([6, 3]), [
+               ChunkStorageMetadata(torch.Size([0, 0]), torch.Size([3, 3])),
+               ChunkStorageMetadata(torch.Size([3, 0]), torch.Size([3, 3]))]),
+           "s": TensorStorageMetadata(props[2], torch.Size([]), [ChunkStorageMetadata(torch.Size([]), torch.Size([]))]),
+           "b": BytesStorageMetadata()}
+    for md in (Metadata(sdm), Metadata(sdm, planner_data={k: (k,) for k in sdm} | {"n": ("a", 0, "b")},
+                                       storage_meta=StorageMeta(checkpoint_id="c", save_id="s"), version="1.0.0")):
+        text = metadata_to_text(md)
+        assert text == json.dumps(metadata_to_json(md), separators=(",", ":"))
+        m = Manifest("m", utc_now(), 4096, {}, {"dcp": text, "user": {"x": [1]}})
+        back = Manifest.from_bytes(m.to_bytes())
+        assert back.meta == {"dcp": metadata_to_json(md), "user": {"x": [1]}}
+        assert metadata_from_json(back.meta["dcp"], "m").state_dict_metadata == sdm

@@ -29,7 +29,7 @@ from ..manifest import ChunkRef, Item, Manifest, check_name, user_meta, utc_now
 from ..reclaim import reclaim
 from ..store import ChunkTask, SaveStats, Store, is_store
 from .host import Layout, host_batches, layout, write_key
-from .meta import metadata_to_json
+from .meta import metadata_to_text
 from .planner import CasStorageMeta, ItemDigests, LocalDigests, RankPlan
 from .reshard import covers, matching
 
@@ -223,7 +223,7 @@ class CasWriter(StorageWriter):
             del new[d]
         sm = StorageMeta(checkpoint_id=self.snapshot, save_id=self.save_id)
         md = dataclasses.replace(metadata, storage_meta=sm, version=metadata.version or CURRENT_DCP_VERSION)
-        meta = {"dcp": metadata_to_json(md), **self.user_meta}
+        meta = {"dcp": metadata_to_text(md), **self.user_meta}  # NOTE: JSON text (manifest.RawJSON)
         m = Manifest(self.snapshot, utc_now(), store.config.chunk_size, items, meta)
         unknown = m.digests() - new.keys()
         for d in unknown - store.stored(unknown):

@@ -44,10 +44,14 @@ class Layout:
 
 
 def write_key(item: WriteItem) -> str:
+    fqn = item.index.fqn
     if item.type == WriteItemType.BYTE_IO:
-        return item_key(item.index.fqn)
+        return item_key(fqn)
     td = item.tensor_data
-    return item_key(item.index.fqn, td.chunk.offsets, td.chunk.sizes, td.size)
+    chunk = td.chunk
+    if chunk.sizes == td.size and "@" not in fqn and not any(chunk.offsets):  # NOTE: item_key's rule, fast
+        return fqn
+    return item_key(fqn, chunk.offsets, chunk.sizes, td.size)
 
 
 def layout(item: WriteItem, chunk_size: int, nbytes: int | None = None) -> Layout:

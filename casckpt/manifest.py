@@ -207,16 +207,27 @@ class Item:
             raise ManifestError(f"item {key!r} is not an object")
         dt = dtypes.lookup(obj.get("dtype"))
         shape = obj.get("shape")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not _sizes(shape, math.inf):
             raise ManifestError(f"item {key!r} has a bad shape")
         item = (_columns if version >= 2 else _refs_v1)(key, obj, dt.name, tuple(shape))
         need = math.prod(shape) * dt.itemsize
         if item.nbytes != need:
             raise ManifestError(f"item {key!r}: chunk lengths add up to {item.nbytes} bytes, "
                                 f"its shape and dtype need {need}")
-        if len(item) and np.any(item.lengths % dt.itemsize):
+        lens = item.lengths
+        # NOTE: most items hold a ref or a few: numpy's per-call cost would dominate (as in _runs)
+        if any(x % dt.itemsize for x in lens.tolist()) if len(lens) <= 16 else np.any(lens % dt.itemsize):
             raise ManifestError(f"item {key!r} has a chunk boundary inside a {dt.name} element")
         return item
+
+
+def _sizes(xs: list, most: float) -> bool:
+    """Whether every element is an int from 0 to ``most`` (a loop: a generator in all() costs
+    more than the check for the few elements most items have)."""
+    for x in xs:
+        if type(x) is not int or x < 0 or x > most:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
@@ -297,8 +308,11 @@ def _columns(key: str, obj: dict, dtype: str, shape: tuple[int, ...]) -> Item:
         raise ManifestError(f"item {key!r} has a bad length list {str(runs)[:100]}")
     if sum(r[1] for r in runs) != n:
         raise ManifestError(f"item {key!r} has {n} digests but lengths for {sum(r[1] for r in runs)}")
-    lengths = np.repeat(np.array([r[0] for r in runs], np.int64), [r[1] for r in runs]) if runs \
-        else np.zeros(0, np.int64)
+    if n == 1:  # NOTE: most items (every small one): a shared array, no numpy call
+        lengths = _one(runs[0][0])
+    else:
+        lengths = np.repeat(np.array([r[0] for r in runs], np.int64), [r[1] for r in runs]) if runs \
+            else np.zeros(0, np.int64)
     return Item.columnar(dtype, shape, raw, lengths, _ref_offsets(key, obj.get("offsets", None), lengths))
 
 
@@ -306,11 +320,14 @@ def _ref_offsets(key: str, offs: Any, lengths: np.ndarray) -> np.ndarray | None:
     """Optional starts within each chunk; a ref must end inside the largest chunk there can be."""
     if offs is None:
         return None
-    if not (isinstance(offs, list) and len(offs) == len(lengths)
-            and all(type(o) is int and 0 <= o < chunking.MAX_CHUNK_SIZE for o in offs)):
+    if not (isinstance(offs, list) and len(offs) == len(lengths) and _sizes(offs, chunking.MAX_CHUNK_SIZE - 1)):
         raise ManifestError(f"item {key!r} has a bad offset list {str(offs)[:100]}")
     out = np.array(offs, np.int64)
-    if len(out) and np.any(out + lengths > chunking.MAX_CHUNK_SIZE):
+    if len(out) == 1:  # NOTE: a packed small item; no numpy reduction for one ref
+        bad = offs[0] + int(lengths[0]) > chunking.MAX_CHUNK_SIZE
+    else:
+        bad = len(out) and np.any(out + lengths > chunking.MAX_CHUNK_SIZE)
+    if bad:
         raise ManifestError(f"item {key!r} has a ref past the end of any chunk")
     return out
 

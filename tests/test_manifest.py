@@ -116,3 +116,17 @@ def test_items_are_immutable_values():
         a.dtype = "int8"
     with pytest.raises(ValueError):
         a.lengths[0] = 3
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"shape": [-1]}, "bad shape"), ({"shape": [True]}, "bad shape"), ({"shape": [1.0]}, "bad shape"),
+    ({"lengths": [[4, 1]]}, "add up to"), ({"lengths": [[8, 2]]}, "bad length list"),
+    ({"offsets": [-1]}, "bad offset list"), ({"offsets": ["0"]}, "bad offset list"), ({"offsets": [0, 0]}, "bad offset list"),
+    ({"offsets": [casckpt.chunking.MAX_CHUNK_SIZE - 4]}, "past the end"),
+])
+def test_a_bad_one_ref_item_is_refused(change, match):
+    # one-ref items (every small one) take a fast path through validation: the same rules hold
+    good = {"dtype": "float32", "shape": [2], "digests": "ab" * 32, "lengths": [[8, 1]], "offsets": [16]}
+    assert Item.from_json("k", good).ref_offsets.tolist() == [16]
+    with pytest.raises(casckpt.ManifestError, match=match):
+        Item.from_json("k", {**good, **change})

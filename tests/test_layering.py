@@ -26,13 +26,15 @@ LAYERS: list[tuple[str, set[str]]] = [
                         "objlock", "objcache", "config", "thin", "checkpoint_id", "safetensors_file"}),
     ("store", {"store", "snapshots", "saving", "arrays", "bases", "reindex", "reclaim", "refcache"}),
     ("verbs", {"gc", "diff", "verify", "usage", "transfer", "torchio", "report", "values"}),
-    ("dcp and cli", {"dcp", "dcp.api", "dcp.host", "dcp.meta", "dcp.planner", "dcp.reader", "dcp.reshard", "dcp.writer",
+    ("dcp and cli", {"dcp", "dcp.api", "dcp.host", "dcp.meta", "dcp.planner", "dcp.reader", "dcp.rankwrite",
+                     "dcp.reshard", "dcp.writer",
                      "cli", "clicmds", "__main__", "", "integrations", "integrations.accelerate",
                      "integrations.lightning"}),
 ]
 
 # Top-layer groups that must not import each other.
-APART = [({"dcp", "dcp.api", "dcp.host", "dcp.meta", "dcp.planner", "dcp.reader", "dcp.reshard", "dcp.writer"},
+APART = [({"dcp", "dcp.api", "dcp.host", "dcp.meta", "dcp.planner", "dcp.reader", "dcp.rankwrite", "dcp.reshard",
+           "dcp.writer"},
           {"cli", "clicmds", "__main__"})]
 
 # Third-party library -> the modules allowed to import it. numpy is the array type of the core
@@ -42,8 +44,8 @@ OWNERS = {
     "zstandard": {"codec"},
     "lmdb": {"index"},
     "tqdm": {"progress"},
-    "torch": {"torchio", "dcp.api", "dcp.host", "dcp.meta", "dcp.planner", "dcp.reader", "dcp.writer",
-              "integrations.accelerate"},
+    "torch": {"torchio", "dcp.api", "dcp.host", "dcp.meta", "dcp.planner", "dcp.rankwrite", "dcp.reader",
+              "dcp.writer", "integrations.accelerate"},
     "accelerate": {"integrations.accelerate"},
     "lightning": {"integrations.lightning"},
     "matplotlib": {"report"},

@@ -421,3 +421,26 @@ def _layer(index: int, fn):
     except ValueError as exc:
         raise LayerError(index, str(exc)) from None
 
+
+
+# -- whole documents (manifests) ----------------------------------------------------------------
+FRAME_MAGIC = b"\x28\xb5\x2f\xfd"  # how a zstd frame begins (a JSON document begins with "{")
+_DOC_LEVEL = 3  # a 20k-item manifest: 8 MB of JSON -> 0.45 MB in ~12 ms; level 1 is as fast, larger
+
+
+def compress_doc(data: bytes) -> bytes:
+    """``data`` as one zstd frame that records its size (a manifest; see docs/FORMAT.md)."""
+    return _compressor(_DOC_LEVEL).compress(data)
+
+
+def decompress_doc(frame: bytes, limit: int) -> bytes:
+    """The bytes of a :func:`compress_doc` frame; ValueError when it is not one, or when it says
+    or turns out to hold more than ``limit`` bytes (a hostile frame cannot make a reader allocate
+    more than that)."""
+    try:
+        size = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"not a zstd frame: {exc}") from None
+    if size < 0 or size > limit:
+        raise ValueError(f"a zstd frame of {'unknown' if size < 0 else size} bytes (at most {limit} are read)")
+    return _zstd(frame, size)

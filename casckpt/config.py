@@ -18,8 +18,10 @@ FORMAT = "casckpt.store"
 # 2: the store may hold delta chunks (chunk header version 2) and index entries with bases.
 # 3: it may hold codec 4 chunks (casckpt.codec.BGR).
 # 4: delta chunks may be zigzag differences (chunk header op 2, 4, 8; casckpt.delta.make).
-# An older store is upgraded in place the first time this casckpt writes a chunk into it.
-VERSION = 4
+# 5: large manifests may be zstd frames of their JSON (casckpt.manifest.Manifest.to_file).
+# An older store is upgraded in place the first time this casckpt writes a chunk (or a
+# compressed manifest) into it.
+VERSION = 5
 
 
 @dataclass(frozen=True, slots=True)

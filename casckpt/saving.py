@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
 from . import config as config_mod, fsutil, objcache, spotcheck
+from .codec import FRAME_MAGIC
 from .chunks import ChunkInfo
 from .digest import Digest, digest_of
 from .errors import CasckptError
@@ -135,11 +136,14 @@ class Saving:
             manifest = dataclasses.replace(manifest, meta={**manifest.meta, "seq": self._next_seq()})
         key = self.manifest_key(manifest.name)
         new = self._with_bases(new)
+        data = manifest.to_file()
+        if data.startswith(FRAME_MAGIC) and self.config.version < config_mod.VERSION:
+            self._upgrade_format()  # NOTE: a compressed manifest needs store format 5 to be read
         try:
             if self.sync:
                 self.sync_chunks(new)
             self.index.add_chunks(dict(new), synced=self.sync)
-            self._publish(key, manifest.to_bytes(), overwrite=overwrite)
+            self._publish(key, data, overwrite=overwrite)
         except OSError as exc:
             if isinstance(exc, CasckptError):  # SnapshotExistsError, StoreIOError, ...
                 raise

@@ -156,7 +156,7 @@ def test_version_1_store_is_read_and_upgraded_at_first_write(tmp_path):
         assert json.loads((root / config.CONFIG).read_text())["version"] == 1
         s.put_arrays("s1", steps(2)[1])
         assert deltas(s)
-    assert json.loads((root / config.CONFIG).read_text())["version"] == config.VERSION == 4
+    assert json.loads((root / config.CONFIG).read_text())["version"] == config.VERSION == 5
     # an older casckpt (which reads up to version 1) now refuses the store instead of misreading
     doc = json.loads((root / config.CONFIG).read_text())
     with pytest.raises(casckpt.UnsupportedFormatError):

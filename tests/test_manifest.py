@@ -130,3 +130,44 @@ def test_a_bad_one_ref_item_is_refused(change, match):
     assert Item.from_json("k", good).ref_offsets.tolist() == [16]
     with pytest.raises(casckpt.ManifestError, match=match):
         Item.from_json("k", {**good, **change})
+
+
+def test_a_large_manifest_is_written_compressed_and_a_small_one_as_plain_json(tmp_path):
+    import zstandard
+
+    from casckpt import config
+    root = tmp_path / "s"
+    small = {f"t{i}": np.full(4, i, np.float32) for i in range(3)}
+    many = {f"layers.{i}.norm": np.full(64, i, np.float32) for i in range(3000)}  # JSON over COMPRESS_OVER
+    with casckpt.Store.open(root, create=True) as store:
+        store.put_arrays("small", small)
+        store.put_arrays("many", many)
+        raw = {n: (root / "snapshots" / f"{n}.json").read_bytes() for n in ("small", "many")}
+        assert json.loads(raw["small"])["items"]["t0"]["shape"] == [4]  # plain JSON, to read by eye
+        text = zstandard.ZstdDecompressor().decompress(raw["many"])  # `zstd -dc` reads it
+        assert len(text) > manifest.COMPRESS_OVER and len(raw["many"]) < len(text) / 2  # hex digests: 2x at least
+        assert json.loads(text)["name"] == "many" and store.manifest("many").items.keys() == many.keys()
+        assert_same(many, store.get_arrays("many"))
+    assert json.loads((root / config.CONFIG).read_text())["version"] == config.VERSION == 5
+    old = config.VERSION
+    try:  # a casckpt that cannot read compressed manifests refuses the store, says upgrade
+        config.VERSION = 4
+        with pytest.raises(casckpt.UnsupportedFormatError):
+            casckpt.Store.open(root)
+    finally:
+        config.VERSION = old
+
+
+@pytest.mark.parametrize("frame", [
+    b"\x28\xb5\x2f\xfd" + b"\x00" * 20,  # the magic, then no frame
+    lambda good: good[:len(good) // 2],  # a truncated frame
+    lambda good: good[:-8] + bytes(8),  # a damaged tail
+    lambda good: __import__("zstandard").ZstdCompressor().compress(b" " * (manifest.MAX_FILE + 1)),  # too big
+])
+def test_a_bad_compressed_manifest_is_a_manifest_error(frame):
+    m = Manifest("m", manifest.utc_now(), 4096, {f"k{i}": Item("uint8", (0,)) for i in range(9000)})
+    good = m.to_file()
+    assert good[:4] == b"\x28\xb5\x2f\xfd" and Manifest.from_bytes(good).items == m.items
+    data = frame(good) if callable(frame) else frame
+    with pytest.raises(casckpt.ManifestError):
+        Manifest.from_bytes(data)

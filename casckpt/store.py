@@ -75,6 +75,7 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         self.index_path = index_path or backend.local_path / "index"
         self._index: Index | None = Index(self.index_path, create=True, owner=self.config.store_id) if fresh else None
         self._parsed: OrderedDict[tuple, Manifest] = OrderedDict()  # see manifest()
+        self._views = {}  # see hold_view()
         self._parts = packs.PartCache()  # decoded packs, for refs into part of a chunk
 
     # -- opening --------------------------------------------------------------------------------

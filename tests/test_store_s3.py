@@ -296,7 +296,7 @@ def ls_like_the_cli(s) -> tuple[list, str | None]:
     """What ``casckpt ls`` does: rows, totals and the latest snapshot."""
     from casckpt import usage
     rows = usage.ls(s)
-    usage.du(s)
+    usage.du(s, rows=rows)
     return rows, usage.latest(rows)
 
 

@@ -539,3 +539,25 @@ def test_a_dcp_save_and_load_make_each_metadata_request_once(s3_url, host, proxy
     assert {k: v for k, v in load.items() if k != "GET chunk"} == {
         "GET config": 1, "PUT lock": 1, "LIST locks/": 1, "GET manifest": 1, "POST delete": 1}, load
     assert each_once(proxy, "GET", "/chunks/")
+
+
+def test_a_hold_lists_snapshots_once_and_the_next_hold_sees_what_others_committed(s3_url, host, proxy):
+    from casckpt.lock import EXCLUSIVE, SHARED
+
+    with open_s3(s3_url, create=True, chunk_size=CHUNK) as s:
+        s.put_arrays("a", arrays(1))
+    with open_s3(s3_url, proxy) as s, open_s3(s3_url) as other:
+        with s.lock(SHARED):
+            proxy.clear()
+            assert s.snapshot_names() == ["a"] and s.resolve("latest") == "a"
+            other.put_arrays("b", arrays(2))  # another host commits meanwhile
+            assert s.snapshot_names() == ["a"] and s.exists("a") and s.manifest("latest").name == "a"
+            assert s.exists("b")  # not listed under this hold: asked for (a HEAD), found
+            assert proxy.count("GET", "list-type=2") == 1 and proxy.count("HEAD") == 1
+        assert s.snapshot_names() == ["a", "b"] and s.resolve("latest") == "b"  # a new hold, or none
+        with s.lock(SHARED):
+            assert s.resolve("latest") == "b"
+        with s.lock(EXCLUSIVE):
+            assert s.exists("a")
+            s.forget(["a"])  # this process's own writes drop what the hold had read
+            assert s.snapshot_names() == ["b"] and not s.exists("a")

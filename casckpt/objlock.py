@@ -88,9 +88,10 @@ def held_by_this_thread(url: str) -> bool:
 
 def current(url: str) -> str | None:
     """The key of the calling thread's newest hold on the store at ``url`` (unique to that hold),
-    or None: what a Store read under it is remembered by until it ends (Snapshots.hold_view)."""
+    or None, also once that hold has lapsed: what a Store read under it is remembered by until it
+    ends (Snapshots.hold_view)."""
     holds = _holds().get(url)
-    return holds[-1].key if holds else None
+    return holds[-1].key if holds and not holds[-1].lapsed else None
 
 
 _held: dict[str, set["ObjectLock"]] = {}  # url -> every lock this process holds on it

@@ -54,8 +54,10 @@ RETRY = {"max_retries": 10, "retry_timeout": 120.0, "init_backoff": 0.1, "max_ba
 # is 30 s); with retry_timeout it bounds a whole operation, which the lock's expiry argument uses.
 CLIENT = {"connect_timeout": "5s", "timeout": "60s"}
 
-# User metadata naming the call that created an object (see put_if_absent).
-WRITE_ID = "casckpt-write"
+# User metadata naming the call that created an object (see put_if_absent). NOTE: letters only:
+# Azure takes metadata names that are C# identifiers (a '-' fails every create with InvalidMetadata)
+# and some proxies drop headers with '_'. An object made under an older name reads as another's.
+WRITE_ID = "casckptwrite"
 # Names of options and environment variables whose values are secrets (masked in messages).
 _SECRET_NAME = re.compile(r"secret|token|password|sas|(^|_)key($|_)|credential|signature", re.I)
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")

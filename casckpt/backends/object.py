@@ -366,9 +366,12 @@ def _tag(meta: Mapping) -> tuple[str, int] | None:
     """An object's version: its ETag, which differs whenever the bytes do (S3: the MD5 of a plain
     PUT's bytes, or a fresh value with SSE-KMS; GCS and Azure: a new one per write; equal bytes
     under one tag is all a cache of parsed manifests needs) and its size. Not the time: a
-    listing and a HEAD give it to different precisions. None where the server gives no ETag."""
-    etag = meta.get("e_tag")
-    return (str(etag), int(meta["size"])) if etag else None
+    listing and a HEAD give it to different precisions. None where the server gives no ETag.
+
+    NOTE: without its quotes: Azure lists an ETag bare and answers a HEAD with it quoted, so the
+    two would never match (each manifest parsed again, its cached references never reused)."""
+    etag = str(meta.get("e_tag") or "").strip('"')
+    return (etag, int(meta["size"])) if etag else None
 
 
 def _reopen(url: str, options: dict) -> ObjectBackend:

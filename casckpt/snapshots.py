@@ -106,10 +106,11 @@ class Snapshots:
 
     def _latest(self, accept: Callable[[Manifest], bool] | None = resumable,
                 listed: dict[str, Blob] | None = None) -> Manifest:
-        """The committed snapshot with the greatest ``(created, name)`` (the order of
-        :meth:`snapshots`), found from manifest files alone: any rank on any host can resolve it
-        without the LMDB index. Only snapshots ``accept`` takes count (by default not imports:
-        see :func:`casckpt.manifest.resumable`) unless there are no others.
+        """The manifest, as read, of the committed snapshot with the greatest ``(created, name)``
+        (the order of :meth:`snapshots`), found from manifest files alone (``listed``: a listing
+        just taken): any rank on any host can resolve it without the LMDB index. Only snapshots
+        ``accept`` takes count (by default not imports: see :func:`casckpt.manifest.resumable`)
+        unless there are no others.
 
         A manifest is published after its ``created`` time, so once a manifest created at C is
         seen, files last modified more than ``LATEST_SKEW`` seconds before C cannot be newer and

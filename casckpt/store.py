@@ -112,8 +112,7 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
                                  CodecConfig(level=1 if level is None else level,
                                              byte_grouping=True if byte_grouping is None else byte_grouping),
                                  uuid.uuid4().hex, delta_config(DeltaConfig(), delta, max_depth))
-            create_layout(backend, config)
-            if backend.local_path is None:
+            if not create_layout(backend, config):
                 config = _read_config(backend)  # NOTE: racing creators: the first config wins
             fresh = True
         else:

@@ -562,3 +562,19 @@ def test_a_hold_lists_snapshots_once_and_the_next_hold_sees_what_others_committe
             assert s.exists("a")
             s.forget(["a"])  # this process's own writes drop what the hold had read
             assert s.snapshot_names() == ["b"] and not s.exists("a")
+
+
+def test_of_racing_creators_the_first_config_wins_and_the_loser_reads_it(s3_url, host, proxy):
+    # the loser's conditional PUT of the config is held back until the winner has created the store
+    proxy.plan(Fault("delay", method="PUT", path="/casckpt.json", seconds=0.5))  # within AWS_TIMEOUT
+    opened = {}
+    loser = threading.Thread(target=lambda: opened.setdefault("loser", open_s3(s3_url, proxy, create=True, chunk_size=CHUNK)))
+    loser.start()
+    deadline = time.monotonic() + 30
+    while proxy.count("PUT", "/casckpt.json") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open_s3(s3_url, create=True, chunk_size=2 * CHUNK) as winner:
+        loser.join(timeout=60)
+        with opened["loser"] as s:
+            assert s.config.store_id == winner.config.store_id and s.config.chunk_size == 2 * CHUNK
+            assert proxy.count("GET", "/casckpt.json") == 2  # none at first, then the winner's

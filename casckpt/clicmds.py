@@ -77,7 +77,8 @@ def cmd_ls(args) -> int:
 
     from .usage import du, latest as latest_of, ls
     with open_store(args) as store:
-        rows, total = ls(store), du(store)
+        rows = ls(store)
+        total = du(store, rows=rows)  # NOTE: no second listing of the snapshots
     latest = latest_of(rows)  # NOTE: from the rows, whose cache is current: no manifest read again
     rows = [r for r in rows if set(args.tag) <= set(r.tags)]
     if args.json:

@@ -102,9 +102,10 @@ def check_chunk_size(n: object) -> int:
     return n
 
 
-def create_layout(backend: Backend, config: StoreConfig) -> None:
+def create_layout(backend: Backend, config: StoreConfig) -> bool:
     """Make the folders and files of a new store; the config last, so a half-made store is none.
-    Folders and the lock file exist only on a local back-end (object storage has no folders)."""
+    Folders and the lock file exist only on a local back-end (object storage has no folders).
+    Returns whether ``config`` is the store's: False when a racing creator's came first."""
     root = backend.local_path
     try:
         if root is not None:
@@ -113,9 +114,9 @@ def create_layout(backend: Backend, config: StoreConfig) -> None:
                 (root / sub).mkdir(exist_ok=True)
             (root / "lock").touch()
         if root is None:  # NOTE: object storage: of racing creators, the first one's config wins
-            backend.put_if_absent(CONFIG, [config.to_bytes()])
-        else:
-            backend.replace(CONFIG, [config.to_bytes()])
+            return backend.put_if_absent(CONFIG, [config.to_bytes()])
+        backend.replace(CONFIG, [config.to_bytes()])
+        return True
     except OSError as exc:  # the path is a file, a read-only or full file system
         if isinstance(exc, CasckptError):
             raise

@@ -193,6 +193,8 @@ def _tmp_files(store: Store) -> dict[str, int]:
     """Temp files casckpt made (by name) with their sizes; anything else in ``tmp/`` is not ours
     to delete (folders are never listed)."""
     out = {}
+    if store.backend.local_path is None:
+        return out  # NOTE: object storage writes no temp files (docs/FORMAT.md): no listing to pay for
     for blob in store.backend.list(TMP):
         name = blob.key[len(TMP):]
         if fsutil.is_temp_name(name):

@@ -144,15 +144,27 @@ def _record(path: Path, epoch: str, damaged: set[Digest] | None = None) -> None:
 # -- catching up --------------------------------------------------------------------------------
 def catch_up(store, *, progress: Callable[[int, int], None] | None = None) -> dict:
     """Bring ``store``'s cache in line with the store. The caller holds the shared lock (or the
-    exclusive one). Returns counts: entries dropped, snapshots and chunks taken in."""
-    backend, _ = store.backend, store.index  # NOTE: opens (or rebuilds) the cache first
+    exclusive one). Returns counts: entries dropped, snapshots and chunks taken in.
+
+    Once per hold of the lock: a save asks at planning, for packs, for covering chunks and at its
+    commit, and the first answer stands for the hold. Nobody deletes a chunk while it lasts (rule
+    1 holds throughout); snapshots other hosts commit meanwhile only cost dedup; a chunk a verify
+    marks damaged meanwhile is dropped at the next hold, as one marked just after the commit
+    would be (docs/FORMAT.md, "The index as a local cache")."""
+    backend, index = store.backend, store.index  # NOTE: opens (or rebuilds) the cache first
+    view = store.hold_view()
+    if view is not None and view.caught_up is index:
+        return {"dropped": 0, "snapshots": 0, "chunks": 0}
     epoch = read_epoch(backend)
+    listed = store.listed()  # NOTE: after the epoch; one listing for both steps below
     dropped, damaged = 0, None
     if _state(store.index_path) != epoch:
         damaged = _listed_damaged(backend)  # NOTE: after the epoch: a verify marks, then bumps
-        dropped = _revalidate(store, damaged)
-    snaps, chunks = _ingest(store, progress, damaged if damaged is not None else _damaged(store.index_path))
+        dropped = _revalidate(store, damaged, listed)
+    snaps, chunks = _ingest(store, progress, damaged if damaged is not None else _damaged(store.index_path), listed)
     _record(store.index_path, epoch, damaged)
+    if view is not None:
+        view.caught_up = index
     if dropped or snaps:
         log.info("casckpt: cache %s: %d entries dropped, %d snapshots (%d chunks) taken in",
                  store.index_path, dropped, snaps, chunks)
@@ -167,11 +179,11 @@ def rebuild(store, progress=None) -> dict:
             "snapshots": counts["snapshots"]}
 
 
-def _revalidate(store, damaged: set[Digest]) -> int:
+def _revalidate(store, damaged: set[Digest], listed: dict) -> int:
     """Keep only entries that current manifests reference (with their bases), less the chunks
-    marked damaged (and the deltas built on them)."""
+    marked damaged (and the deltas built on them). ``listed``: the manifests (Store.listed)."""
     index = store.index
-    manifests, _ = store.read_manifests()
+    manifests, _ = store.read_manifests(listed=listed)
     referenced: set[Digest] = set()
     for m in manifests.values():
         referenced |= m.digests()
@@ -195,11 +207,10 @@ def _on_damaged(d: Digest, have: dict, damaged: set[Digest]) -> bool:
     return True
 
 
-def _ingest(store, progress, damaged: set[Digest]) -> tuple[int, int]:
-    """Take in the snapshots the registry lacks; returns (snapshots, chunks) added."""
+def _ingest(store, progress, damaged: set[Digest], listed: dict) -> tuple[int, int]:
+    """Take in the snapshots the registry lacks (of those ``listed``); returns (snapshots, chunks) added."""
     index = store.index
     known = set(index.snapshot_table())
-    listed = store.listed()
     new = [n for n in listed if n not in known]
     added = 0
     for i, name in enumerate(new, 1):

@@ -76,13 +76,22 @@ def _timing_from_env() -> Timing:
 TIMING = _timing_from_env()
 
 
-def _holds() -> dict[str, int]:
+def _holds() -> dict[str, list["ObjectLock"]]:
+    """The calling thread's holds, by store URL, oldest first."""
     return _local.__dict__.setdefault("holds", {})
 
 
 def held_by_this_thread(url: str) -> bool:
     """Whether the calling thread holds a lock object on the store at ``url``."""
-    return _holds().get(url, 0) > 0
+    return bool(_holds().get(url))
+
+
+def current(url: str) -> str | None:
+    """The key of the calling thread's newest hold on the store at ``url`` (unique to that hold),
+    or None, also once that hold has lapsed: what a Store read under it is remembered by until it
+    ends (Snapshots.hold_view)."""
+    holds = _holds().get(url)
+    return holds[-1].key if holds and not holds[-1].lapsed else None
 
 
 _held: dict[str, set["ObjectLock"]] = {}  # url -> every lock this process holds on it
@@ -116,7 +125,7 @@ class ObjectLock:
         self._lapsed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._counted: dict[str, int] | None = None
+        self._counted: list[ObjectLock] | None = None  # the taking thread's holds on the store
 
     # -- taking and releasing ---------------------------------------------------------------------
     def acquire(self) -> "ObjectLock":
@@ -149,8 +158,8 @@ class ObjectLock:
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name=f"casckpt-lock-{key[8:16]}", daemon=True)
         self._thread.start()
-        self._counted = _holds()
-        self._counted[self.backend.url] = self._counted.get(self.backend.url, 0) + 1
+        self._counted = _holds().setdefault(self.backend.url, [])
+        self._counted.append(self)
         with _held_guard:
             _held.setdefault(self.backend.url, set()).add(self)
 
@@ -158,15 +167,15 @@ class ObjectLock:
         if self.key is None:
             return
         key, self.key = self.key, None
+        if self._counted is not None:
+            self._counted.remove(self)  # NOTE: the taking thread's list, whichever thread releases
+            self._counted = None
         with _held_guard:
             _held.get(self.backend.url, set()).discard(self)
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.timing.refresh + 1)
         self._delete_quietly(key)
-        if self._counted is not None:
-            self._counted[self.backend.url] -= 1
-            self._counted = None
 
     def __enter__(self) -> "ObjectLock":
         return self.acquire()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+import threading
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Hashable, Iterable
 
+from . import objlock
 from .backends import Blob, BlobNotFoundError
 from .errors import (CasckptError, IndexDamagedError, ManifestError, SnapshotExistsError, SnapshotNotFoundError,
                      StoreIOError)
@@ -40,9 +42,50 @@ class SnapshotInfo:
         return asdict(self)
 
 
+@dataclass(eq=False)
+class HoldView:
+    """What one hold of the lock on an object store has read of it, so that the operation holding
+    it (a save, a load, a verify, a gc) reads each of these once (see :meth:`Snapshots.hold_view`):
+    the listing of ``snapshots/``, each manifest's version, and the index that was caught up
+    (:func:`casckpt.objcache.catch_up`)."""
+
+    blobs: list[Blob] | None = None  # every blob under snapshots/, as one listing gave them
+    named: dict[str, Blob] = field(default_factory=dict)  # the manifests among them, by name
+    versions: dict[str, Hashable] = field(default_factory=dict)  # manifests read under the hold
+    caught_up: object = None  # the Index object catch_up brought in line under the hold
+
+
 class Snapshots:
     """Snapshot-directory methods of :class:`casckpt.Store` (a mixin: it uses the store's
     back-end, index, lock and manifest cache)."""
+
+    _views: dict[str, HoldView]
+    _views_guard = threading.Lock()
+
+    def hold_view(self) -> HoldView | None:
+        """What the calling thread's current hold of the lock on this object store has read, or
+        None (no hold; a local store, where these reads are system calls).
+
+        NOTE: within one hold nothing read here can go stale in a way that matters. Under a
+        shared hold nobody deletes a manifest or a chunk (rm and gc hold the lock exclusively):
+        another host may commit a snapshot, replace one (``overwrite``) or mark a chunk damaged,
+        and the operation sees that at its next hold, as if it had started a moment earlier.
+        Under an exclusive hold only this process writes, and its own manifest writes
+        (:meth:`_publish`, :meth:`unpublish`) drop what the view holds. A view ends with its hold:
+        the next operation reads again (never a cache across operations, nor across hosts).
+        """
+        if self.backend.local_path is not None:
+            return None
+        key = objlock.current(self.backend.url)
+        if key is None:
+            return None
+        with self._views_guard:
+            view = self._views.get(key)
+            if view is None:
+                view = self._views[key] = HoldView()
+                while len(self._views) > 8:  # NOTE: views of ended holds are never asked for again
+                    del self._views[next(iter(self._views))]
+        return view
 
     @staticmethod
     def manifest_key(name: str) -> str:
@@ -59,22 +102,24 @@ class Snapshots:
 
     def resolve(self, name: str) -> str:
         """``"latest"`` → the newest committed snapshot's name; other names are checked and returned."""
-        return self._latest() if name == "latest" else check_name(name)
+        return self._latest().name if name == "latest" else check_name(name)
 
-    def _latest(self, accept: Callable[[Manifest], bool] | None = resumable) -> str:
-        """The committed snapshot with the greatest ``(created, name)`` (the order of
-        :meth:`snapshots`), found from manifest files alone: any rank on any host can resolve it
-        without the LMDB index. Only snapshots ``accept`` takes count (by default not imports:
-        see :func:`casckpt.manifest.resumable`) unless there are no others.
+    def _latest(self, accept: Callable[[Manifest], bool] | None = resumable,
+                listed: dict[str, Blob] | None = None) -> Manifest:
+        """The manifest, as read, of the committed snapshot with the greatest ``(created, name)``
+        (the order of :meth:`snapshots`), found from manifest files alone (``listed``: a listing
+        just taken): any rank on any host can resolve it without the LMDB index. Only snapshots
+        ``accept`` takes count (by default not imports: see :func:`casckpt.manifest.resumable`)
+        unless there are no others.
 
         A manifest is published after its ``created`` time, so once a manifest created at C is
         seen, files last modified more than ``LATEST_SKEW`` seconds before C cannot be newer and
         are not read (the margin absorbs clock skew between hosts sharing the store).
         """
         # NOTE: a listing without times (None) sorts last and is never skipped.
-        listed = self.listed()
+        listed = self.listed() if listed is None else listed
         paths = [(b.mtime if b.mtime is not None else math.inf, name) for name, b in listed.items()]
-        best: tuple[str, str] | None = None
+        best: tuple[str, str, Manifest] | None = None
         for mtime, name in sorted(paths, reverse=True):
             if best is not None and mtime < _timestamp(best[0]) - LATEST_SKEW:
                 break
@@ -88,14 +133,18 @@ class Snapshots:
                 continue
             if accept is not None and not accept(m):
                 continue
-            best = max(best or (m.created, name), (m.created, name))
+            if best is None or (m.created, name) > best[:2]:
+                best = (m.created, name, m)
         if best is None and accept is not None:
-            return self._latest(None)
+            return self._latest(None, listed)  # NOTE: the same listing; the parses are kept
         if best is None:
             raise SnapshotNotFoundError(f"store {self.root} has no snapshots (asked for 'latest')")
-        return best[1]
+        return best[2]
 
     def exists(self, name: str) -> bool:
+        view = self.hold_view()
+        if view is not None and view.blobs is not None and name in view.named:
+            return True  # NOTE: listed under this hold, and only an exclusive one deletes it
         return self.backend.exists(self.manifest_key(name))
 
     def manifest(self, name: str, *, version: Hashable | None = None) -> Manifest:
@@ -107,12 +156,18 @@ class Snapshots:
         "latest" and then loading it reads and parses the manifest once. ``version``, the blob's
         version as a listing just gave it (:meth:`listed`), lets a kept parse answer without a
         request; without it, the version is asked for (a HEAD on object storage) only when a
-        parse of ``name`` is kept, and otherwise comes with the bytes.
+        parse of ``name`` is kept, and otherwise comes with the bytes. Under a hold of the lock
+        on object storage, a version read under that hold answers instead (see :meth:`hold_view`).
         """
-        name = self.resolve(name)
+        if name == "latest":
+            return self._latest()  # NOTE: the manifest it chose, as read: no second look
+        name = check_name(name)
         path = self.manifest_key(name)
+        view = self.hold_view()
         try:
             tag = version
+            if tag is None and view is not None:
+                tag = view.versions.get(name) or (view.named[name].version if name in view.named else None)
             if tag is None and any(n == name for n, _ in self._parsed):  # NOTE: else a HEAD spares nothing
                 tag = self.backend.version(path)
             if tag is not None and (name, tag) in self._parsed:
@@ -128,6 +183,8 @@ class Snapshots:
         except OSError as exc:  # a folder where the manifest should be, an I/O error
             raise ManifestError(f"manifest of snapshot {name!r} in {self.root} is unreadable: "
                                 f"{exc.strerror or exc}") from None
+        if view is not None and tag is not None:
+            view.versions[name] = tag
         key = (name, data if tag is None else tag)  # NOTE: without a version, equal bytes
         if key in self._parsed:
             self._parsed.move_to_end(key)
@@ -151,20 +208,28 @@ class Snapshots:
 
     def listed(self) -> dict[str, Blob]:
         """Every committed snapshot's manifest blob by name (its size and, where the listing
-        gives them, its time and version): one listing of ``snapshots/``."""
+        gives them, its time and version): one listing of ``snapshots/`` (once per hold of the
+        lock on object storage: see :meth:`hold_view`)."""
+        view = self.hold_view()
+        if view is not None and view.blobs is not None:
+            return dict(view.named)
+        blobs = list(self.backend.list(SNAPSHOTS))
         out = {}
-        for blob in self.backend.list(SNAPSHOTS):
+        for blob in blobs:
             f = blob.key[len(SNAPSHOTS):]
             if f.endswith(".json") and is_valid_name(f[:-5]):
                 out[f[:-5]] = blob
+        if view is not None:
+            view.blobs, view.named = blobs, dict(out)
         return out
 
-    def read_manifests(self, progress: Callable[[int, int], None] | None = None
-                       ) -> tuple[dict[str, Manifest], dict[str, str]]:
+    def read_manifests(self, progress: Callable[[int, int], None] | None = None, *,
+                       listed: dict[str, Blob] | None = None) -> tuple[dict[str, Manifest], dict[str, str]]:
         """Every committed manifest that parses, and ``{name: why}`` for those that do not (a
-        snapshot deleted meanwhile is in neither). ``progress(done, total)`` counts manifests."""
+        snapshot deleted meanwhile is in neither). ``progress(done, total)`` counts manifests;
+        ``listed``: a listing the caller has just taken (:meth:`listed`)."""
         good, bad = {}, {}
-        listed = self.listed()
+        listed = self.listed() if listed is None else listed
         for i, name in enumerate(listed, 1):
             try:
                 good[name] = self.manifest(name, version=listed[name].version)
@@ -208,11 +273,16 @@ class Snapshots:
     def stray_files(self) -> list[str]:
         """Names in ``snapshots/`` that are not manifests casckpt could have written (reported by
         verify, never read, never deleted)."""
-        names = {b.key[len(SNAPSHOTS):].split("/")[0] for b in self.backend.list(SNAPSHOTS)}
+        view = self.hold_view()
+        if view is not None and view.blobs is None:
+            self.listed()  # NOTE: fills the view, so the listing serves both
+        blobs = view.blobs if view is not None else self.backend.list(SNAPSHOTS)
+        names = {b.key[len(SNAPSHOTS):].split("/")[0] for b in blobs}
         return sorted(f for f in names if not (f.endswith(".json") and is_valid_name(f[:-5])))
 
     def _publish(self, key: str, data: bytes, *, overwrite: bool) -> None:
         self.check_lock()  # NOTE: a save whose lock lapsed must fail before its commit
+        self._changed()
         if overwrite:
             self.backend.replace(key, [data], sync=self.sync)
         elif not self.backend.put_if_absent(key, [data], sync=self.sync):  # committed meanwhile
@@ -239,9 +309,17 @@ class Snapshots:
         """Delete manifests, durably (the caller holds the exclusive lock, checked before each
         delete request: batches of the back-end's ``delete_batch``, one request each on S3)."""
         keys = [self.manifest_key(n) for n in names]
+        self._changed()
         self.backend.delete_batched(keys, before=self.check_lock)
         if self.sync and keys:
             self.backend.sync(keys)
+
+    def _changed(self) -> None:
+        """This process is about to write ``snapshots/``: what the current hold's view holds of it
+        would be out of date (the view's caught-up index stays: the commit indexes its own)."""
+        view = self.hold_view()
+        if view is not None:
+            view.blobs, view.named, view.versions = None, {}, {}
 
     def forget(self, names: Iterable[str]) -> None:
         """Delete manifests durably, then their registry rows (the caller holds the exclusive

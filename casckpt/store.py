@@ -75,6 +75,7 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         self.index_path = index_path or backend.local_path / "index"
         self._index: Index | None = Index(self.index_path, create=True, owner=self.config.store_id) if fresh else None
         self._parsed: OrderedDict[tuple, Manifest] = OrderedDict()  # see manifest()
+        self._views = {}  # see hold_view()
         self._parts = packs.PartCache()  # decoded packs, for refs into part of a chunk
 
     # -- opening --------------------------------------------------------------------------------
@@ -111,8 +112,7 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
                                  CodecConfig(level=1 if level is None else level,
                                              byte_grouping=True if byte_grouping is None else byte_grouping),
                                  uuid.uuid4().hex, delta_config(DeltaConfig(), delta, max_depth))
-            create_layout(backend, config)
-            if backend.local_path is None:
+            if not create_layout(backend, config):
                 config = _read_config(backend)  # NOTE: racing creators: the first config wins
             fresh = True
         else:

@@ -136,11 +136,12 @@ def latest(rows: list[SnapshotUsage]) -> str | None:
     return max(pool, key=lambda r: (r.created, r.name)).name if pool else None
 
 
-def du(store: Store, *, disk: bool = False) -> Usage:
+def du(store: Store, *, disk: bool = False, rows: list[SnapshotUsage] | None = None) -> Usage:
     """Totals for the whole store, from the snapshot registry and the chunk index; with ``disk``,
     also the file-system blocks the store's files take (:func:`disk_usage`; a store on a local
-    file system only)."""
-    snaps = store.snapshots()
+    file system only). ``rows``: :func:`ls`'s, just made, to count snapshots from instead of
+    listing them again (a request on object storage); damaged ones count as :func:`ls` shows them."""
+    snaps = store.snapshots() if rows is None else rows
     n, raw, stored = store.index.totals()
     return Usage(len(snaps), sum(s.logical_bytes for s in snaps), raw, stored, n,
                  disk_usage(store) if disk and store.backend.local_path else None)

@@ -4,10 +4,13 @@ against saves, all through the real Store and real processes. Each "host" is a c
 
 from __future__ import annotations
 
+import collections
 import json
 import signal
 import threading
 import time
+import urllib.parse
+import warnings
 
 import numpy as np
 import pytest
@@ -296,7 +299,7 @@ def ls_like_the_cli(s) -> tuple[list, str | None]:
     """What ``casckpt ls`` does: rows, totals and the latest snapshot."""
     from casckpt import usage
     rows = usage.ls(s)
-    usage.du(s)
+    usage.du(s, rows=rows)
     return rows, usage.latest(rows)
 
 
@@ -324,11 +327,12 @@ def test_repeated_ls_and_gc_planning_read_no_manifest(s3_url, host, proxy):
             assert ls_like_the_cli(s) == (first, "s3")
         assert manifest_requests(proxy) == [] and proxy.count(path="/chunks/") == 0
         counts.append(len(proxy.requests))
-    assert counts[0] == counts[1] <= 4, proxy.requests  # config and listings only
+    assert counts[0] == counts[1] == 2, proxy.requests  # the config and one listing of snapshots/
     proxy.clear()
     with open_s3(s3_url, proxy) as s:
         plan = gc_module().plan_gc(s, keep_last=2)
     assert plan.drop and manifest_requests(proxy) == [] and proxy.count(path="/chunks/") == 0
+    assert len(proxy.requests) == 3, proxy.requests  # the config, snapshots/ and chunks/ listed once each
     # more snapshots: once taken in, an ls costs what it did with fewer
     with open_s3(s3_url) as s:
         for i in range(4, 10):
@@ -458,3 +462,119 @@ def test_a_new_host_skips_missing_and_damaged_chunks_and_the_next_save_rewrites_
     with open_s3(s3_url, delta=False) as s:  # the cache is made from nothing: a header read per chunk
         assert s.put_arrays("s2", data).new_chunks == 2
         assert_same(data, s.get_arrays("s1"))
+
+
+# -- what a DCP save and load cost (issue 13): each metadata request once ------------------------
+def by_kind(proxy, url: str) -> collections.Counter:
+    """The proxy's requests by method and kind: ``"GET config"``, ``"HEAD manifest"``, ``"LIST
+    snapshots/"``, ``"POST delete"`` (one DeleteObjects)… Objects are named by what they are
+    (config, epoch, lock, manifest, chunk, marker), listings by the folder they list."""
+    prefix = url.split("/", 3)[3]
+    kinds = {"casckpt.json": "config", "epoch": "epoch", "locks": "lock", "snapshots": "manifest",
+             "chunks": "chunk", "damaged": "marker"}
+    out = collections.Counter()
+    for method, path in proxy.requests:
+        path, _, query = path.partition("?")
+        if "list-type=2" in query:
+            listed = urllib.parse.unquote(query.split("prefix=", 1)[1].split("&")[0])
+            out[f"LIST {listed[len(prefix) + 1:]}"] += 1
+        elif query == "delete":
+            out[f"{method} delete"] += 1
+        else:
+            key = path.split(f"/{prefix}/", 1)[1]
+            out[f"{method} {kinds[key.split('/')[0]]}"] += 1
+    return out
+
+
+def each_once(proxy, method: str, kind: str) -> bool:
+    """Whether no object of ``kind`` (``/snapshots/``, ``/chunks/``) was asked for twice by ``method``."""
+    keys = [p for m, p in proxy.requests if m == method and kind in p]
+    return len(keys) == len(set(keys))
+
+
+def test_a_dcp_save_and_load_make_each_metadata_request_once(s3_url, host, proxy, monkeypatch):
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    monkeypatch.setattr(casckpt.Store, "lock_timing", Timing())  # no refresh within the test
+    with open_s3(s3_url, create=True, chunk_size=CHUNK):
+        pass
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the writer and reader open their own stores
+    sd = {"w": torch.from_numpy(big(1)["w"]), "step": 7}  # 40 chunks and a byte item
+
+    def save(name: str) -> collections.Counter:
+        proxy.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DCP's: no process group
+            dcp.save(sd, storage_writer=casckpt.CasWriter(s3_url, snapshot=name), planner=casckpt.DedupSavePlanner())
+        return by_kind(proxy, s3_url)
+    # the lock (PUT, LIST, and a DeleteObjects to release it), the config, the name's HEAD at
+    # set-up, the epoch and the listing of snapshots/ once (catch_up), the manifest PUT
+    once = {"GET config": 1, "HEAD manifest": 1, "PUT lock": 1, "LIST locks/": 1, "GET epoch": 1,
+            "LIST snapshots/": 1, "PUT manifest": 1, "POST delete": 1}
+    # a cache that never recorded an epoch lists the damaged markers once; no latest to read
+    assert save("s0") == {**once, "LIST damaged/": 1, "PUT chunk": 41}
+    assert save("s1") == once  # unchanged: nothing per chunk
+    sd["w"][:: sd["w"].numel() // 2] += 1  # 2 of 40 chunks change
+    changed = save("s2")
+    # "latest" reads the manifests saved within a minute of the newest, each once (s1 and s0);
+    # a new chunk's delta base is one GET
+    assert changed == {**once, "GET manifest": 2, "GET chunk": 2, "PUT chunk": 2}, changed
+    assert each_once(proxy, "GET", "/snapshots/") and each_once(proxy, "GET", "/chunks/")
+
+    got = {"w": torch.zeros_like(sd["w"]), "step": 0}
+    proxy.clear()
+    assert casckpt.load(got, s3_url) == "s2" and torch.equal(got["w"], sd["w"]) and got["step"] == 7
+    load = by_kind(proxy, s3_url)
+    # no HEAD of the manifest it resolved, however often the load looks at it again
+    assert {k: v for k, v in load.items() if k != "GET chunk"} == {
+        "GET config": 1, "PUT lock": 1, "LIST locks/": 1, "LIST snapshots/": 1, "GET manifest": 3,
+        "POST delete": 1}, load
+    assert load["GET chunk"] == 41 + 2  # each chunk of s2 once, and the bases of its 2 deltas
+    assert each_once(proxy, "GET", "/snapshots/") and each_once(proxy, "GET", "/chunks/")
+    proxy.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(got, storage_reader=casckpt.CasReader(s3_url, snapshot="s1"))
+    load = by_kind(proxy, s3_url)
+    assert {k: v for k, v in load.items() if k != "GET chunk"} == {
+        "GET config": 1, "PUT lock": 1, "LIST locks/": 1, "GET manifest": 1, "POST delete": 1}, load
+    assert each_once(proxy, "GET", "/chunks/")
+
+
+def test_a_hold_lists_snapshots_once_and_the_next_hold_sees_what_others_committed(s3_url, host, proxy):
+    from casckpt.lock import EXCLUSIVE, SHARED
+
+    with open_s3(s3_url, create=True, chunk_size=CHUNK) as s:
+        s.put_arrays("a", arrays(1))
+    with open_s3(s3_url, proxy) as s, open_s3(s3_url) as other:
+        with s.lock(SHARED):
+            proxy.clear()
+            assert s.snapshot_names() == ["a"] and s.resolve("latest") == "a"
+            other.put_arrays("b", arrays(2))  # another host commits meanwhile
+            assert s.snapshot_names() == ["a"] and s.exists("a") and s.manifest("latest").name == "a"
+            assert s.exists("b")  # not listed under this hold: asked for (a HEAD), found
+            assert proxy.count("GET", "list-type=2") == 1 and proxy.count("HEAD") == 1
+        assert s.snapshot_names() == ["a", "b"] and s.resolve("latest") == "b"  # a new hold, or none
+        with s.lock(SHARED):
+            assert s.resolve("latest") == "b"
+        with s.lock(EXCLUSIVE):
+            assert s.exists("a")
+            s.forget(["a"])  # this process's own writes drop what the hold had read
+            assert s.snapshot_names() == ["b"] and not s.exists("a")
+
+
+def test_of_racing_creators_the_first_config_wins_and_the_loser_reads_it(s3_url, host, proxy):
+    # the loser's conditional PUT of the config is held back until the winner has created the store
+    proxy.plan(Fault("delay", method="PUT", path="/casckpt.json", seconds=0.5))  # within AWS_TIMEOUT
+    opened = {}
+    loser = threading.Thread(target=lambda: opened.setdefault("loser", open_s3(s3_url, proxy, create=True, chunk_size=CHUNK)))
+    loser.start()
+    deadline = time.monotonic() + 30
+    while proxy.count("PUT", "/casckpt.json") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open_s3(s3_url, create=True, chunk_size=2 * CHUNK) as winner:
+        loser.join(timeout=60)
+        with opened["loser"] as s:
+            assert s.config.store_id == winner.config.store_id and s.config.chunk_size == 2 * CHUNK
+            assert proxy.count("GET", "/casckpt.json") == 2  # none at first, then the winner's

@@ -54,8 +54,10 @@ RETRY = {"max_retries": 10, "retry_timeout": 120.0, "init_backoff": 0.1, "max_ba
 # is 30 s); with retry_timeout it bounds a whole operation, which the lock's expiry argument uses.
 CLIENT = {"connect_timeout": "5s", "timeout": "60s"}
 
-# User metadata naming the call that created an object (see put_if_absent).
-WRITE_ID = "casckpt-write"
+# User metadata naming the call that created an object (see put_if_absent). NOTE: letters only:
+# Azure takes metadata names that are C# identifiers (a '-' fails every create with InvalidMetadata)
+# and some proxies drop headers with '_'. An object made under an older name reads as another's.
+WRITE_ID = "casckptwrite"
 # Names of options and environment variables whose values are secrets (masked in messages).
 _SECRET_NAME = re.compile(r"secret|token|password|sas|(^|_)key($|_)|credential|signature", re.I)
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
@@ -364,9 +366,12 @@ def _tag(meta: Mapping) -> tuple[str, int] | None:
     """An object's version: its ETag, which differs whenever the bytes do (S3: the MD5 of a plain
     PUT's bytes, or a fresh value with SSE-KMS; GCS and Azure: a new one per write; equal bytes
     under one tag is all a cache of parsed manifests needs) and its size. Not the time: a
-    listing and a HEAD give it to different precisions. None where the server gives no ETag."""
-    etag = meta.get("e_tag")
-    return (str(etag), int(meta["size"])) if etag else None
+    listing and a HEAD give it to different precisions. None where the server gives no ETag.
+
+    NOTE: without its quotes: Azure lists an ETag bare and answers a HEAD with it quoted, so the
+    two would never match (each manifest parsed again, its cached references never reused)."""
+    etag = str(meta.get("e_tag") or "").strip('"')
+    return (etag, int(meta["size"])) if etag else None
 
 
 def _reopen(url: str, options: dict) -> ObjectBackend:

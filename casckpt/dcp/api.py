@@ -15,9 +15,9 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from .. import checkpoint_id as ids
 from ..nest import optimizer_states
-from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, LoadWarning, SnapshotExistsError
+from ..errors import CasckptError, CheckpointFailedError, InvalidNameError, LoadWarning, StoreNotFoundError
 from ..manifest import check_name
-from ..store import SaveStats, Store, has_snapshot, is_store
+from ..store import SaveStats, Store
 from .planner import DedupSavePlanner, SafeLoadPlanner
 from .reader import CasReader
 from .writer import CasWriter
@@ -45,9 +45,8 @@ def save(state_dict: dict[str, Any], store: Store | str | os.PathLike, name: str
             raise InvalidNameError("casckpt.save needs a snapshot name with an open Store")
         store, name = ids.split(store)
     check_name(name)
-    if not overwrite and (store.exists(name) if isinstance(store, Store) else has_snapshot(store, name)):
-        where = store.root if isinstance(store, Store) else os.fspath(store)
-        raise SnapshotExistsError(f"snapshot {name!r} already exists in store {where}")
+    # NOTE: a name taken already fails at the writer's set-up (the coordinator looks, once) and
+    # comes back from DCP as SnapshotExistsError on every rank: no look of our own first.
     writer = CasWriter(store, snapshot=name, overwrite=overwrite, chunk_size=chunk_size, sync_files=sync_files,
                        meta=meta, tags=tags, delta=delta)
     try:
@@ -156,24 +155,27 @@ def _opened(store: Store | str | os.PathLike, name: str):
     if isinstance(store, Store):
         yield store, name
         return
-    path = os.fspath(store)
-    if name == "latest":
-        path, name = _store_and_name(path)
-    st = Store.open(path)
+    st, name = _store_and_name(os.fspath(store), name)
     try:
         yield st, name
     finally:
         st.close()
 
 
-def _store_and_name(path: str) -> tuple[str, str]:
-    """A store path as it is, or a checkpoint path ``STORE/NAME`` whose parent is a store."""
-    if is_store(path) or not ids.is_path(path):
-        return path, "latest"
-    parent, name = ids.split(path, allow_latest=True)
-    if not is_store(parent):
-        return path, "latest"  # neither is a store: Store.open names the path given
-    return parent, name
+def _store_and_name(path: str, name: str) -> tuple[Store, str]:
+    """The store at ``path``, or (``name`` left at "latest") at the parent of a checkpoint path
+    ``STORE/NAME``, opened; reading the config tells which (no is_store() look first)."""
+    try:
+        return Store.open(path), name
+    except StoreNotFoundError:
+        if name != "latest" or not ids.is_path(path):
+            raise
+        parent, name = ids.split(path, allow_latest=True)
+        try:
+            return Store.open(parent), name
+        except StoreNotFoundError:
+            pass
+        raise  # NOTE: neither is a store: the error names the path given
 
 
 def _distributed() -> bool:

@@ -18,12 +18,12 @@ from torch.futures import Future
 
 from .. import checkpoint_id as ids, chunking, gcpause, packs
 from ..digest import Digest
-from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError
+from ..errors import CasckptError, SnapshotExistsError, SnapshotNotFoundError, StoreNotFoundError
 from ..lock import SHARED
 from ..delta import same_place
 from ..manifest import ChunkRef, Item, Manifest, check_name, user_meta, utc_now
 from ..reclaim import reclaim
-from ..store import SaveStats, Store, is_store
+from ..store import SaveStats, Store
 from .host import write_key
 from .meta import metadata_to_text
 from .planner import CasStorageMeta, ItemDigests, LocalDigests, RankPlan
@@ -261,17 +261,23 @@ class CasWriter(StorageWriter):
 
     def _open(self, *, create: bool) -> Store:
         if self._store is None:
-            exists = is_store(self._path)
-            self._store = Store.open(self._path, create=create, sync=self.sync_files,
-                                     index_path=self.index_path, delta=self.delta,
-                                     chunk_size=None if exists else self.chunk_size)
+            kw = dict(sync=self.sync_files, index_path=self.index_path, delta=self.delta)
+            try:  # NOTE: reading the config tells whether the store exists: no is_store() first
+                self._store = Store.open(self._path, **kw)
+            except StoreNotFoundError:
+                if not create:
+                    raise
+                self._store = Store.open(self._path, create=True, chunk_size=self.chunk_size, **kw)
         return self._store
 
     def _chunk_size(self) -> int:
         if self._store is not None:
             return self._store.config.chunk_size
-        if self._path is not None and is_store(self._path):
-            return self._open(create=False).config.chunk_size
+        if self._path is not None:
+            try:
+                return self._open(create=False).config.chunk_size
+            except OSError:  # no store yet (StoreNotFoundError), or none we can read: as is_store()
+                pass
         return self.chunk_size or chunking.DEFAULT_CHUNK_SIZE
 
     @staticmethod

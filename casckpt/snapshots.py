@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +29,32 @@ log = logging.getLogger("casckpt")
 
 # Seconds of clock skew between hosts that "latest" tolerates (see Snapshots._latest).
 LATEST_SKEW = 60.0
+
+
+class _Heads:
+    """What "latest" needs of each manifest this process has parsed, ``(created, resumable)``, by
+    ``(store url, name, blob version)``: a committed manifest's bytes never change under one
+    version, so resolving "latest" parses each manifest once per process, not once per save (a
+    job saving every few seconds has every manifest of the last minute in the skew window)."""
+
+    def __init__(self, most: int = 4096) -> None:
+        self._rows: OrderedDict[tuple, tuple[str, bool]] = OrderedDict()
+        self._most, self._lock = most, threading.Lock()
+
+    def get(self, key: tuple) -> tuple[str, bool] | None:
+        if key[2] is None:  # a listing without versions
+            return None
+        with self._lock:
+            return self._rows.get(key)
+
+    def put(self, key: tuple, row: tuple[str, bool]) -> None:
+        with self._lock:
+            self._rows[key] = row
+            while len(self._rows) > self._most:
+                self._rows.popitem(last=False)
+
+
+_HEADS = _Heads()
 SNAPSHOTS = "snapshots/"  # manifests: snapshots/NAME.json
 
 
@@ -119,10 +146,15 @@ class Snapshots:
         # NOTE: a listing without times (None) sorts last and is never skipped.
         listed = self.listed() if listed is None else listed
         paths = [(b.mtime if b.mtime is not None else math.inf, name) for name, b in listed.items()]
-        best: tuple[str, str, Manifest] | None = None
+        best: tuple[str, str, Manifest | None] | None = None
         for mtime, name in sorted(paths, reverse=True):
             if best is not None and mtime < _timestamp(best[0]) - LATEST_SKEW:
                 break
+            head = _HEADS.get((self.backend.url, name, listed[name].version)) if accept in (None, resumable) else None
+            if head is not None:  # NOTE: parsed before by this process, under this very version
+                if (accept is None or head[1]) and (best is None or (head[0], name) > best[:2]):
+                    best = (head[0], name, None)
+                continue
             try:
                 m = self.manifest(name, version=listed[name].version)
             except SnapshotNotFoundError:
@@ -139,6 +171,11 @@ class Snapshots:
             return self._latest(None, listed)  # NOTE: the same listing; the parses are kept
         if best is None:
             raise SnapshotNotFoundError(f"store {self.root} has no snapshots (asked for 'latest')")
+        if best[2] is None:  # chosen by its head alone: read it now (deleted meanwhile: look again)
+            try:
+                return self.manifest(best[1], version=listed[best[1]].version)
+            except SnapshotNotFoundError:
+                return self._latest(accept)
         return best[2]
 
     def exists(self, name: str) -> bool:
@@ -200,6 +237,8 @@ class Snapshots:
         self._parsed[key] = m
         while len(self._parsed) > 8:
             self._parsed.popitem(last=False)
+        if tag is not None:
+            _HEADS.put((self.backend.url, name, tag), (m.created, resumable(m)))
         return m
 
     def snapshot_names(self) -> list[str]:

@@ -85,3 +85,35 @@ def test_in_a_store_of_imports_only_latest_is_the_newest_import(tmp_path):
         assert store.resolve("latest") == "base2"
         store.put_arrays("trained", {"w": np.zeros(4, np.float32)})  # a put_arrays save counts
         assert store.resolve("latest") == "trained"
+
+
+def test_latest_parses_each_manifest_once_per_process(tmp_path, monkeypatch):
+    # every manifest of the last LATEST_SKEW seconds is a candidate for "latest": a job saving
+    # every few seconds must not parse them all again at each save, only the ones it has not seen
+    import numpy as np
+
+    from casckpt import snapshots
+    from casckpt.manifest import Manifest
+    monkeypatch.setattr(snapshots, "_HEADS", snapshots._HEADS)  # put back after the test
+    root = tmp_path / "s"
+    with casckpt.Store.open(root, create=True) as store:
+        for i in range(6):
+            store.put_arrays(f"s{i}", {"w": np.full(8, i, np.float32)})
+    snapshots._HEADS = snapshots._Heads()  # as a new process finds it
+    parsed = []
+    real = Manifest.from_bytes.__func__
+    monkeypatch.setattr(Manifest, "from_bytes", classmethod(lambda cls, data, **kw: parsed.append(1) or real(cls, data, **kw)))
+    with casckpt.Store.open(root) as store:
+        assert store.manifest("latest").name == "s5"
+    first = len(parsed)
+    with casckpt.Store.open(root) as store:  # a new Store, as each save's writer opens one
+        store.put_arrays("s6", {"w": np.full(8, 6, np.float32)})
+    with casckpt.Store.open(root) as store:
+        assert store.manifest("latest").name == "s6"
+        assert store.get_arrays("latest")["w"][0] == 6
+    assert first == 6  # every manifest is in the skew window: each parsed once
+    assert len(parsed) - first == 2  # the winner at s6's save, then s6 itself; no other again
+    with casckpt.Store.open(root) as store:
+        store.put_arrays("imp", {"w": np.zeros(8, np.float32)}, meta={"import": {"from": "x"}})
+    with casckpt.Store.open(root) as store:
+        assert store.manifest("latest").name == "s6"  # imports never become "latest"

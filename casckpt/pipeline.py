@@ -17,6 +17,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_INFLIGHT = 128 << 20
+# NOTE: threads that only wait on the disk (fsync); two keep it busy while the workers compute
+BACKGROUND_THREADS = 2
 
 
 def default_workers() -> int:
@@ -53,6 +55,7 @@ class Pipeline:
         self.workers = workers or default_workers()
         self.inflight_bytes = inflight_bytes
         self._pool: ThreadPoolExecutor | None = None
+        self._background: ThreadPoolExecutor | None = None
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -95,10 +98,18 @@ class Pipeline:
             raise
         return results
 
+    def background(self, fn: Callable[..., R], *args) -> Future:
+        """Run ``fn(*args)`` on a thread of a small pool of its own, for work that waits on the
+        disk (an fsync): it holds up no worker of :meth:`map`, so the waits overlap their CPU work."""
+        if self._background is None:
+            self._background = ThreadPoolExecutor(BACKGROUND_THREADS, thread_name_prefix="casckpt-bg")
+        return self._background.submit(fn, *args)
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._background):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._background = None
 
 
 class Tally:

@@ -70,6 +70,7 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         self.lock_timeout = lock_timeout
         self.chunks = ChunkDir(backend)
         self.pipeline = Pipeline(workers=workers, inflight_bytes=inflight_bytes)
+        self._syncing: dict = {}  # chunk digest → its fsync under way (Saving.write_chunks)
         if index_path is None and backend.local_path is None:
             index_path = objcache.index_path(config.store_id)  # a per-host cache (casckpt.objcache)
         self.index_path = index_path or backend.local_path / "index"

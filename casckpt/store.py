@@ -148,6 +148,9 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         return self._index
 
     def close(self) -> None:
+        for pending in self._syncing.values():  # NOTE: a failed save's fsyncs: none outlives the store
+            pending.exception()
+        self._syncing.clear()
         self.pipeline.close()
         if self._index is not None:
             self._index.close()

@@ -83,14 +83,6 @@ class BackendConformance:
         backend.sync(["s/a", "s/b"])
         assert (backend.get("s/a"), backend.get("s/b")) == (b"abc", b"def")
 
-    def test_get_into_a_reused_buffer(self, backend: Backend):
-        backend.put_if_absent("r/a", [b"hello ", b"world"])
-        buf = bytearray(64)
-        got = backend.get_into("r/a", lambda n: memoryview(buf)[:n])
-        assert bytes(got) == b"hello world"
-        with pytest.raises(BlobNotFoundError):
-            backend.get_into("r/missing", lambda n: memoryview(buf)[:n])
-
     def test_sync_data_then_sync_of_the_names(self, backend: Backend):
         assert backend.put_if_absent("s/c", [b"ghi"], sync=False) is True
         backend.sync_data("s/c")

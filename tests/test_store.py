@@ -285,16 +285,3 @@ def test_an_index_belongs_to_one_store(tmp_path, rng):
     # a second store pointed at the same index must not reuse A's "safely stored" entries
     with pytest.raises(casckpt.IndexDamagedError, match="another store"):
         casckpt.Store.open(tmp_path / "b", create=True, index_path=shared)
-
-
-@pytest.mark.parametrize("level", [0, 1])
-def test_chunks_read_back_are_the_callers_not_the_read_buffer(tmp_path, level):
-    """Chunk files are read into a buffer each thread reuses: what a read returns (a raw chunk's
-    payload too) must stay as it was after the next reads."""
-    from storekit import CHUNK, new_store, noise
-    from casckpt.digest import digest_of
-    with new_store(tmp_path / "s", level=level) as s:
-        blobs = [noise(CHUNK / (1 << 20), seed) for seed in range(3)]  # one chunk each
-        s.put_arrays("s1", {f"a{i}": b for i, b in enumerate(blobs)})
-        got = [s.chunks.get(digest_of(memoryview(b))) for b in blobs]
-        assert [bytes(g) for g in got] == [b.tobytes() for b in blobs]

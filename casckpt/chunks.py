@@ -22,7 +22,6 @@ returns: wrong bytes are never returned, whatever the base holds.
 from __future__ import annotations
 
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -144,17 +143,12 @@ class ChunkDir:
         """Make a chunk's bytes durable, not yet its name (see ``Backend.sync_data``)."""
         self.backend.sync_data(self.key(digest))
 
-    def read_payload(self, digest: Digest, *, item: str = "",
-                     slot: int | None = None) -> tuple[int, int, memoryview, Digest | None, int, int]:
+    def read_payload(self, digest: Digest, *, item: str = "") -> tuple[int, int, memoryview, Digest | None, int, int]:
         """``(codec, raw_len, payload, base, depth, op)`` of a chunk file (``base`` None and
-        ``op`` 0 for a full chunk), header checked, payload not yet verified. ``slot``: read into
-        the calling thread's read buffer of that number, valid until the thread's next read into
-        it (see :func:`_read_buffer`)."""
+        ``op`` 0 for a full chunk), header checked, payload not yet verified."""
         path = self.where(digest)
         try:
-            key = self.key(digest)
-            data = (self.backend.get(key) if slot is None
-                    else self.backend.get_into(key, lambda n: _read_buffer(slot, n)))
+            data = self.backend.get(self.key(digest))
         except BlobNotFoundError:
             raise MissingChunkError(f"chunk {digest} is missing: {path}{_where(item)}",
                                     digest=digest.hex, path=str(path), item=item) from None
@@ -221,7 +215,7 @@ class ChunkDir:
         return self._read(digest, None, "")[1]
 
     def _read(self, digest: Digest, out: memoryview | None, item: str) -> tuple[memoryview, ChunkInfo]:
-        parsed = self.read_payload(digest, item=item, slot=0)  # NOTE: decoded below, before any other read
+        parsed = self.read_payload(digest, item=item)
         kind, raw_len, payload, base, depth, _ = parsed
         if out is not None and out.nbytes != raw_len:
             raise self._corrupt(digest, item, f"holds {raw_len} bytes where {out.nbytes} are expected")
@@ -240,8 +234,6 @@ class ChunkDir:
         if out is not None and kind not in codec.GROUPED:
             out[:] = raw
             raw = out
-        elif kind == codec.RAW:
-            raw = memoryview(bytearray(raw))  # NOTE: the payload itself, in the thread's read buffer
         return raw, ChunkInfo(raw_len, payload.nbytes + HEADER.size, kind)
 
     def _read_delta(self, digest: Digest, out: memoryview | None, item: str, parsed) -> tuple[memoryview, ChunkInfo]:
@@ -271,7 +263,7 @@ class ChunkDir:
             if len(chain) > delta.MAX_DEPTH_LIMIT:
                 raise self._corrupt(digest, item, f"its chain of bases is longer than {delta.MAX_DEPTH_LIMIT}")
             try:
-                link = (below, *self.read_payload(below, item=item, slot=len(chain)))  # one buffer per link
+                link = (below, *self.read_payload(below, item=item))
                 if link[2] != parsed[1]:
                     raise self._corrupt(below, item, f"holds {link[2]} bytes where {parsed[1]} are expected")
             except (MissingChunkError, CorruptChunkError) as exc:
@@ -318,24 +310,6 @@ class ChunkDir:
         path = self.where(digest)
         return CorruptChunkError(f"chunk {digest} is corrupt{_where(item)}: {why}: {path}",
                                  digest=digest.hex, path=path, item=item)
-
-
-# NOTE: chunk files are read into buffers each thread keeps (one per link of a delta chain), up
-# to this size: a fresh buffer per read cost a load ~0.4 ms per 2 MiB chunk in first touches of
-# its pages, a quarter of decoding it (measured).
-READ_BUFFER_MAX = 8 << 20
-_local = threading.local()
-
-
-def _read_buffer(slot: int, n: int) -> memoryview:
-    """``n`` bytes of the calling thread's read buffer ``slot`` (new memory if over READ_BUFFER_MAX)."""
-    if n > READ_BUFFER_MAX:
-        return memoryview(bytearray(n))
-    bufs = _local.__dict__.setdefault("read", {})
-    buf = bufs.get(slot)
-    if buf is None or len(buf) < n:
-        buf = bufs[slot] = bytearray(-(-n // (1 << 20)) << 20)  # whole MiB: chunk files vary in size
-    return memoryview(buf)[:n]
 
 
 def _where(item: str) -> str:

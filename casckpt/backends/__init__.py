@@ -117,12 +117,6 @@ class Backend(ABC):
     def get(self, key: str) -> bytes:
         """The whole blob. Raises BlobNotFoundError."""
 
-    def get_into(self, key: str, buffer: Callable[[int], memoryview]) -> memoryview:
-        """The whole blob, read into ``buffer(size)`` (a caller's reused buffer) where the
-        back-end can: a file is, sparing a fresh allocation per read. By default :meth:`get`'s
-        bytes. Raises BlobNotFoundError."""
-        return memoryview(self.get(key))
-
     @abstractmethod
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the blob, cut at its end. Raises BlobNotFoundError."""

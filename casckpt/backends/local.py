@@ -79,20 +79,6 @@ class LocalBackend(Backend):
         except (FileNotFoundError, NotADirectoryError):
             raise BlobNotFoundError(f"no blob {key!r} in {self.root}") from None
 
-    def get_into(self, key: str, buffer) -> memoryview:
-        fd = self._open(key)  # NOTE: O_NOFOLLOW, as get()
-        try:
-            view = buffer(os.fstat(fd).st_size)
-            got = 0
-            while got < view.nbytes:
-                n = os.readv(fd, [view[got:]])
-                if not n:
-                    break  # cut short meanwhile: the caller's header and hash checks reject it
-                got += n
-            return view[:got]
-        finally:
-            os.close(fd)
-
     def version(self, key: str):
         try:
             st = os.lstat(self.path(key))

@@ -22,9 +22,9 @@ BACKGROUND_THREADS = 2
 
 # NOTE: the thread pools are the process's, one per size, kept for its life. Every save and load
 # opens a store, and so a pipeline, of its own: with pools of their own each started its threads
-# cold, so each thread made its zstd contexts and first touched its reused buffers (decode
-# scratch, read buffers) again, and a save that writes a few chunks paid that on every one
-# (README, Performance). The price: those threads and their buffers, a few MiB each, stay.
+# cold, so each thread made its zstd contexts and first touched its reused decode scratch
+# again, and a save that writes a few chunks paid that on every one (README, Performance). The
+# price: those threads and their buffers, a few MiB each, stay.
 _pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 

@@ -133,9 +133,15 @@ class ChunkDir:
         kind, parts = codec.encode(raw, group=group, config=config)
         return HEADER.pack(MAGIC, VERSION, kind, 0, raw.nbytes), kind, parts, (None, 0)
 
-    def sync(self, digests, *, map=map) -> None:
-        """Make the given chunks (written, or deleted) durable (``map`` may run it in parallel)."""
-        self.backend.sync([self.key(d) for d in digests], map=map)
+    def sync(self, digests, *, map=map, data_synced=()) -> None:
+        """Make the given chunks (written, or deleted) durable (``map`` may run it in parallel);
+        of those in ``data_synced`` (:meth:`sync_data`) only the names are left to make durable."""
+        self.backend.sync([self.key(d) for d in digests], map=map,
+                          data_synced={self.key(d) for d in data_synced})
+
+    def sync_data(self, digest: Digest) -> None:
+        """Make a chunk's bytes durable, not yet its name (see ``Backend.sync_data``)."""
+        self.backend.sync_data(self.key(digest))
 
     def read_payload(self, digest: Digest, *, item: str = "") -> tuple[int, int, memoryview, Digest | None, int, int]:
         """``(codec, raw_len, payload, base, depth, op)`` of a chunk file (``base`` None and

@@ -17,6 +17,35 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_INFLIGHT = 128 << 20
+# NOTE: threads that only wait on the disk (fsync); two keep it busy while the workers compute
+BACKGROUND_THREADS = 2
+
+# NOTE: the thread pools are the process's, one per size, kept for its life. Every save and load
+# opens a store, and so a pipeline, of its own: with pools of their own each started its threads
+# cold, so each thread made its zstd contexts and first touched its reused decode scratch
+# again, and a save that writes a few chunks paid that on every one (README, Performance). The
+# price: those threads and their buffers, a few MiB each, stay.
+_pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(kind: str, threads: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        pool = _pools.get((kind, threads))
+        if pool is None:
+            pool = _pools[(kind, threads)] = ThreadPoolExecutor(threads, thread_name_prefix=f"casckpt-{kind}")
+        return pool
+
+
+def _forget_pools() -> None:
+    """In a forked child: the parent's pool threads do not exist there, so start afresh."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def default_workers() -> int:
@@ -47,18 +76,16 @@ def default_workers() -> int:
 
 
 class Pipeline:
-    """A thread pool with an in-flight memory budget. Safe to share; close() when done."""
+    """A parallel map with an in-flight memory budget over the process's pool of ``workers``
+    threads (shared with every pipeline of that size; see ``_pools``). Safe to share."""
 
     def __init__(self, *, workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT) -> None:
         self.workers = workers or default_workers()
         self.inflight_bytes = inflight_bytes
-        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="casckpt")
-        return self._pool
+        return _pool("w", self.workers)
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T], *,
             cost: Callable[[T], int] = lambda _: 0) -> list[R]:
@@ -95,10 +122,13 @@ class Pipeline:
             raise
         return results
 
+    def background(self, fn: Callable[..., R], *args) -> Future:
+        """Run ``fn(*args)`` on a thread of a small pool of its own, for work that waits on the
+        disk (an fsync): it holds up no worker of :meth:`map`, so the waits overlap their CPU work."""
+        return _pool("bg", BACKGROUND_THREADS).submit(fn, *args)
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Nothing to release: the threads are the process's, kept for the next pipeline."""
 
 
 class Tally:

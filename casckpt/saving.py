@@ -105,12 +105,17 @@ class Saving:
             self._upgrade_format()
         tally = tally or Tally(None)
         tally.grow(sum(t.data.nbytes for t in unique))
+        early = self.sync and self.backend.local_path is not None  # object storage: a PUT is durable
 
         def put(t: ChunkTask) -> ChunkInfo:
             # NOTE: put() also returns the info of a good file that is already there but not
             # indexed (left by a crashed save, or a concurrent save of the same chunk).
             base, hopeless = self._delta_base(t, cfg)
             info = self.chunks.put(t.digest, t.data, group=t.group, config=cfg, base=base)
+            if early:
+                # NOTE: made durable now, off the workers, so the disk's writeback overlaps the
+                # next chunks' compression instead of following the last one (sync_chunks waits)
+                self._syncing[t.digest] = self.pipeline.background(self.chunks.sync_data, t.digest)
             self._remember(t, info, hopeless)
             tally.add(t.data.nbytes)
             return info
@@ -122,8 +127,15 @@ class Saving:
         return {t.digest: i for t, i in zip(unique, infos)}
 
     def sync_chunks(self, digests: Iterable[Digest]) -> None:
-        """Make chunk files durable: fsync them (in parallel) and their fan-out folders."""
-        self.chunks.sync(digests, map=lambda fn, xs: self.pipeline.map(fn, list(xs)))
+        """Make chunk files durable: fsync them (in parallel) and their fan-out folders. A file
+        :meth:`write_chunks` began to fsync as it wrote it is waited for, not fsynced again."""
+        digests, synced = list(digests), []
+        for d in digests:
+            pending = self._syncing.pop(d, None)
+            if pending is not None:
+                pending.result()  # NOTE: its OSError (an EIO from fsync) fails the commit here
+                synced.append(d)
+        self.chunks.sync(digests, map=lambda fn, xs: self.pipeline.map(fn, list(xs)), data_synced=synced)
 
     def commit(self, manifest: Manifest, new: Mapping[Digest, ChunkInfo], *, overwrite: bool = False,
                started: float | None = None) -> SaveStats:

@@ -70,6 +70,7 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         self.lock_timeout = lock_timeout
         self.chunks = ChunkDir(backend)
         self.pipeline = Pipeline(workers=workers, inflight_bytes=inflight_bytes)
+        self._syncing: dict = {}  # chunk digest → its fsync under way (Saving.write_chunks)
         if index_path is None and backend.local_path is None:
             index_path = objcache.index_path(config.store_id)  # a per-host cache (casckpt.objcache)
         self.index_path = index_path or backend.local_path / "index"
@@ -147,6 +148,9 @@ class Store(Snapshots, Saving, Arrays, DeltaWrites):
         return self._index
 
     def close(self) -> None:
+        for pending in self._syncing.values():  # NOTE: a failed save's fsyncs: none outlives the store
+            pending.exception()
+        self._syncing.clear()
         self.pipeline.close()
         if self._index is not None:
             self._index.close()

@@ -83,6 +83,13 @@ class BackendConformance:
         backend.sync(["s/a", "s/b"])
         assert (backend.get("s/a"), backend.get("s/b")) == (b"abc", b"def")
 
+    def test_sync_data_then_sync_of_the_names(self, backend: Backend):
+        assert backend.put_if_absent("s/c", [b"ghi"], sync=False) is True
+        backend.sync_data("s/c")
+        backend.sync_data("s/never-written")  # nothing there: nothing to do, no error
+        backend.sync(["s/c"], data_synced={"s/c"})
+        assert backend.get("s/c") == b"ghi"
+
     def test_sync_makes_a_delete_durable(self, backend: Backend):
         backend.put_if_absent("s/gone", [b"x"], sync=False)
         assert backend.delete("s/gone") is True

@@ -268,3 +268,31 @@ def test_a_fully_deduplicated_save_on_a_full_disk_commits_and_says_what_the_warn
     assert [x.name for x in store.snapshots()] == ["s1", "again"]  # the row is not needed, nor written
     monkeypatch.undo()
     assert_same(arrays(1), store.get_arrays("again"))
+
+
+
+def test_every_new_chunk_file_is_fsynced_once_then_its_folder(tmp_path, monkeypatch):
+    """Chunk files are fsynced as they are written (off the workers) and not again at the
+    commit, which then fsyncs their folders: each file once, and its fan-out folder after it
+    (recorded at the I/O boundary)."""
+    events, lock = [], threading.Lock()
+
+    def record(kind, real):
+        def call(path):
+            with lock:
+                events.append((kind, path.name))
+            return real(path)
+        return call
+
+    monkeypatch.setattr(fsutil, "fsync_file", record("file", fsutil.fsync_file))
+    monkeypatch.setattr(fsutil, "fsync_dir", record("dir", fsutil.fsync_dir))
+    root = tmp_path / "s"
+    with new_store(root) as s:
+        s.put_arrays("s1", arrays(1))
+        s.put_arrays("s2", {"n": noise(5, 3)})
+    names = chunk_names(root)
+    files = [n for kind, n in events if kind == "file"]
+    assert len(names) > 3 and sorted(files) == sorted(names)
+    for i, (kind, name) in enumerate(events):
+        if kind == "file":
+            assert ("dir", name[:2]) in events[i + 1:], f"folder of {name} not fsynced after it"

@@ -111,3 +111,25 @@ def test_progress_from_worker_threads_is_serialized(tmp_path, verb):
             n = diff(s, "a", "b", values=True, progress=bar).chunks_read // 2
         assert n > 20 and bar.overlaps == 0
         assert bar.calls == [(i, n) for i in range(1, n + 1)]
+
+
+def _square_in_child(q) -> None:
+    q.put(Pipeline(workers=3).map(lambda x: x * x, list(range(20))))
+
+
+def test_pools_are_the_processs_and_a_forked_child_starts_its_own():
+    """Pipelines of one size share the process's pool (its threads stay warm between stores);
+    a forked child, which has none of its parent's threads, gets pools of its own."""
+    import multiprocessing as mp
+    assert Pipeline(workers=3).pool is Pipeline(workers=3).pool is not Pipeline(workers=2).pool
+    assert Pipeline(workers=3).map(lambda x: x + 1, list(range(20))) == list(range(1, 21))  # threads started
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=_square_in_child, args=(q,))
+    child.start()
+    try:
+        assert q.get(timeout=30) == [x * x for x in range(20)]
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()

@@ -45,7 +45,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 
 from ..errors import CasckptError, UnsafePathError
 
@@ -193,9 +193,15 @@ class Backend(ABC):
         tell. The store uses it to keep parsed manifests without reading them again."""
         return None
 
-    def sync(self, keys: Iterable[str], *, map=map) -> None:
+    def sync(self, keys: Iterable[str], *, map=map, data_synced: Collection[str] = ()) -> None:
         """Make earlier ``sync=False`` writes of ``keys``, and deletes of ``keys``, durable
-        (``map`` may run the work in parallel). Nothing to do by default."""
+        (``map`` may run the work in parallel); for keys in ``data_synced`` only their names are
+        left to make durable (:meth:`sync_data` did the rest). Nothing to do by default."""
+
+    def sync_data(self, key: str) -> None:
+        """Make the bytes of an earlier ``sync=False`` write durable, not yet its name (a later
+        :meth:`sync` naming the key in ``data_synced`` does that): a head start that a writer takes
+        while it goes on writing. Nothing to do by default."""
 
     def close(self) -> None:
         """Release connections or handles."""

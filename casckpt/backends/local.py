@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
 from .. import fsutil
 from ..errors import UnsafePathError
@@ -148,16 +148,22 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             return False
 
-    def sync(self, keys: Iterable[str], *, map=map) -> None:
-        """fsync the files (``map`` may run them in parallel), then their folders (which makes
-        deletes durable: a deleted key has no file left to fsync)."""
+    def sync(self, keys: Iterable[str], *, map=map, data_synced: Collection[str] = ()) -> None:
+        """fsync the files (``map`` may run them in parallel) but those in ``data_synced``, then
+        the folders of all (which makes links and deletes durable: a deleted key has no file left
+        to fsync)."""
+        keys = list(keys)
         paths = [self.path(k) for k in keys]
-        list(map(_fsync_if_there, paths))
+        list(map(_fsync_if_there, [p for k, p in zip(keys, paths) if k not in data_synced]))
         folders = {p.parent for p in paths}
         list(map(fsutil.fsync_dir, sorted(folders)))
         # NOTE: the folders above, once each: a fan-out folder this batch may have made
         above = {f.parent for f in folders if f.parent != self.root and f.parent.parent == self.root}
         list(map(fsutil.fsync_dir, sorted(above - folders)))
+
+    def sync_data(self, key: str) -> None:
+        """fsync the file (not its folder: a later :meth:`sync` does that, once per folder)."""
+        _fsync_if_there(self.path(key))
 
     def _write_temp(self, parts: Iterable, sync: bool) -> Path:
         tmp = fsutil.temp_path(self.tmp_dir, ".tmp")

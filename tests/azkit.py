@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import http.client
-import os
 import shutil
 import socket
 import subprocess
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from s3kit import FaultProxy, apply_env, free_port, restore_env
+import s3kit
+from s3kit import FaultProxy, free_port, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = ROOT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -101,14 +101,8 @@ def azurite():
         pytest.skip(f"Azurite is not installed at {EXE.parent.parent.parent} (tools/test installs it with npm "
                     "where npm is available)")
     server = Azurite()
-    saved = apply_env({"AZURITE_BLOB_STORAGE_URL": server.endpoint})
-    for k in DROP:
-        saved.setdefault(k, os.environ.pop(k, None))
-    try:
+    with serving(server, {"AZURITE_BLOB_STORAGE_URL": server.endpoint}, drop=(*s3kit.DROP, *DROP)):
         yield server
-    finally:
-        restore_env(saved)
-        server.stop()
 
 
 @pytest.fixture

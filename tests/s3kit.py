@@ -8,6 +8,7 @@ the local server, with fixed test credentials, and no AWS config or credentials 
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import http.server
 import logging
@@ -100,10 +101,10 @@ def environment(endpoint: str) -> dict[str, str]:
     return {**ENV, "AWS_ENDPOINT_URL": endpoint}
 
 
-def apply_env(env: dict[str, str]) -> dict[str, str | None]:
-    """Set ``env`` (and drop :data:`DROP`) in os.environ; returns what to restore."""
-    saved = {k: os.environ.get(k) for k in (*env, *DROP)}
-    for k in DROP:
+def apply_env(env: dict[str, str], drop: tuple[str, ...] = DROP) -> dict[str, str | None]:
+    """Set ``env`` (and remove ``drop``) in os.environ; returns what to restore."""
+    saved = {k: os.environ.get(k) for k in (*env, *drop)}
+    for k in drop:
         os.environ.pop(k, None)
     os.environ.update(env)
     return saved
@@ -115,6 +116,18 @@ def restore_env(saved: dict[str, str | None]) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@contextlib.contextmanager
+def serving(server, env: dict[str, str], drop: tuple[str, ...] = DROP):
+    """Yield ``server`` with ``env`` set (and ``drop`` removed) in os.environ; afterwards the
+    environment is as it was and the server stopped (the session fixtures of S3 and Azure)."""
+    saved = apply_env(env, drop)
+    try:
+        yield server
+    finally:
+        restore_env(saved)
+        server.stop()
 
 
 # -- fault injection ----------------------------------------------------------------------------
@@ -252,12 +265,8 @@ import pytest  # noqa: E402
 def moto():
     """One moto server for the session, with the environment pointing every client at it."""
     server = Moto()
-    saved = apply_env(environment(server.endpoint))
-    try:
+    with serving(server, environment(server.endpoint)):
         yield server
-    finally:
-        restore_env(saved)
-        server.stop()
 
 
 @pytest.fixture

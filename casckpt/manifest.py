@@ -162,7 +162,7 @@ class Item:
     @property
     def nbytes(self) -> int:
         n = self._lengths
-        return sum(n.tolist()) if len(n) <= 16 else int(n.sum())  # NOTE: numpy's call cost, as in _runs
+        return sum(n.tolist()) if len(n) <= FEW_REFS else int(n.sum())
 
     def offsets(self) -> list[int]:
         """Start offset of each chunk in the item's bytes."""
@@ -201,7 +201,7 @@ class Item:
         lens = self._lengths
         runs = f"[{int(lens[0])},1]" if len(lens) == 1 else ",".join(f"[{n},{c}]" for n, c in _runs(lens))
         offs = "" if self._offsets is None else f',"offsets":[{",".join(map(str, self._offsets.tolist()))}]'
-        return (f'{{"dtype":{_json_str(self.dtype)},"shape":[{",".join(map(str, self.shape))}],'
+        return (f'{{"dtype":{json_str(self.dtype)},"shape":[{",".join(map(str, self.shape))}],'
                 f'"digests":"{self._raw.hex()}","lengths":[{runs}]{offs}}}')
 
     @classmethod
@@ -218,8 +218,7 @@ class Item:
             raise ManifestError(f"item {key!r}: chunk lengths add up to {item.nbytes} bytes, "
                                 f"its shape and dtype need {need}")
         lens = item.lengths
-        # NOTE: most items hold a ref or a few: numpy's per-call cost would dominate (as in _runs)
-        if any(x % dt.itemsize for x in lens.tolist()) if len(lens) <= 16 else np.any(lens % dt.itemsize):
+        if any(x % dt.itemsize for x in lens.tolist()) if len(lens) <= FEW_REFS else np.any(lens % dt.itemsize):
             raise ManifestError(f"item {key!r} has a chunk boundary inside a {dt.name} element")
         return item
 
@@ -233,6 +232,10 @@ def _sizes(xs: list, most: float) -> bool:
     return True
 
 
+# NOTE: up to this many refs, plain Python over ``tolist()`` beats numpy's per-call cost
+FEW_REFS = 16
+
+
 @functools.lru_cache(maxsize=4096)
 def _one(n: int) -> np.ndarray:
     out = np.array((n,), np.int64)
@@ -240,10 +243,12 @@ def _one(n: int) -> np.ndarray:
     return out
 
 
-_json_str = json.encoder.encode_basestring_ascii  # a str as JSON text, as json.dumps writes it
+json_str = json.encoder.encode_basestring_ascii  # a str as JSON text, as json.dumps writes it
 
 
-def _dumps(doc: Any) -> str:
+def compact_json(doc: Any) -> str:
+    """``doc`` as the compact JSON text store metadata is written in (no spaces, no NaN); text
+    written directly (Item.to_text, casckpt.dcp.meta) must give the same bytes."""
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
@@ -254,15 +259,15 @@ class RawJSON(str):
 
 
 def _meta_text(meta: dict) -> str:
-    """``_dumps(meta)``, with :class:`RawJSON` values written as they are."""
+    """``compact_json(meta)``, with :class:`RawJSON` values written as they are."""
     if not any(isinstance(v, RawJSON) for v in meta.values()):
-        return _dumps(meta)
-    return "{" + ",".join(f"{_json_str(k)}:{v if isinstance(v, RawJSON) else _dumps(v)}" for k, v in meta.items()) + "}"
+        return compact_json(meta)
+    return "{" + ",".join(f"{json_str(k)}:{v if isinstance(v, RawJSON) else compact_json(v)}" for k, v in meta.items()) + "}"
 
 
 def _runs(lengths: np.ndarray) -> list[list[int]]:
     """``[[length, count], ...]``: run-length coded lengths (an item's chunks are mostly equal)."""
-    if len(lengths) <= 16:  # NOTE: most items; numpy's per-call cost would dominate here
+    if len(lengths) <= FEW_REFS:  # NOTE: most items
         out: list[list[int]] = []
         for n in lengths.tolist():
             if out and out[-1][0] == n:
@@ -382,10 +387,10 @@ class Manifest:
         head = {"format": FORMAT, "version": version, "name": self.name, "created": self.created,
                 "chunk_size": self.chunk_size}
         if version != VERSION:
-            items = _dumps({k: v.to_json(version) for k, v in self.items.items()})
+            items = compact_json({k: v.to_json(version) for k, v in self.items.items()})
         else:  # NOTE: the same bytes as _dumps of the item table, each item written by Item.to_text
-            items = "{" + ",".join(f"{_json_str(k)}:{v.to_text()}" for k, v in self.items.items()) + "}"
-        return f'{_dumps(head)[:-1]},"items":{items},"meta":{_meta_text(self.meta)}}}'.encode()
+            items = "{" + ",".join(f"{json_str(k)}:{v.to_text()}" for k, v in self.items.items()) + "}"
+        return f'{compact_json(head)[:-1]},"items":{items},"meta":{_meta_text(self.meta)}}}'.encode()
 
     def to_file(self) -> bytes:
         """The manifest file's bytes as saves write them: :meth:`to_bytes`, and since store format

@@ -7,7 +7,6 @@ A DCP snapshot's manifest keeps DCP's ``Metadata`` under ``meta["dcp"]`` (see do
 
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 import torch
@@ -15,7 +14,7 @@ from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkSt
                                                    StorageMeta, TensorProperties, TensorStorageMetadata)
 
 from ..errors import CasckptError, ManifestError
-from ..manifest import RawJSON
+from ..manifest import RawJSON, compact_json, json_str
 from ..torchio import dtype_name, torch_dtype  # NOTE: re-exported: the one dtype-name function
 
 FORMAT = 1
@@ -50,31 +49,27 @@ def metadata_to_text(md: Metadata) -> RawJSON:
     """:func:`metadata_to_json` as compact JSON text, the same bytes as ``json.dumps`` of it, with
     the state dict's entries written directly (for 20k small tensors the dicts and their encoding
     were a tenth of a second of every save)."""
-    sdm = ",".join(f"{_json_str(fqn)}:{_storage_text(fqn, v)}" for fqn, v in md.state_dict_metadata.items())
-    head = _dumps({"format": FORMAT, "version": md.version})
-    rest = _dumps({"planner_data": _planner_data_to_json(md.planner_data),
+    sdm = ",".join(f"{json_str(fqn)}:{_storage_text(fqn, v)}" for fqn, v in md.state_dict_metadata.items())
+    head = compact_json({"format": FORMAT, "version": md.version})
+    rest = compact_json({"planner_data": _planner_data_to_json(md.planner_data),
                    "storage_meta": _storage_meta_to_json(md.storage_meta)})
     return RawJSON(f'{head[:-1]},"state_dict_metadata":{{{sdm}}},{rest[1:]}')
 
 
 def _storage_text(fqn: str, v: Any) -> str:
     if not isinstance(v, TensorStorageMetadata):
-        return _dumps(_storage_to_json(fqn, v))
+        return compact_json(_storage_to_json(fqn, v))
     p = v.properties
-    key = (p.dtype, p.layout, p.requires_grad, p.memory_format, p.pin_memory)
+    key = _props_key(p)
     props = _PROPS_TEXT.get(key)
     if props is None:
-        props = _PROPS_TEXT[key] = _dumps(_properties_json(p))[1:-1]
+        props = _PROPS_TEXT[key] = compact_json(_properties_json(p))[1:-1]
     chunks = ",".join(f"[[{_ints_text(c.offsets)}],[{_ints_text(c.sizes)}]]" for c in v.chunks)
     return f'{{"type":"tensor",{props},"size":[{_ints_text(v.size)}],"chunks":[{chunks}]}}'
 
 
 def _ints_text(xs: Sequence[int]) -> str:
     return ",".join(map(str, xs))  # NOTE: torch.Size holds ints
-
-
-def _dumps(doc: Any) -> str:
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
 def _storage_to_json(fqn: str, v: Any) -> dict:
@@ -88,7 +83,7 @@ def _storage_to_json(fqn: str, v: Any) -> dict:
 
 def _properties_json(p: TensorProperties) -> dict:
     # NOTE: a checkpoint has a handful of distinct property sets and may have 100k tensors
-    key = (p.dtype, p.layout, p.requires_grad, p.memory_format, p.pin_memory)
+    key = _props_key(p)
     out = _PROPS.get(key)
     if out is None:
         out = _PROPS[key] = {"dtype": dtype_name(p.dtype), "layout": str(p.layout).removeprefix("torch."),
@@ -98,9 +93,12 @@ def _properties_json(p: TensorProperties) -> dict:
     return out
 
 
+def _props_key(p: TensorProperties) -> tuple:
+    return p.dtype, p.layout, p.requires_grad, p.memory_format, p.pin_memory
+
+
 _PROPS: dict[tuple, dict] = {}
 _PROPS_TEXT: dict[tuple, str] = {}  # the same, as the JSON text inside an entry's braces
-_json_str = json.encoder.encode_basestring_ascii  # a str as JSON text, as json.dumps writes it
 
 
 def _planner_data_to_json(pd: Any) -> dict | None:
